@@ -1,0 +1,5 @@
+import sys
+
+from grpo_audio.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""Audio loading (`io`) and Covo-Audio's feature preprocessing (`covo`)."""
+
+from .covo import (
+    ENCODER_SAMPLE_RATE,
+    ENCODER_SEGMENT_SAMPLES,
+    N_MEL_FRAMES,
+    N_MELS,
+    PLACEHOLDERS_PER_SEGMENT,
+    SAMPLE_RATE,
+    SEGMENT_SAMPLES,
+    SEGMENT_SECONDS,
+    CovoAudioFeatures,
+    log_mel,
+    log_mel_batch,
+    placeholder_count,
+    prepare_file,
+    prepare_waveform,
+    segment_count,
+    split_segments,
+    trim_and_pad,
+)
+from .io import RESAMPLE_QUALITY, AudioInfo, AudioLoadError, audio_info, load_audio
+
+__all__ = [
+    "ENCODER_SAMPLE_RATE",
+    "ENCODER_SEGMENT_SAMPLES",
+    "N_MELS",
+    "N_MEL_FRAMES",
+    "PLACEHOLDERS_PER_SEGMENT",
+    "RESAMPLE_QUALITY",
+    "SAMPLE_RATE",
+    "SEGMENT_SAMPLES",
+    "SEGMENT_SECONDS",
+    "AudioInfo",
+    "AudioLoadError",
+    "CovoAudioFeatures",
+    "audio_info",
+    "load_audio",
+    "log_mel",
+    "log_mel_batch",
+    "placeholder_count",
+    "prepare_file",
+    "prepare_waveform",
+    "segment_count",
+    "split_segments",
+    "trim_and_pad",
+]

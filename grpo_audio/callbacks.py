@@ -1,0 +1,64 @@
+"""Training callbacks: ``metrics.jsonl`` in the run directory and a one-line-per-step progress display."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+# Keys shown on the progress line, in order, when present.
+_SHOWN = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length")
+
+
+def _clean(value):
+    """JSON has no NaN/inf: write them as null rather than emitting invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log event as one JSON object per line: ``{"step": N, ...TRL metrics...}``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, **{k: _clean(v) for k, v in logs.items()}}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class ProgressLineCallback(TrainerCallback):
+    """Prints ``step i/N | R_total | every reward term | KL | s/step | ETA`` after each logged step."""
+
+    def __init__(self, term_names: list[str], printer=print) -> None:
+        self.term_names = term_names
+        self.printer = printer
+        self._start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "reward" not in logs:
+            return
+        step, total = state.global_step, state.max_steps
+        elapsed = time.perf_counter() - (self._start or time.perf_counter())
+        per_step = elapsed / max(step, 1)
+        parts = [f"step {step}/{total}", f"R_total {logs['reward']:.3f}"]
+        for name in self.term_names:
+            value = logs.get(f"rewards/{name}/mean")
+            if value is not None:
+                parts.append(f"{name} {value:.3f}")
+        for key in _SHOWN[1:]:
+            if key in logs and logs[key] is not None:
+                parts.append(f"{key.split('/')[-1]} {logs[key]:.3g}")
+        parts.append(f"{per_step:.1f} s/step")
+        parts.append(f"ETA {per_step * max(total - step, 0):.0f} s")
+        self.printer(" | ".join(parts), flush=True)

@@ -1,0 +1,78 @@
+"""The ``grpo-audio`` command line: ``train``, ``config`` and ``rewards score``.
+
+User errors (a bad recipe, bad data, an unknown reward) print one line, ``error: ...``, and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from grpo_audio.audio.io import AudioLoadError
+    from grpo_audio.data.manifest import DataError
+    from grpo_audio.recipe import RecipeError
+    from rewards import DuplicateRewardError, UnknownRewardError
+
+    return RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", help="recipe YAML (default: the embedded demo defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set trainer.learning_rate=1e-6 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpo-audio", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
+    _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
+    rewards_parser = sub.add_parser("rewards", help="reward tools")
+    rewards_sub = rewards_parser.add_subparsers(dest="rewards_command", required=True)
+    score = rewards_sub.add_parser("score", help="score a JSONL of completions with a recipe's rewards")
+    score.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "rewards":
+        from rewards.score_cli import main as score_main
+
+        return score_main(["score", *args.args])
+
+    from grpo_audio.recipe import load_recipe, recipe_to_dict
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "config":
+        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        return 0
+    from grpo_audio.training import train
+
+    train(recipe)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return run(argv)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Audio question data: manifests, the synthetic demo set, and the prompt-rendered training dataset."""

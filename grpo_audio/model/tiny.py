@@ -1,0 +1,71 @@
+"""The embedded default model: a tiny Covo-Audio (same architecture and parameter names, tiny widths).
+
+Built in process, never downloaded. Initialisation is deterministic: the weights depend only on the spec and the
+seed (``torch.Generator`` state is saved and restored around the build so the caller's RNG is untouched).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_audio.model.configuration import CovoAudioConfig
+from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
+from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, build_tiny_tokenizer
+from grpo_audio.recipe.schema import TinyModelSpec
+
+
+def tiny_config(spec: TinyModelSpec, tokenizer) -> CovoAudioConfig:
+    text_vocab = len(tokenizer)
+    return CovoAudioConfig(
+        llm_config=dict(
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_kv_heads,
+            vocab_size=text_vocab + spec.speech_vocab_size,
+            max_position_embeddings=4096,
+            rope_theta=1e6,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        encoder_config=dict(
+            d_model=spec.encoder_d_model,
+            encoder_layers=spec.encoder_layers,
+            encoder_attention_heads=spec.encoder_heads,
+            encoder_ffn_dim=spec.encoder_ffn_dim,
+            num_mel_bins=128,
+            max_source_positions=1500,
+            decoder_layers=1,
+            decoder_attention_heads=spec.encoder_heads,
+            decoder_ffn_dim=spec.encoder_ffn_dim,
+        ),
+        audio_token_index=text_vocab,
+        audio_placeholder_token_id=tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER),
+        adapter_hidden_size=spec.adapter_hidden_size,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_model(spec: TinyModelSpec, tokenizer, seed: int) -> CovoAudioForConditionalGeneration:
+    config = tiny_config(spec, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CovoAudioForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def tiny_tokenizer_corpus(texts: list[str]) -> list[str]:
+    """Corpus for the tiny BPE: the run's prompt and answer texts plus the reasoning tags, repeated for weight."""
+    tags = ["<think>", "</think>", "<answer>", "</answer>", "<think>\n", "\n</think>\n"]
+    return list(texts) + tags * 8
+
+
+__all__ = ["build_tiny_model", "build_tiny_tokenizer", "tiny_config", "tiny_tokenizer_corpus"]

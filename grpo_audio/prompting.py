@@ -1,0 +1,85 @@
+"""Prompt templates (versioned YAML files in ``prompts/``) rendered in Covo-Audio's ChatML layout.
+
+Rendered prompt for one clip with n placeholder frames::
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<|begofcAUDIO|><|cAUDIO|> x n<|endofcAUDIO|>{user}
+    <|im_end|>\\n<|im_start|>assistant\\n
+
+where n comes from the clip's length (``grpo_audio.audio.covo.placeholder_count``) and ``{user}`` is the
+template's user text with the question and choices filled in.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from grpo_audio.model.tokenizer import AUDIO_BEGIN, AUDIO_END, AUDIO_PLACEHOLDER
+from grpo_audio.recipe.errors import RecipeError
+from grpo_audio.resources import shipped_dir
+
+_REQUIRED = ("name", "version", "system", "user", "choice_line")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    version: int
+    system: str
+    user: str
+    choice_line: str
+    path: str
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def user_text(self, question: str, choices: Sequence[str]) -> str:
+        lines = [
+            self.choice_line.format(letter=string.ascii_uppercase[i], index=i + 1, text=text)
+            for i, text in enumerate(choices)
+        ]
+        return self.user.format(question=question.strip(), choices="\n".join(lines))
+
+
+def find_template(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise RecipeError(f"prompt.template: file not found: {name_or_path}")
+        return candidate
+    directory = shipped_dir("prompts")
+    path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise RecipeError(f"prompt.template: no template {name_or_path!r}; available: {', '.join(available)}")
+    return path
+
+
+def load_template(name_or_path: str) -> PromptTemplate:
+    path = find_template(name_or_path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise RecipeError(f"{path}: prompt template lacks {missing}")
+    unknown = sorted(set(data) - set(_REQUIRED))
+    if unknown:
+        raise RecipeError(f"{path}: unknown prompt template key(s) {unknown}")
+    return PromptTemplate(**{k: data[k] for k in _REQUIRED}, path=str(path))
+
+
+def audio_block(n_placeholders: int) -> str:
+    return AUDIO_BEGIN + AUDIO_PLACEHOLDER * n_placeholders + AUDIO_END
+
+
+def render_prompt(tokenizer, template: PromptTemplate, question: str, choices: Sequence[str], n_placeholders: int):
+    """The full prompt text (chat template applied, generation prompt appended)."""
+    messages = [
+        {"role": "system", "content": template.system},
+        {"role": "user", "content": audio_block(n_placeholders) + template.user_text(question, choices)},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,154 @@
+"""Load a recipe: YAML file -> overrides -> typed ``Recipe`` -> cross-section checks.
+
+Overrides use dotted keys and YAML values: ``--set trainer.learning_rate=1e-6 --set rollout.num_generations=8``.
+Every problem raises ``RecipeError`` with one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo_audio.recipe.errors import RecipeError
+from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, Recipe
+from grpo_audio.recipe.typed import build_dataclass, convert, suggest
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
+    """Read ``path`` (None = the embedded defaults), apply ``overrides`` and validate everything."""
+    data: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise RecipeError(f"recipe file not found: {where}")
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise RecipeError(f"{where}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{where}: a recipe is a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    try:
+        recipe = build_dataclass(Recipe, {k: v for k, v in data.items()}, "")
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    recipe.source_path = None if path is None else str(path)
+    try:
+        recipe.trainer = validate_trainer_section(recipe.trainer)
+        check_cross_section(recipe)
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    return recipe
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the nested dict ``data``; the value is parsed as YAML (``1e-6`` stays a string that
+    float fields accept)."""
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} is not of the form section.key=value")
+    dotted, _, raw = item.partition("=")
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise RecipeError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {item!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+@functools.lru_cache(maxsize=1)
+def grpo_config_fields() -> dict[str, Any]:
+    """TRL's ``GRPOConfig`` init fields and their type hints (TRL is the source of truth for this section)."""
+    from trl.trainer.grpo_config import GRPOConfig
+
+    try:
+        hints = typing.get_type_hints(GRPOConfig)
+    except Exception:  # noqa: BLE001  unresolvable forward refs in TRL's annotations: check names only
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
+
+
+def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
+    fields = grpo_config_fields()
+    checked = {}
+    for key, value in trainer.items():
+        if key in TRAINER_KEYS_OWNED_ELSEWHERE:
+            raise RecipeError(f"trainer.{key} is set in {TRAINER_KEYS_OWNED_ELSEWHERE[key]} instead")
+        if key not in fields:
+            raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){suggest(key, list(fields), 'trainer.')}")
+        checked[key] = convert(value, fields[key], f"trainer.{key}")
+    return checked
+
+
+def generation_batch_size(recipe: Recipe, world_size: int = 1) -> int:
+    """Rows per generation batch = per-device batch x processes x steps per generation (TRL's rule)."""
+    t = recipe.trainer
+    if t.get("generation_batch_size"):
+        return int(t["generation_batch_size"])
+    per_device = int(t.get("per_device_train_batch_size", 8))
+    steps = int(t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1))
+    return per_device * world_size * steps
+
+
+def check_cross_section(recipe: Recipe) -> None:
+    g = recipe.rollout.num_generations
+    if g < 2:
+        raise RecipeError(f"rollout.num_generations={g}: GRPO needs at least 2 completions per prompt")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = generation_batch_size(recipe, world)
+    if batch % g:
+        raise RecipeError(
+            f"the generation batch ({batch} rows = trainer.per_device_train_batch_size x {world} process(es) x "
+            f"steps per generation) is not a multiple of rollout.num_generations={g}"
+        )
+    if recipe.data.source == "jsonl":
+        if not recipe.data.path:
+            raise RecipeError("data.source is 'jsonl' but data.path is not set")
+        if not Path(recipe.data.path).is_file():
+            raise RecipeError(f"data.path: file not found: {recipe.data.path}")
+    if recipe.model.source == "pretrained":
+        if not recipe.model.path:
+            raise RecipeError("model.source is 'pretrained' but model.path is not set")
+        if not Path(recipe.model.path).is_dir():
+            raise RecipeError(f"model.path: directory not found: {recipe.model.path}")
+    from grpo_audio.prompting import find_template
+
+    find_template(recipe.prompt.template)
+    check_rewards(recipe)
+
+
+def check_rewards(recipe: Recipe) -> None:
+    import rewards
+
+    try:
+        rewards.Rubric(
+            [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
+            recipe.rewards.combiner,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RecipeError(f"rewards: {exc}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (what ``grpo-audio config`` prints and the run directory records)."""
+    data = dataclasses.asdict(recipe)
+    data.pop("source_path", None)
+    return data

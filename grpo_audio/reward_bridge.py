@@ -1,0 +1,52 @@
+"""The one adapter between a ``rewards.Rubric`` and TRL's reward-function contract.
+
+TRL receives a single reward function, ``R_total``, with weight 1: the rubric sums the terms (once, with the
+recipe's weights) and the function reports every raw term, every weighted term and R_total through TRL's
+``log_metric`` so ``metrics.jsonl`` shows exactly the numbers the advantages were computed from:
+``rewards/<term>/mean``, ``rewards/<term>/weighted_mean``, ``rewards/<term>/none_frac`` and TRL's own
+``rewards/R_total/mean``. A term that is None for a completion (not applicable) is left out of its mean and counted
+in ``none_frac``; a completion with no applicable term is unscorable (TRL gives it zero advantage).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from rewards import RewardContext, Rubric
+from rewards.rubric import RewardBreakdown
+
+TRL_CONTROL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids", "prompts")
+
+
+def _mean(values: list[float | None]) -> float:
+    applicable = [v for v in values if v is not None]
+    return sum(applicable) / len(applicable) if applicable else math.nan
+
+
+def make_trl_reward(
+    rubric: Rubric, group_size: int, on_breakdown: Callable[[RewardBreakdown, list[dict]], None] | None = None
+):
+    def R_total(completions: list, **kwargs: Any) -> list[float | None]:  # noqa: N802  (TRL logs the __name__)
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        columns = {k: v for k, v in kwargs.items() if k not in TRL_CONTROL_KWARGS}
+        samples = [{k: v[i] for k, v in columns.items()} for i in range(len(texts))]
+        state = kwargs.get("trainer_state")
+        context = RewardContext(
+            step=int(getattr(state, "global_step", 0) or 0),
+            total_steps=max(1, int(getattr(state, "max_steps", 1) or 1)),
+            group_size=group_size,
+        )
+        breakdown = rubric.score(texts, samples, context)
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None:
+            for name, values in breakdown.terms.items():
+                log_metric(f"rewards/{name}/mean", _mean(values))
+                log_metric(f"rewards/{name}/weighted_mean", _mean(breakdown.weighted[name]))
+                log_metric(f"rewards/{name}/none_frac", sum(v is None for v in values) / max(1, len(values)))
+        if on_breakdown is not None:
+            on_breakdown(breakdown, samples)
+        return breakdown.total
+
+    return R_total

@@ -1,0 +1,200 @@
+"""``grpo-audio train``: recipe -> data, prompt, model, rewards, rollout engine, trainer -> run directory.
+
+    recipe.yaml -> typed Recipe -> dataset rows (audio path, question, choices, answer)
+      -> prompt (prompts/) -> audio features (encoder + adapter, reused when frozen)
+      -> rollout engine (HF generate from prompt embeddings): G completions
+      -> rewards (registry) -> R_total = combine(w_i, r_i) -> group advantages (TRL)
+      -> TRL GRPO update (audio in every log-prob pass) -> run directory (record, metrics, final model)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback
+
+import rewards
+from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback
+from grpo_audio.data.dataset import build_dataset
+from grpo_audio.data.manifest import AudioQuestion, load_manifest
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
+from grpo_audio.prompting import PromptTemplate, load_template
+from grpo_audio.recipe import Recipe
+from grpo_audio.reward_bridge import make_trl_reward
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.run_dir import finish_run_record, prepare_run_dir, save_model_atomic, write_run_record
+
+# Our defaults for TRL fields, chosen for a harness run (the recipe's trainer section overrides them).
+TRAINER_DEFAULTS = {
+    "logging_steps": 1,
+    "report_to": "none",
+    "save_strategy": "no",
+    "remove_unused_columns": False,  # rewards need answer/choices/metadata columns
+    "gradient_checkpointing": False,
+    "disable_tqdm": True,  # the progress line replaces the per-step dict dump
+    "beta": 0.0,
+}
+
+
+@dataclass
+class TrainingSetup:
+    run_dir: Path
+    trainer: object
+    tokenizer: object
+    model: object
+    dataset: object
+    template: PromptTemplate
+    featurizer: AudioFeaturizer
+
+
+def load_rows(recipe: Recipe, run_dir: Path) -> list[AudioQuestion]:
+    if recipe.data.source == "synthetic":
+        spec = recipe.data.synthetic
+        manifest = write_synthetic_set(run_dir / "data", spec.num_questions, list(spec.tasks), recipe.run.seed)
+    else:
+        manifest = Path(recipe.data.path)
+    rows = load_manifest(manifest)
+    return rows[: recipe.data.max_samples] if recipe.data.max_samples else rows
+
+
+def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
+    if recipe.model.source == "tiny":
+        from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+
+        texts = [template.system, template.user] + [r.question for r in rows] + [c for r in rows for c in r.choices]
+        texts += [q for q, _ in QUESTIONS.values()]
+        tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(texts), recipe.model.tiny.text_vocab_size)
+        model = build_tiny_model(recipe.model.tiny, tokenizer, recipe.run.seed)
+    else:
+        from transformers import AutoTokenizer
+
+        from grpo_audio.model import CovoAudioForConditionalGeneration
+
+        tokenizer = AutoTokenizer.from_pretrained(recipe.model.path)
+        model = CovoAudioForConditionalGeneration.from_pretrained(recipe.model.path)
+    check_covo_tokens(tokenizer, recipe.model.path or "tiny tokenizer")
+    # a2t rollouts end at <|endoftext|>; <|im_end|> closes a chat turn: both stop a text-only rollout
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def apply_freezing(model, recipe: Recipe) -> None:
+    core = model.model
+    core.encoder.requires_grad_(not recipe.model.freeze_encoder)
+    core.audio_adapter.requires_grad_(not recipe.model.freeze_adapter)
+
+
+def lora_config(recipe: Recipe):
+    if recipe.model.lora is None:
+        return None
+    from peft import LoraConfig
+
+    spec = recipe.model.lora
+    modules_to_save = [
+        name
+        for name, frozen in (("audio_adapter", recipe.model.freeze_adapter), ("encoder", recipe.model.freeze_encoder))
+        if not frozen
+    ]
+    # Adapters only inside the Qwen2 backbone: never on the encoder or the LM head (TRL's fused head needs it plain)
+    pattern = r".*language_model\..*\.(" + "|".join(spec.target_modules) + r")$"
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=pattern,
+        modules_to_save=modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def grpo_config(recipe: Recipe, run_dir: Path):
+    from trl import GRPOConfig
+
+    on_cpu = not torch.cuda.is_available()
+    fields = {
+        **TRAINER_DEFAULTS,
+        "use_cpu": on_cpu,
+        "bf16": (not on_cpu) and torch.cuda.is_bf16_supported(),
+        **recipe.trainer,
+        "output_dir": str(run_dir / "trainer"),
+        "seed": recipe.run.seed,
+        "num_generations": recipe.rollout.num_generations,
+        "temperature": recipe.rollout.temperature,
+        "top_p": recipe.rollout.top_p,
+        "top_k": recipe.rollout.top_k,
+        "max_completion_length": recipe.rollout.max_completion_length,
+    }
+    return GRPOConfig(**fields)
+
+
+def build_training(recipe: Recipe) -> TrainingSetup:
+    from grpo_audio.trainer import AudioGRPOTrainer
+
+    run_dir = prepare_run_dir(recipe)
+    record = write_run_record(run_dir, recipe)
+    template = load_template(recipe.prompt.template)
+    rows = load_rows(recipe, run_dir)
+    tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
+    apply_freezing(model, recipe)
+    dataset = build_dataset(rows, tokenizer, template)
+    (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
+
+    rubric = rewards.Rubric(
+        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms], recipe.rewards.combiner
+    )
+    engine = HFRolloutEngine(
+        SamplingSettings(
+            max_new_tokens=recipe.rollout.max_completion_length,
+            temperature=recipe.rollout.temperature,
+            top_p=recipe.rollout.top_p,
+            top_k=recipe.rollout.top_k,
+            text_only=recipe.rollout.text_only,
+        ),
+        stop_token_ids=list(model.generation_config.eos_token_id),
+        pad_token_id=tokenizer.pad_token_id,
+        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    featurizer = AudioFeaturizer(reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter)
+    args = grpo_config(recipe, run_dir)
+    trainer = AudioGRPOTrainer(
+        model=model,
+        reward_funcs=[make_trl_reward(rubric, recipe.rollout.num_generations)],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe),
+        rollout_engine=engine,
+        featurizer=featurizer,
+        callbacks=[
+            MetricsFileCallback(run_dir / "metrics.jsonl"),
+            ProgressLineCallback([s.key for s in rubric.specs]),
+        ],
+    )
+    # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
+    trainer.remove_callback(PrinterCallback)
+    trainer.run_record = record
+    return TrainingSetup(run_dir, trainer, tokenizer, model, dataset, template, featurizer)
+
+
+def train(recipe: Recipe) -> Path:
+    setup = build_training(recipe)
+    trainer = setup.trainer
+    print(
+        f"grpo-audio: {len(setup.dataset)} questions, G={recipe.rollout.num_generations}, "
+        f"engine={recipe.rollout.engine}, run directory {setup.run_dir}",
+        flush=True,
+    )
+    trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights
+        model = model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        save_model_atomic(model, setup.tokenizer, setup.run_dir / "final_model")
+        finish_run_record(setup.run_dir, trainer.run_record, global_step=trainer.state.global_step)
+        print(f"grpo-audio: done; final model in {setup.run_dir / 'final_model'}", flush=True)
+    return setup.run_dir

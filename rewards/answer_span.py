@@ -1,0 +1,87 @@
+"""Split a chain-of-thought completion into its reasoning and its final answer.
+
+``extract_answer(completion)``: the content of the last innermost ``<answer>...</answer>`` pair (DOTALL, stray
+``<think>``/``<answer>`` tags inside it removed, surrounding whitespace stripped). Fallback when no complete pair
+exists: the text after the last ``</think>`` if there is one, else the whole completion, again with stray tags
+removed. The fallback lets a model that forgot the tags still be scored by the benchmark's own matching rule (which
+rejects answers polluted with reasoning), as benchmark scripts do with raw model output; the format reward is what
+penalises the missing tags.
+
+``parse_completion(completion, think_prefilled=False)`` gives the reasoning too, as a ``ParsedCompletion``:
+
+* ``think``: the concatenated contents of all ``<think>...</think>`` pairs, or ``None`` when there is no closed pair;
+* ``think_open``: a ``<think>`` was opened but never closed (a truncated completion);
+* ``thinks``: the reasoning is present and not blank. A blank ``<think></think>`` counts as *no thinking* (Qwen3-style
+  models emit an empty pair when they skip reasoning), which is what the adaptive-thinking rewards need.
+
+``think_prefilled=True`` is for prompt templates that end with ``<think>``: the completion starts inside the
+reasoning, so the opening tag is put back (unless the model wrote it again anyway).
+
+Example: ``parse_completion("<think>a dog barks</think><answer>dog</answer>")`` has think ``"a dog barks"``, answer
+``"dog"`` and ``thinks`` True.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Innermost pair: the content may not contain another opening tag, so "<answer>x <answer>Man</answer></answer>"
+# yields "Man" rather than "x <answer>Man".
+_ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+_THINK = re.compile(r"<think>((?:(?!<think>).)*?)</think>", re.DOTALL)
+_TAGS = re.compile(r"</?(?:think|answer)>")
+
+
+def strip_tags(text: str) -> str:
+    """Remove stray ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` tags and surrounding whitespace."""
+    return _TAGS.sub(" ", text).strip()
+
+
+def add_prefilled_think(completion: str) -> str:
+    """Put back the ``<think>`` that the prompt template already emitted (once, not twice)."""
+    if completion.lstrip().startswith("<think>"):
+        return completion
+    return "<think>" + completion
+
+
+def extract_answer(completion: str) -> str:
+    spans = _ANSWER.findall(completion)
+    if spans:
+        return strip_tags(spans[-1])
+    if "</think>" in completion:
+        return strip_tags(completion.rsplit("</think>", 1)[1])
+    return strip_tags(completion)
+
+
+@dataclass(frozen=True)
+class ParsedCompletion:
+    think: str | None
+    think_open: bool
+    answer: str
+    has_answer_tags: bool
+
+    @property
+    def thinks(self) -> bool:
+        return self.think is not None and bool(self.think.strip())
+
+
+def extract_think(completion: str, think_prefilled: bool = False) -> str | None:
+    """Contents of all closed ``<think>`` pairs joined by a newline (nested tags removed), or None if none."""
+    text = add_prefilled_think(completion) if think_prefilled else completion
+    spans = _THINK.findall(text)
+    if not spans:
+        return None
+    return "\n".join(strip_tags(s) for s in spans)
+
+
+def parse_completion(completion: str, think_prefilled: bool = False) -> ParsedCompletion:
+    text = add_prefilled_think(completion) if think_prefilled else completion
+    think = extract_think(text)
+    think_open = think is None and "<think>" in text
+    return ParsedCompletion(
+        think=think,
+        think_open=think_open,
+        answer=extract_answer(text),
+        has_answer_tags=_ANSWER.search(text) is not None,
+    )

@@ -1,0 +1,240 @@
+"""One flat registry of reward functions, addressed by name in recipes.
+
+Two kinds of entry:
+
+* per-completion rewards: ``score(completion: str, sample: Mapping, **options) -> float | None``;
+* batched rewards (``batched=True``): ``score(completions: list[str], samples: list[Mapping], context:
+  RewardContext, **options) -> list[float | None]``, for rewards that need the whole batch or group (an LLM
+  judge batching its requests, a batch-balanced adaptive accuracy). ``group_level=True`` (implies batched) declares
+  a reward that needs all G completions of each prompt: the batch it receives must hold whole groups
+  (rows ``[i*G:(i+1)*G]`` share a prompt, ``G = context.group_size``), which is checked.
+
+A recipe names a registered reward (``accuracy``) or a user function by import path (``my_pkg.my_mod:my_reward``);
+the function's flags are read from the ``batched``/``group_level`` attributes that ``@register_reward`` sets, so a
+plugin can be as small as::
+
+    def my_reward(completion, sample, bonus=1.0):
+        return bonus if "audio" in completion else 0.0
+
+Optional hooks a reward function may carry (``@register_reward`` sets the first):
+
+* ``validate_options(options)``: raise ``ValueError`` on bad option values, called once when the rubric is built;
+* ``metrics(**options) -> dict[str, float]``: counters the trainer can log (the LLM judges report requests, cache
+  hits, failures and retries this way).
+
+``score_batch`` is the adapter every caller goes through. It enforces the contract: one value per completion,
+each a finite real number or None. A reward that raises, miscounts or returns NaN/inf stops the run with an error
+naming the reward (and the row, where known); nothing is turned into a silent 0.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownRewardError(KeyError):
+    """A recipe names a reward that is neither registered nor importable."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class DuplicateRewardError(ValueError):
+    """Two rewards were registered under the same name."""
+
+
+class RewardError(RuntimeError):
+    """A reward function raised while scoring; the message names the reward and, for per-row rewards, the row.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, reward: str, message: str) -> None:
+        super().__init__(message)
+        self.reward = reward
+
+
+class RewardOutputError(ValueError):
+    """A reward returned the wrong number of values, or a value that is not a finite number or None."""
+
+    def __init__(self, reward: str, message: str) -> None:
+        super().__init__(message)
+        self.reward = reward
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a batched reward may know about the batch besides the texts.
+
+    ``step``/``total_steps`` are optimizer steps (for schedules such as Audio-Thinker's progress p = step / total);
+    ``group_size`` is G, the completions per prompt, which lie next to each other in the batch.
+    """
+
+    step: int = 0
+    total_steps: int = 1
+    group_size: int = 1
+
+
+def _row_label(samples: Sequence[Mapping[str, Any]], index: int) -> str:
+    sample = samples[index] if index < len(samples) else None
+    if isinstance(sample, Mapping) and "id" in sample:
+        return f"row {index} (sample id {sample['id']!r})"
+    return f"row {index}"
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    name: str
+    fn: Callable[..., Any]
+    batched: bool
+    group_level: bool = False
+
+    def option_names(self) -> list[str]:
+        """Keyword options the function accepts beyond its positional inputs (for recipe validation)."""
+        params = list(inspect.signature(self.fn).parameters.values())
+        skip = 3 if self.batched else 2
+        return [p.name for p in params[skip:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def accepts_any_option(self) -> bool:
+        """True when the function takes ``**options``, so any option name is passed through."""
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """Check option names and, through the function's ``validate_options`` hook, their values."""
+        if not self.accepts_any_option():
+            allowed = self.option_names()
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                close = [m for u in unknown for m in difflib.get_close_matches(u, allowed, n=1)]
+                hint = f" (did you mean {close}?)" if close else ""
+                raise ValueError(
+                    f"reward {self.name!r} has no option(s) {unknown}{hint}; it accepts: {allowed or 'no options'}"
+                )
+        hook = getattr(self.fn, "validate_options", None)
+        if hook is not None:
+            try:
+                hook(dict(options))
+            except ValueError as exc:
+                raise ValueError(f"reward {self.name!r}: {exc}") from exc
+
+    def metrics(self, options: Mapping[str, Any]) -> dict[str, float]:
+        """Counters from the function's ``metrics`` hook (empty when it has none)."""
+        hook = getattr(self.fn, "metrics", None)
+        return dict(hook(**options)) if hook is not None else {}
+
+    def score_batch(
+        self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]], context: RewardContext, **options
+    ) -> list[float | None]:
+        """Score a batch; per-completion rewards are applied row by row. Enforces the reward contract."""
+        if len(completions) != len(samples):
+            raise ValueError(f"reward {self.name!r}: {len(completions)} completions but {len(samples)} samples")
+        if self.group_level and context.group_size > 1 and len(completions) % context.group_size:
+            raise ValueError(
+                f"group-level reward {self.name!r} needs whole groups: {len(completions)} completions is not a "
+                f"multiple of group_size {context.group_size}"
+            )
+        if self.batched:
+            try:
+                values = list(self.fn(list(completions), list(samples), context, **options))
+            except (RewardError, RewardOutputError):
+                raise
+            except Exception as exc:
+                raise RewardError(self.name, f"reward {self.name!r} raised {type(exc).__name__}: {exc}") from exc
+        else:
+            values = []
+            for i, (completion, sample) in enumerate(zip(completions, samples, strict=True)):
+                try:
+                    values.append(self.fn(completion, sample, **options))
+                except Exception as exc:
+                    raise RewardError(
+                        self.name,
+                        f"reward {self.name!r} raised {type(exc).__name__} on {_row_label(samples, i)}: {exc}",
+                    ) from exc
+        if len(values) != len(completions):
+            raise RewardOutputError(
+                self.name, f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions"
+            )
+        out: list[float | None] = []
+        for i, value in enumerate(values):
+            if value is None:
+                out.append(None)
+                continue
+            # bool is an int; numbers.Real also admits numpy scalars.
+            if not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"reward {self.name!r} returned {value!r} on {_row_label(samples, i)}; expected a float or None"
+                )
+            value = float(value)
+            if not math.isfinite(value):
+                raise RewardOutputError(
+                    self.name,
+                    f"reward {self.name!r} returned {value} on {_row_label(samples, i)}; values must be finite "
+                    "(return None for 'not applicable')",
+                )
+            out.append(value)
+        return out
+
+
+_REGISTRY: dict[str, RegisteredReward] = {}
+
+
+def register_reward(
+    name: str,
+    *,
+    batched: bool = False,
+    group_level: bool = False,
+    validate: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering ``fn`` under ``name``; a second registration of the same name is an error.
+
+    ``validate`` (optional) checks option values when a rubric is built, so a bad recipe fails before step 0.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            existing = _REGISTRY[name].fn
+            raise DuplicateRewardError(
+                f"reward name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
+            )
+        fn.batched = batched or group_level  # type: ignore[attr-defined]
+        fn.group_level = group_level  # type: ignore[attr-defined]
+        if validate is not None:
+            fn.validate_options = validate  # type: ignore[attr-defined]
+        _REGISTRY[name] = RegisteredReward(name, fn, batched or group_level, group_level)
+        return fn
+
+    return decorate
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_reward(name: str) -> RegisteredReward:
+    """Resolve a registered name or a ``package.module:function`` import path."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownRewardError(f"reward {name!r}: cannot import module {module_name!r} ({exc})") from exc
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise UnknownRewardError(f"reward {name!r}: module {module_name!r} has no function {attr!r}")
+        group_level = bool(getattr(fn, "group_level", False))
+        return RegisteredReward(name, fn, bool(getattr(fn, "batched", False)) or group_level, group_level)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UnknownRewardError(
+        f"unknown reward {name!r}{hint} Registered: {', '.join(registered_names())}; "
+        "or give a 'package.module:function' path"
+    )

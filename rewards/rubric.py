@@ -1,0 +1,205 @@
+"""A rubric: the recipe's reward terms, their weights and options, and the combiner that makes R_total.
+
+This is the single place where terms are combined. The trainer logs every raw term, every weighted term and R_total
+from the same ``RewardBreakdown``, so the logged numbers are the ones the advantages were computed from.
+
+Everything that can be checked without data is checked when the rubric is built, so a bad recipe fails before
+step 0: unknown reward names (with a suggestion), unknown or invalid options, duplicate keys, non-finite weights,
+and the combiner's requirements (e.g. ``audio_thinker`` needs accuracy/format/consistency/thinking terms).
+
+The recipe section it is built from (``rubric_from_config``)::
+
+    rewards:
+      combiner: sum                  # or audio_thinker, cesar, step_audio_r1, package.module:function
+      combiner_options: {}           # optional, per combiner (roles, none, think_prefilled)
+      terms:
+        - {name: accuracy, weight: 1.0, options: {rule: mmau}}
+        - {name: consistency_rule, label: consistency}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewards.combiners import Combined, call_combiner, get_combiner, validate_combiner
+from rewards.registry import RegisteredReward, RewardContext, get_reward
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One recipe entry: ``{name: accuracy, weight: 1.0, options: {rule: mmau}}``.
+
+    ``label`` is the name the term is logged under (defaults to ``name``; set it to use one reward twice, or to give
+    a reward a combiner role, e.g. ``{name: consistency_rule, label: consistency}``).
+    """
+
+    name: str
+    weight: float = 1.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """Per-completion rewards of one batch.
+
+    ``terms``: raw values per term key; ``weighted``: each term's contribution to R_total (w_i * r_i for sums);
+    ``weights``: the coefficients actually applied (recipe weight times the combiner's coefficient); ``total``:
+    R_total per completion (None = unscorable, zero advantage). ``extra``: per-row values the combiner derived
+    (e.g. Audio-Thinker's adaptive accuracy); ``scalars``: batch-level values (e.g. the share of thinking rollouts).
+    """
+
+    terms: dict[str, list[float | None]]
+    weighted: dict[str, list[float | None]]
+    weights: dict[str, float]
+    total: list[float | None]
+    extra: dict[str, list[float | None]] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+
+
+class Rubric:
+    """Resolves term specs against the registry once, then scores batches."""
+
+    def __init__(
+        self, specs: Sequence[TermSpec], combiner: str = "sum", combiner_options: Mapping[str, Any] | None = None
+    ) -> None:
+        if not specs:
+            raise ValueError("a rubric needs at least one reward term")
+        keys = [s.key for s in specs]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"reward term(s) listed twice: {duplicates}; give one of them a distinct 'label'")
+        for spec in specs:
+            if isinstance(spec.weight, bool) or not isinstance(spec.weight, (int, float)) or not math.isfinite(
+                spec.weight
+            ):
+                raise ValueError(f"reward term {spec.key!r}: weight must be a finite number, got {spec.weight!r}")
+        self.specs = list(specs)
+        self._resolved: dict[str, RegisteredReward] = {}
+        for spec in self.specs:
+            reward = get_reward(spec.name)
+            reward.validate(spec.options)
+            self._resolved[spec.key] = reward
+        self.combiner_name = combiner
+        self._combine = get_combiner(combiner)
+        self.combiner_options = self._inherit_think_prefilled(dict(combiner_options or {}))
+        validate_combiner(self._combine, combiner, keys, self.weights, self.combiner_options)
+
+    def _inherit_think_prefilled(self, options: dict[str, Any]) -> dict[str, Any]:
+        # audio_thinker detects thinking rollouts itself; it must parse completions the way the terms do.
+        if self.combiner_name != "audio_thinker":
+            return options
+        values = {bool(s.options["think_prefilled"]) for s in self.specs if "think_prefilled" in s.options}
+        if "think_prefilled" not in options and len(values) == 1:
+            options["think_prefilled"] = values.pop()
+        elif "think_prefilled" in options and values - {options["think_prefilled"]}:
+            raise ValueError(
+                "combiner 'audio_thinker': combiner_options.think_prefilled disagrees with a term's think_prefilled"
+            )
+        elif len(values) > 1:
+            raise ValueError("reward terms disagree on think_prefilled; set it the same way on every term")
+        return options
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {s.key: float(s.weight) for s in self.specs}
+
+    def score(
+        self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]], context: RewardContext | None = None
+    ) -> RewardBreakdown:
+        context = context or RewardContext()
+        if len(completions) != len(samples):
+            raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
+        terms = {
+            spec.key: self._resolved[spec.key].score_batch(completions, samples, context, **dict(spec.options))
+            for spec in self.specs
+        }
+        weights = self.weights
+        result = call_combiner(
+            self._combine, terms, weights, context,
+            completions=completions, samples=samples, options=self.combiner_options,
+        )  # fmt: skip
+        if isinstance(result, Combined):
+            total = list(result.total)
+            if len(total) != len(completions):
+                raise ValueError(
+                    f"combiner {self.combiner_name!r} returned {len(total)} totals for {len(completions)} completions"
+                )
+            return RewardBreakdown(
+                terms=terms,
+                weighted={k: list(v) for k, v in result.weighted.items()},
+                weights=dict(result.weights),
+                total=total,
+                extra={k: list(v) for k, v in result.extra.items()},
+                scalars=dict(result.scalars),
+            )
+        total = list(result)
+        if len(total) != len(completions):
+            raise ValueError(
+                f"combiner {self.combiner_name!r} returned {len(total)} totals for {len(completions)} completions"
+            )
+        weighted = {k: [None if v is None else weights[k] * v for v in values] for k, values in terms.items()}
+        return RewardBreakdown(terms=terms, weighted=weighted, weights=weights, total=total)
+
+    def metrics(self) -> dict[str, float]:
+        """Counters of the terms that keep some (the LLM judges: requests, cache hits, failures, retries...).
+
+        Keys are ``"{term key}/{counter}"``; values are cumulative since the process started. Empty for rule rewards.
+        """
+        out: dict[str, float] = {}
+        for spec in self.specs:
+            for name, value in self._resolved[spec.key].metrics(spec.options).items():
+                out[f"{spec.key}/{name}"] = value
+        return out
+
+
+_SECTION_KEYS = {"combiner", "combiner_options", "terms"}
+_TERM_KEYS = {"name", "weight", "options", "label"}
+
+
+def rubric_from_config(section: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Rubric:
+    """Build a Rubric from a recipe's ``rewards:`` section (see the module docstring); unknown keys are errors.
+
+    A bare list of terms is accepted too and means ``combiner: sum``.
+    """
+    if isinstance(section, Sequence) and not isinstance(section, (str, bytes)):
+        section = {"terms": section}
+    if not isinstance(section, Mapping):
+        raise ValueError(f"the rewards section must be a mapping or a list of terms, got {type(section).__name__}")
+    unknown = sorted(set(section) - _SECTION_KEYS)
+    if unknown:
+        raise ValueError(f"rewards: unknown key(s) {unknown}; allowed: {sorted(_SECTION_KEYS)}")
+    terms = section.get("terms")
+    if not isinstance(terms, Sequence) or isinstance(terms, (str, bytes)) or not terms:
+        raise ValueError("rewards: 'terms' must be a non-empty list of {name, weight, options, label}")
+    specs = []
+    for i, term in enumerate(terms):
+        if isinstance(term, str):
+            term = {"name": term}
+        if not isinstance(term, Mapping) or "name" not in term:
+            raise ValueError(f"rewards.terms[{i}]: expected a mapping with a 'name', got {term!r}")
+        bad = sorted(set(term) - _TERM_KEYS)
+        if bad:
+            raise ValueError(f"rewards.terms[{i}] ({term['name']!r}): unknown key(s) {bad}; allowed: {sorted(_TERM_KEYS)}")
+        options = term.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ValueError(f"rewards.terms[{i}] ({term['name']!r}): 'options' must be a mapping")
+        specs.append(
+            TermSpec(
+                name=str(term["name"]),
+                weight=term.get("weight", 1.0),
+                options=dict(options),
+                label=term.get("label"),
+            )
+        )
+    options = section.get("combiner_options") or {}
+    if not isinstance(options, Mapping):
+        raise ValueError("rewards: 'combiner_options' must be a mapping")
+    return Rubric(specs, combiner=str(section.get("combiner") or "sum"), combiner_options=options)
