@@ -4,18 +4,37 @@ A reward is a pure function ``score(completion: str, sample: Mapping) -> float |
 text and the dataset row (answer, choices, question, metadata), never waveforms. ``None`` means "not applicable"
 (for example no gold answer) and is never the same as 0.
 
-Importing this package registers the built-in rewards. It needs no torch.
+Built-in rewards (importing this package registers them; it needs no torch):
+
+==================  ==========  ===========================================================================
+name                range       what
+==================  ==========  ===========================================================================
+accuracy            {0, 1}      answer matches gold; rules mmau (default), exact, option, mmsu, numeric
+format              {0, 1}      layout; modes search (paper Eq. 2, default), strict, adaptive
+consistency         {0, 1}      LLM judge: reasoning and answer are coherent (paper)
+thinking            [0, 1]/0.2  LLM judge: five reasoning criteria (paper)
+consistency_rule    {0, 1}      rule-based: the choice the reasoning ends on is the answer's choice
+consistency_cesar   [0, 1]      rule-based: CESAR concept overlap of reasoning with answer and question
+thinking_rule       [0, 1]/0.2  rule-based: length band and repetition checks
+overthinking        [0, 1]      rule-based: CESAR 1 - |think| / L_max
+keywords_rule       [0, 1]      rule-based: share of reasoning-pattern keyword categories used (CESAR-style)
+has_reasoning       {0, 1}      a non-blank closed <think> section (Step-Audio-R1)
+==================  ==========  ===========================================================================
+
+Combiners (``rewards.combiners``): sum (default), audio_thinker, cesar, step_audio_r1.
 """
 
 from rewards.registry import (
     DuplicateRewardError,
     RewardContext,
+    RewardError,
+    RewardOutputError,
     UnknownRewardError,
     get_reward,
     register_reward,
     registered_names,
 )
-from rewards.rubric import RewardBreakdown, Rubric, TermSpec
+from rewards.rubric import RewardBreakdown, Rubric, TermSpec, rubric_from_config
 
 # Importing the built-in modules registers them.
 from rewards import (  # noqa: E402,F401  isort: skip
@@ -24,6 +43,7 @@ from rewards import (  # noqa: E402,F401  isort: skip
     consistency_cesar,
     consistency_rule,
     has_reasoning,
+    judge,
     keywords_rule,
     overthinking,
     thinking_rule,
@@ -33,10 +53,13 @@ __all__ = [
     "DuplicateRewardError",
     "RewardBreakdown",
     "RewardContext",
+    "RewardError",
+    "RewardOutputError",
     "Rubric",
     "TermSpec",
     "UnknownRewardError",
     "get_reward",
     "register_reward",
     "registered_names",
+    "rubric_from_config",
 ]

@@ -61,7 +61,11 @@ def _length(terms: Mapping[str, Values]) -> int:
 
 
 def weighted_sum(
-    terms: Mapping[str, Values], weights: Mapping[str, float], context: RewardContext, *, options: Mapping | None = None
+    terms: Mapping[str, Values],
+    weights: Mapping[str, float],
+    context: RewardContext,
+    *,
+    options: Mapping[str, Any] | None = None,
 ) -> list[float | None]:
     """R_total = sum_i w_i * r_i over the terms that apply (r_i is not None).
 
@@ -134,9 +138,7 @@ weighted_sum.validate = _validate_sum  # type: ignore[attr-defined]
 # --- coefficient sums: CESAR, Step-Audio-R1 -----------------------------------------------------------------------
 
 
-def _coefficient_sum(
-    name: str, coefficients: Mapping[str, float], required: Sequence[str]
-) -> Callable[..., Combined]:
+def _coefficient_sum(name: str, coefficients: Mapping[str, float], required: Sequence[str]) -> Callable[..., Combined]:
     def validate(keys: Sequence[str], weights: Mapping[str, float], options: Mapping[str, Any]) -> None:
         _check_options(name, options, ("roles", "none"))
         _check_none_option(name, options)
@@ -333,8 +335,9 @@ def get_combiner(name: str) -> Combiner:
     raise KeyError(f"unknown reward combiner {name!r}; available: {', '.join(sorted(COMBINERS))}")
 
 
-def validate_combiner(combiner: Combiner, name: str, keys: Sequence[str], weights: Mapping[str, float],
-                      options: Mapping[str, Any]) -> None:
+def validate_combiner(
+    combiner: Combiner, name: str, keys: Sequence[str], weights: Mapping[str, float], options: Mapping[str, Any]
+) -> None:
     """Run the combiner's ``validate`` hook, if any; a combiner without one accepts no options."""
     hook = getattr(combiner, "validate", None)
     if hook is not None:

@@ -49,7 +49,8 @@ DEFAULT_KEYWORDS: dict[str, tuple[str, ...]] = {
 def _compile(groups: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[re.Pattern[str], ...]:
     patterns = []
     for _, words in groups:
-        alternatives = sorted((r"\s+".join(map(re.escape, w.casefold().split())) for w in words), key=len, reverse=True)
+        escaped = (r"\s+".join(map(re.escape, w.casefold().split())) for w in words)
+        alternatives = sorted(escaped, key=len, reverse=True)  # longest first: "rule out" before "rule"
         patterns.append(re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)"))
     return tuple(patterns)
 

@@ -77,8 +77,10 @@ class Rubric:
         if duplicates:
             raise ValueError(f"reward term(s) listed twice: {duplicates}; give one of them a distinct 'label'")
         for spec in specs:
-            if isinstance(spec.weight, bool) or not isinstance(spec.weight, (int, float)) or not math.isfinite(
-                spec.weight
+            if (
+                isinstance(spec.weight, bool)
+                or not isinstance(spec.weight, (int, float))
+                or not math.isfinite(spec.weight)
             ):
                 raise ValueError(f"reward term {spec.key!r}: weight must be a finite number, got {spec.weight!r}")
         self.specs = list(specs)
@@ -187,7 +189,9 @@ def rubric_from_config(section: Mapping[str, Any] | Sequence[Mapping[str, Any]])
             raise ValueError(f"rewards.terms[{i}]: expected a mapping with a 'name', got {term!r}")
         bad = sorted(set(term) - _TERM_KEYS)
         if bad:
-            raise ValueError(f"rewards.terms[{i}] ({term['name']!r}): unknown key(s) {bad}; allowed: {sorted(_TERM_KEYS)}")
+            raise ValueError(
+                f"rewards.terms[{i}] ({term['name']!r}): unknown key(s) {bad}; allowed: {sorted(_TERM_KEYS)}"
+            )
         options = term.get("options") or {}
         if not isinstance(options, Mapping):
             raise ValueError(f"rewards.terms[{i}] ({term['name']!r}): 'options' must be a mapping")

@@ -39,6 +39,8 @@ class CovoAudioDownsampleLayer(nn.Module):
         self.conv1d = nn.Conv1d(channels, channels, kernel_size=3, stride=2, padding=1)
         self.linear1 = nn.Linear(channels, hidden)
         self.linear2 = nn.Linear(hidden, out_channels)
+        for layer in (self.conv1d, self.linear1, self.linear2):
+            layer._fan_in_init = True  # see grpo_audio.model.tiny.build_tiny_model
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, ceil(T/2), C_out)
         x = self.conv1d(frames.transpose(1, 2)).transpose(1, 2)
@@ -88,6 +90,9 @@ class CovoAudioModel(CovoAudioPreTrainedModel):
     def __init__(self, config: CovoAudioConfig) -> None:
         super().__init__(config)
         self.encoder = WhisperEncoder(config.encoder_config)
+        # Fan-in init (see grpo_audio.model.tiny.build_tiny_model) for the encoder's input convolutions too
+        self.encoder.conv1._fan_in_init = True
+        self.encoder.conv2._fan_in_init = True
         self.audio_adapter = CovoAudioAdapter(config)
         self.language_model = Qwen2Model(config.llm_config)
         self.post_init()

@@ -1,0 +1,28 @@
+"""LLM-judge rewards (``consistency``, ``thinking``) and the client, cache, parser and counters behind them.
+
+Standard library only; importing this package registers the two judge rewards. See ``rewards.judge.scorers`` for
+the reward definitions and options, ``rewards.judge.client`` for the HTTP behaviour (concurrency, timeouts,
+retries), ``rewards.judge.verdicts`` for the reply contract, ``rewards.judge.cache`` for the verdict cache.
+"""
+
+from rewards.judge.cache import JudgeCache
+from rewards.judge.client import JudgeClient, JudgeConfig, JudgeRequestError
+from rewards.judge.scorers import Judge, JudgeError, get_judge, judge_stats, reset_judges
+from rewards.judge.stats import JudgeStats
+from rewards.judge.verdicts import MalformedVerdictError, parse_consistency, parse_thinking
+
+__all__ = [
+    "Judge",
+    "JudgeCache",
+    "JudgeClient",
+    "JudgeConfig",
+    "JudgeError",
+    "JudgeRequestError",
+    "JudgeStats",
+    "MalformedVerdictError",
+    "get_judge",
+    "judge_stats",
+    "parse_consistency",
+    "parse_thinking",
+    "reset_judges",
+]

@@ -1,0 +1,102 @@
+"""Audio reaches the model in rollouts and in every log-prob pass (stock TRL silently drops it)."""
+
+import inspect
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from grpo_audio.audio_rows import AudioRows
+from grpo_audio.trainer import AudioGRPOTrainer
+from grpo_audio.training import build_training
+
+
+def _count_encoder_calls(model):
+    calls = []
+    model.model.encoder.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    return calls
+
+
+def test_trl_extension_points_have_the_signatures_we_override():
+    """A TRL upgrade that changes these signatures must fail here, not silently drop the audio."""
+    expected = {
+        "_generate_and_score_completions": ["self", "inputs"],
+        "_generate_single_turn": [
+            "self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"
+        ],
+        "_compute_loss": ["self", "model", "inputs"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
+    logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert logps[:8] == [
+        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
+        "compute_aux_loss",
+    ]
+    for name in expected:
+        assert name in AudioGRPOTrainer.__dict__
+    assert "_get_per_token_logps_and_entropies" in AudioGRPOTrainer.__dict__
+
+
+def test_encoder_runs_in_rollout_and_in_the_loss_when_the_adapter_trains(tiny_recipe):
+    setup = build_training(tiny_recipe("model.freeze_adapter=false", "trainer.max_steps=1"))
+    calls = _count_encoder_calls(setup.model)
+    setup.trainer.train()
+    # one no-grad call builds the rollout prompts; one grad-enabled call is the policy's log-prob pass
+    assert False in calls, "audio never reached generation"
+    assert True in calls, "audio never reached the loss"
+    assert setup.featurizer.encoder_calls == 0  # mel form: nothing precomputed
+
+
+def test_frozen_audio_is_encoded_once_per_batch_and_spliced_into_the_loss(tiny_recipe):
+    setup = build_training(tiny_recipe("trainer.max_steps=2"))
+    calls = _count_encoder_calls(setup.model)
+    placeholder = setup.model.config.audio_placeholder_token_id
+    seen = []
+
+    def check_inputs(module, args, kwargs):
+        embeds = kwargs["inputs_embeds"]
+        if torch.is_grad_enabled():  # the policy pass of the loss
+            seen.append(embeds.detach().clone())
+
+    setup.model.model.language_model.register_forward_pre_hook(check_inputs, with_kwargs=True)
+    plain = setup.model.get_input_embeddings().weight[placeholder].detach().clone()
+    setup.trainer.train()
+    assert setup.featurizer.encoder_calls == 2  # one per generation batch (2 steps), for all G copies of a clip
+    assert calls == [False, False]  # no encoder work inside the loss: features are reused
+    assert seen, "the loss never ran a forward"
+    # no row of the policy forward still carries the plain <|cAUDIO|> embedding
+    assert not any(torch.isclose(e, plain).all(dim=-1).any() for e in seen)
+
+
+def test_same_completion_gets_different_logprobs_under_different_audio(tiny_recipe):
+    setup = build_training(tiny_recipe())
+    trainer, dataset = setup.trainer, setup.dataset
+    tok = setup.tokenizer
+    by_length = sorted(dataset, key=lambda row: row["prompt"].count("<|cAUDIO|>"))
+    a, b = by_length[0], by_length[-1]  # b's clip has at least as many frames as a's prompt needs
+    assert a["audio"] != b["audio"]
+    completion = tok("<think>listen</think><answer>high</answer>", add_special_tokens=False)["input_ids"]
+    prompt = tok(a["prompt"], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + completion])
+    mask = torch.ones_like(ids)
+
+    def logps(path):
+        trainer._current_audio = setup.featurizer.rows([path], setup.model, torch.device("cpu"))
+        with torch.no_grad():
+            out, _, _ = trainer._get_per_token_logps_and_entropies(setup.model, ids, mask, len(completion))
+        return out
+
+    first, second, again = logps(a["audio"]), logps(b["audio"]), logps(a["audio"])
+    assert torch.equal(first, again)
+    assert (first - second).abs().max() > 1e-4
+
+
+def test_log_prob_pass_without_audio_is_an_error(tiny_recipe):
+    setup = build_training(tiny_recipe())
+    ids = torch.ones(2, 5, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="audio for 2 token rows expected, none available"):
+        setup.trainer._get_per_token_logps_and_entropies(setup.model, ids, torch.ones_like(ids), 2)
+    setup.trainer._current_audio = AudioRows(audio_embeds=torch.zeros(3, 1, 64))
+    with pytest.raises(RuntimeError, match="audio for 2 token rows expected, 3 rows available"):
+        setup.trainer._get_per_token_logps_and_entropies(setup.model, ids, torch.ones_like(ids), 2)

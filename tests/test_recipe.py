@@ -1,0 +1,121 @@
+"""Recipes: shipped files parse, typos get suggestions, bad values name the field, the CLI prints one line."""
+
+
+import pytest
+
+from grpo_audio.cli import main
+from grpo_audio.recipe import RecipeError, load_recipe
+from grpo_audio.recipe.loader import generation_batch_size
+from grpo_audio.resources import shipped_dir
+
+SHIPPED = sorted(shipped_dir("configs").glob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    assert any(p.name == "demo.yaml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_names_its_launch_command(path):
+    recipe = load_recipe(path)
+    assert recipe.rollout.num_generations >= 2
+    first_lines = path.read_text().splitlines()[:3]
+    assert any("grpo-audio" in line for line in first_lines if line.startswith("#"))
+
+
+def test_defaults_equal_demo_shape():
+    recipe = load_recipe(None)
+    assert recipe.model.source == "tiny" and recipe.data.source == "synthetic"
+    assert [t.name for t in recipe.rewards.terms] == ["accuracy", "format"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout.num_generation=4", "unknown key 'rollout.num_generation'; did you mean 'rollout.num_generations'?"),
+        ("trainer.learning_rat=1e-6", "did you mean 'trainer.learning_rate'?"),
+        ("modle.source=tiny", "did you mean 'model'?"),
+        ("model.tiny.hiden_size=8", "did you mean 'model.tiny.hidden_size'?"),
+    ],
+)
+def test_misspelled_key_fails_with_suggestion(override, message):
+    with pytest.raises(RecipeError, match=None) as info:
+        load_recipe(None, [override])
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("rollout.temperature=hot", "rollout.temperature"),
+        ("rollout.num_generations=2.5", "rollout.num_generations"),
+        ("trainer.max_steps=many", "trainer.max_steps"),
+        ("model.freeze_encoder=3", "model.freeze_encoder"),
+        ("data.synthetic.tasks=[pitch, loudness]", "data.synthetic.tasks[1]"),
+    ],
+)
+def test_wrong_type_names_the_field(override, field):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, [override])
+    assert f"{field}: expected" in str(info.value)
+
+
+def test_scientific_notation_is_a_float():
+    # YAML 1.1 reads 1e-6 as a string; the float field must still accept it.
+    assert load_recipe(None, ["trainer.learning_rate=1e-6"]).trainer["learning_rate"] == 1e-6
+
+
+def test_unknown_reward_name_suggests():
+    with pytest.raises(RecipeError, match="unknown reward 'acuracy'; did you mean 'accuracy'"):
+        load_recipe(None, ["rewards.terms=[{name: acuracy}]"])
+
+
+def test_group_size_must_divide_generation_batch():
+    with pytest.raises(RecipeError, match="not a multiple of rollout.num_generations=3"):
+        load_recipe(None, ["rollout.num_generations=3", "trainer.per_device_train_batch_size=8"])
+    recipe = load_recipe(None, ["rollout.num_generations=3", "trainer.per_device_train_batch_size=6"])
+    assert generation_batch_size(recipe) == 6
+
+
+def test_trainer_keys_owned_by_other_sections_are_redirected():
+    with pytest.raises(RecipeError, match="trainer.temperature is set in rollout.temperature instead"):
+        load_recipe(None, ["trainer.temperature=0.7"])
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found: .*nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="data.path: file not found: .*missing.jsonl"):
+        load_recipe(None, ["data.source=jsonl", f"data.path={tmp_path / 'missing.jsonl'}"])
+    with pytest.raises(RecipeError, match="no template 'nope'"):
+        load_recipe(None, ["prompt.template=nope"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  source: tiny\n rollout: [\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: line \d+ is not valid YAML"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["config", "--set", "rollout.num_generation=4"], "did you mean 'rollout.num_generations'"),
+        (["train", "missing.yaml"], "recipe file not found: missing.yaml"),
+        (["config", "--set", "rollout.temperature=hot"], "rollout.temperature: expected float"),
+        (["config", "--set", "rewards.terms=[{name: nope}]"], "unknown reward 'nope'"),
+        (["config", "--set", "rollout.num_generations=3"], "not a multiple of rollout.num_generations=3"),
+    ],
+)
+def test_cli_reports_bad_recipes_in_one_line(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_config_prints_resolved_recipe_with_overrides(capsys):
+    assert main(["config", str(shipped_dir("configs") / "demo.yaml"), "--set", "trainer.learning_rate=2e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "learning_rate: 2.0e-06" in out and "num_generations: 4" in out

@@ -1,0 +1,63 @@
+"""A 2-step ``grpo-audio train`` on the tiny model writes a complete run directory."""
+
+import json
+
+import pytest
+import torch
+
+from grpo_audio.cli import main
+from grpo_audio.model import CovoAudioForConditionalGeneration
+
+
+@pytest.mark.slow
+def test_two_step_train_writes_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--set", f"run.output_dir={run}",
+        "--set", "data.synthetic.num_questions=8",
+        "--set", "rollout.max_completion_length=12",
+        "--set", "trainer.max_steps=2",
+    ]
+    assert main(argv) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 2
+    for name in ("recipe.yaml", "command.txt", "prompt.txt", "data/manifest.jsonl"):
+        assert (run / name).is_file(), name
+    assert "<|cAUDIO|>" in (run / "prompt.txt").read_text()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:  # every reward term is logged on its own, next to R_total
+        for key in ("rewards/accuracy/mean", "rewards/format/mean", "rewards/R_total/mean",
+                    "rewards/accuracy/weighted_mean", "frac_reward_zero_std"):
+            assert key in m, key
+    out = capsys.readouterr().out
+    assert "step 2/2 | R_total" in out and "accuracy" in out
+    model = CovoAudioForConditionalGeneration.from_pretrained(run / "final_model")
+    assert model.config.model_type == "covo_audio"
+    assert not (run / "final_model.tmp").exists()
+
+
+@pytest.mark.slow
+def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
+    from grpo_audio.training import build_training
+
+    setup = build_training(tiny_recipe("model.lora={r: 4, alpha: 8}", "trainer.max_steps=2"))
+    before = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    setup.trainer.train()
+    model = setup.trainer.model
+    lora = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora and all("lora_" in n and "language_model" in n for n in lora)
+    assert not any("lm_head" in n or "encoder" in n for n in lora)
+    merged = model.merge_and_unload().state_dict()
+    assert torch.equal(merged["model.encoder.conv1.weight"], before["model.encoder.conv1.weight"])
+
+
+def test_rerun_into_a_foreign_directory_is_refused(tmp_path, capsys):
+    foreign = tmp_path / "not_a_run"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    assert main(["train", "--set", f"run.output_dir={foreign}"]) == 2
+    assert "was not written by grpo-audio" in capsys.readouterr().err
+    assert (foreign / "precious.txt").read_text() == "keep me"
