@@ -35,7 +35,9 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grpo-audio", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="grpo-audio", description="GRPO training harness for audio language models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))

@@ -1,6 +1,7 @@
 """A 2-step ``grpo-audio train`` on the tiny model writes a complete run directory."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,22 @@ def test_rerun_into_a_foreign_directory_is_refused(tmp_path, capsys):
     assert main(["train", "--set", f"run.output_dir={foreign}"]) == 2
     assert "was not written by grpo-audio" in capsys.readouterr().err
     assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_a_saved_final_model_is_a_pretrained_source(tiny_recipe):
+    from grpo_audio.prompting import load_template
+    from grpo_audio.run_dir import save_model_atomic
+    from grpo_audio.training import build_tokenizer_and_model
+
+    setup_recipe = tiny_recipe()
+    template = load_template("audio_cot_v1")
+    tokenizer, model = build_tokenizer_and_model(setup_recipe, [], template)
+    target = setup_recipe.run.output_dir + "_model"
+    save_model_atomic(model, tokenizer, Path(target))
+    recipe = tiny_recipe("model.source=pretrained", f"model.path={target}")
+    tokenizer2, model2 = build_tokenizer_and_model(recipe, [], template)
+    assert tokenizer2.get_vocab() == tokenizer.get_vocab()
+    a, b = model.state_dict(), model2.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert model2.config.audio_placeholder_token_id == tokenizer.convert_tokens_to_ids("<|cAUDIO|>")

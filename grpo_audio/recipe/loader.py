@@ -93,7 +93,8 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
         if key in TRAINER_KEYS_OWNED_ELSEWHERE:
             raise RecipeError(f"trainer.{key} is set in {TRAINER_KEYS_OWNED_ELSEWHERE[key]} instead")
         if key not in fields:
-            raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){suggest(key, list(fields), 'trainer.')}")
+            hint = suggest(key, list(fields), "trainer.")
+            raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){hint}")
         checked[key] = convert(value, fields[key], f"trainer.{key}")
     return checked
 

@@ -95,7 +95,9 @@ class DataSection:
 
 @dataclass
 class PromptSection:
-    template: str = _help("Prompt template name in prompts/ (file stem), or a path to a template YAML.", "audio_cot_v1")
+    template: str = _help(
+        "Prompt template name in prompts/ (file stem), or a path to a template YAML.", "audio_cot_v1"
+    )
 
 
 @dataclass

@@ -40,7 +40,7 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-class _Mismatch(Exception):
+class _TypeMismatchError(Exception):
     pass
 
 
@@ -48,7 +48,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     """Return ``value`` checked (and minimally coerced) against the annotation ``tp``; raise RecipeError."""
     try:
         return _convert(value, tp, path)
-    except _Mismatch:
+    except _TypeMismatchError:
         raise RecipeError(f"{path}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})") from None
 
 
@@ -61,46 +61,46 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is None:
             if type(None) in args:
                 return None
-            raise _Mismatch
+            raise _TypeMismatchError
         errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path)
-            except (_Mismatch, RecipeError) as exc:
+            except (_TypeMismatchError, RecipeError) as exc:
                 errors.append(exc)
         if any(isinstance(e, RecipeError) for e in errors) and len(args) <= 2:
             raise next(e for e in errors if isinstance(e, RecipeError))
-        raise _Mismatch
+        raise _TypeMismatchError
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise _Mismatch
+        raise _TypeMismatchError
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise _Mismatch
+            raise _TypeMismatchError
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
         return [convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise _Mismatch
+            raise _TypeMismatchError
         key_tp, val_tp = typing.get_args(tp) or (Any, Any)
         return {convert(k, key_tp, path): convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise _Mismatch
+            raise _TypeMismatchError
         return build_dataclass(tp, value, path)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise _Mismatch
+        raise _TypeMismatchError
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise _Mismatch
+        raise _TypeMismatchError
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -108,16 +108,16 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             try:
                 return float(value)
             except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
+                raise _TypeMismatchError from None
+        raise _TypeMismatchError
     if tp is str:
         if isinstance(value, str):
             return value
-        raise _Mismatch
+        raise _TypeMismatchError
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
-        raise _Mismatch
+        raise _TypeMismatchError
     return value  # an annotation this checker does not understand (e.g. a TRL enum); TRL validates it
 
 

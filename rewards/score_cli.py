@@ -1,0 +1,223 @@
+"""``score``: debug a reward before spending GPU hours. Scores a JSONL of (completion, sample) rows with a rubric.
+
+Usage (also ``python -m rewards score ...`` and ``grpo-audio rewards score ...``)::
+
+    score --rewards RECIPE_OR_RUBRIC.yaml --input rows.jsonl [--group-size G] [--output scores.jsonl]
+          [--step S --total-steps T]
+    list                                  # the registered rewards and combiners
+
+``--rewards``: a YAML file with a ``rewards:`` section (a full recipe works; other sections are ignored) or whose
+top level is that section (``{combiner, combiner_options, terms}``, or a bare list of terms).
+
+``--input``: one JSON object per line with ``completion`` (a string) and either ``sample`` (an object) or the
+sample's fields at the top level (everything except ``completion``). Blank lines are skipped. A bad line is an
+error naming its line number. With ``--group-size G`` the rows are read as consecutive groups of G completions of
+the same prompt (as the trainer scores them), so the row count must be a multiple of G.
+
+Prints one line per term: weight used, mean, std (population), count of None, min, max over the non-None values,
+then R_total, the combiner's batch scalars and the judge counters. ``--output`` writes per-row scores as JSONL
+(``line``, ``id``, ``terms``, ``weighted``, ``total``, ``extra``).
+
+Exit status: 0 on success, 1 when a reward fails (its traceback and the error on stderr), 2 on a usage or input
+error (message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from rewards.combiners import COMBINERS
+from rewards.registry import RewardContext, RewardError, RewardOutputError, get_reward, registered_names
+from rewards.rubric import RewardBreakdown, Rubric, rubric_from_config
+
+
+class InputError(ValueError):
+    """A problem with the command's inputs; reported as ``error: ...`` with exit status 2."""
+
+
+def load_rewards_section(path: Path) -> Any:
+    import yaml  # a dependency of the package; imported here so `import rewards` does not need it
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read YAML ({exc})") from exc
+    if isinstance(document, Mapping) and "rewards" in document:
+        return document["rewards"]
+    if isinstance(document, list) or (isinstance(document, Mapping) and "terms" in document):
+        return document
+    raise InputError(f"{path}: no 'rewards:' section (and the file is not a rewards section itself)")
+
+
+def read_rows(path: Path) -> tuple[list[int], list[str], list[dict[str, Any]]]:
+    """(line numbers, completions, samples) of a JSONL file; raises InputError naming the bad line."""
+    lines: list[int] = []
+    completions: list[str] = []
+    samples: list[dict[str, Any]] = []
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc})") from exc
+    with handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "completion" not in row:
+                raise InputError(f"{where}: missing 'completion'")
+            if not isinstance(row["completion"], str):
+                raise InputError(f"{where}: 'completion' must be a string, got {type(row['completion']).__name__}")
+            if "sample" in row:
+                sample = row["sample"]
+                if not isinstance(sample, dict):
+                    raise InputError(f"{where}: 'sample' must be an object, got {type(sample).__name__}")
+                extra = sorted(set(row) - {"completion", "sample"})
+                if extra:
+                    raise InputError(f"{where}: fields {extra} next to 'sample'; put them inside 'sample'")
+            else:
+                sample = {k: v for k, v in row.items() if k != "completion"}
+            lines.append(number)
+            completions.append(row["completion"])
+            samples.append(sample)
+    if not completions:
+        raise InputError(f"{path}: no rows")
+    return lines, completions, samples
+
+
+def summarise(values: Sequence[float | None]) -> dict[str, float]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": math.nan, "std": math.nan, "none": len(values), "min": math.nan, "max": math.nan}
+    mean = sum(present) / len(present)
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / len(present))
+    return {"mean": mean, "std": std, "none": len(values) - len(present), "min": min(present), "max": max(present)}
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _stats_row(name: str, weight: str, values: Sequence[float | None]) -> tuple[str, ...]:
+    s = summarise(values)
+    return (name, weight, _fmt(s["mean"]), _fmt(s["std"]), str(s["none"]), _fmt(s["min"]), _fmt(s["max"]))
+
+
+def print_table(breakdown: RewardBreakdown, rubric: Rubric, group_size: int, out: TextIO) -> None:
+    rows = [("term", "weight", "mean", "std", "none", "min", "max")]
+    for key, values in breakdown.terms.items():
+        rows.append(_stats_row(key, _fmt(breakdown.weights.get(key, math.nan)), values))
+    rows.append(_stats_row("R_total", "", breakdown.total))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        if i == len(rows) - 1:
+            print("  ".join("-" * w for w in widths), file=out)
+        cells = (c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        print("  ".join(cells), file=out)
+    n = len(breakdown.total)
+    print(f"rows: {n}  group size: {group_size}  combiner: {rubric.combiner_name}", file=out)
+    if group_size > 1:
+        flat = 0
+        for i in range(0, n, group_size):
+            group = breakdown.total[i : i + group_size]
+            present = [v for v in group if v is not None]
+            flat += len(set(present)) <= 1
+        print(f"groups with zero reward variance: {flat}/{n // group_size}", file=out)
+    for name, value in breakdown.scalars.items():
+        print(f"{name}: {value:.4f}", file=out)
+    for name, value in rubric.metrics().items():
+        print(f"{name}: {value:g}", file=out)
+
+
+def write_rows(path: Path, lines: list[int], samples: list[dict[str, Any]], breakdown: RewardBreakdown) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for j, line in enumerate(lines):
+            record = {
+                "line": line,
+                "id": samples[j].get("id"),
+                "terms": {k: v[j] for k, v in breakdown.terms.items()},
+                "weighted": {k: v[j] for k, v in breakdown.weighted.items()},
+                "total": breakdown.total[j],
+                "extra": {k: v[j] for k, v in breakdown.extra.items()},
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def run_score(args: argparse.Namespace, out: TextIO) -> int:
+    if args.group_size < 1:
+        raise InputError("--group-size must be >= 1")
+    section = load_rewards_section(Path(args.rewards))
+    try:
+        rubric = rubric_from_config(section)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{args.rewards}: rewards: {exc}") from exc
+    lines, completions, samples = read_rows(Path(args.input))
+    if len(completions) % args.group_size:
+        raise InputError(f"{args.input}: {len(completions)} rows is not a multiple of --group-size {args.group_size}")
+    context = RewardContext(step=args.step, total_steps=args.total_steps, group_size=args.group_size)
+    breakdown = rubric.score(completions, samples, context)
+    print_table(breakdown, rubric, args.group_size, out)
+    if args.output:
+        write_rows(Path(args.output), lines, samples, breakdown)
+        print(f"per-row scores: {args.output}", file=out)
+    return 0
+
+
+def run_list(out: TextIO) -> int:
+    for name in registered_names():
+        reward = get_reward(name)
+        doc = (sys.modules[reward.fn.__module__].__doc__ or "").strip().splitlines()
+        kind = "batched" if reward.batched else "per-row"
+        print(f"{name:<18} {kind:<8} {doc[0] if doc else ''}", file=out)
+        print(f"{'':<18} options: {', '.join(reward.option_names()) or '-'}", file=out)
+    print(f"combiners: {', '.join(COMBINERS)}", file=out)
+    return 0
+
+
+def build_parser(prog: str = "rewards") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Score completions with reward rubrics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score a JSONL of (completion, sample) rows and print a per-term table")
+    score.add_argument("--rewards", required=True, help="YAML recipe (its rewards: section) or rewards section")
+    score.add_argument("--input", required=True, help="JSONL rows: {completion, sample} or {completion, **sample}")
+    score.add_argument("--group-size", type=int, default=1, help="G: consecutive rows sharing a prompt (default 1)")
+    score.add_argument("--output", help="write per-row scores to this JSONL file")
+    score.add_argument("--step", type=int, default=0, help="optimizer step for schedules (audio_thinker's p)")
+    score.add_argument("--total-steps", type=int, default=1, help="total steps for schedules (default 1)")
+    sub.add_parser("list", help="list the registered rewards and combiners")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "rewards", out: TextIO | None = None) -> int:
+    """Entry point; ``argv`` starts at the subcommand (``["score", "--rewards", ...]``). Returns the exit status."""
+    out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv = ["score", *argv]  # `grpo-audio rewards score` may hand over the options only
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.command == "list":
+            return run_list(out)
+        return run_score(args, out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RewardError, RewardOutputError) as exc:
+        # the reward's own traceback is what its author needs; then the one-line summary
+        if exc.__cause__ is not None:
+            traceback.print_exception(type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
