@@ -141,6 +141,11 @@ def build_training(recipe: Recipe) -> TrainingSetup:
     rows = load_rows(recipe, run_dir)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
+    if recipe.model.source == "tiny":
+        # Keep the initial weights: the run can be reproduced from them, and TRL rebuilds the reference model
+        # (beta > 0 without LoRA) from the policy's directory.
+        save_model_atomic(model, tokenizer, run_dir / "initial_model")
+        model.config._name_or_path = str(run_dir / "initial_model")
     dataset = build_dataset(rows, tokenizer, template)
     (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
 

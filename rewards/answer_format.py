@@ -35,13 +35,27 @@ from rewards.registry import register_reward
 MODES = ("search", "strict", "adaptive")
 
 _PATTERN = re.compile(r"<think>.*</think>.*<answer>.*</answer>", re.DOTALL)
-_STRICT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
-_BARE = re.compile(r"\s*<answer>.*?</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def _tag_counts(text: str) -> tuple[int, ...]:
     return tuple(text.count(tag) for tag in _TAGS)
+
+
+# With each tag present exactly once, fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", DOTALL) holds
+# iff the stripped text starts with <think>, ends with </answer>, and only whitespace separates </think> from
+# <answer>. Checking that directly is linear and avoids the regex's character-by-character lazy scan.
+def _strict_layout(text: str) -> bool:
+    body = text.strip()
+    if not (body.startswith("<think>") and body.endswith("</answer>")):
+        return False
+    close, opening = body.find("</think>"), body.find("<answer>")
+    return close < opening and not body[close + len("</think>") : opening].strip()
+
+
+def _bare_layout(text: str) -> bool:
+    body = text.strip()
+    return body.startswith("<answer>") and body.endswith("</answer>")
 
 
 def validate(options: Mapping[str, Any]) -> None:
@@ -56,9 +70,9 @@ def score(completion: str, sample: Mapping[str, Any], think_prefilled: bool = Fa
         return float(_PATTERN.search(text) is not None)
     counts = _tag_counts(text)
     if mode == "strict":
-        return float(counts == (1, 1, 1, 1) and _STRICT.fullmatch(text) is not None)
+        return float(counts == (1, 1, 1, 1) and _strict_layout(text))
     if mode == "adaptive":
         if counts == (1, 1, 1, 1):
-            return float(_STRICT.fullmatch(text) is not None)
-        return float(counts == (0, 0, 1, 1) and _BARE.fullmatch(text) is not None)
+            return float(_strict_layout(text))
+        return float(counts == (0, 0, 1, 1) and _bare_layout(text))
     raise ValueError(f"format: unknown mode {mode!r}; choose one of {MODES}")

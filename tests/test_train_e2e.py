@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from grpo_audio.cli import main
 from grpo_audio.model import CovoAudioForConditionalGeneration
@@ -81,3 +82,19 @@ def test_a_saved_final_model_is_a_pretrained_source(tiny_recipe):
     a, b = model.state_dict(), model2.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert model2.config.audio_placeholder_token_id == tokenizer.convert_tokens_to_ids("<|cAUDIO|>")
+
+
+@pytest.mark.slow
+def test_kl_to_a_reference_model_built_from_the_initial_weights(tiny_recipe):
+    """beta > 0 without LoRA: TRL rebuilds the reference from the policy's directory (the saved initial model)
+    and its log-prob pass gets the audio too (it would raise otherwise)."""
+    from grpo_audio.training import build_training
+
+    setup = build_training(tiny_recipe("trainer.beta=0.04", "trainer.max_steps=2"))
+    assert setup.trainer.ref_model is not None
+    setup.trainer.train()
+    logged = [m for m in setup.trainer.state.log_history if "kl" in m]
+    assert len(logged) == 2 and all(m["kl"] >= 0 for m in logged)
+    ref = setup.trainer.ref_model.state_dict()
+    initial = load_file(setup.run_dir / "initial_model" / "model.safetensors")
+    assert all(torch.equal(ref[k], v) for k, v in initial.items())

@@ -12,6 +12,8 @@ Fields added by grpo-audio (absent from the release, given defaults equal to the
 
 from __future__ import annotations
 
+from dataclasses import field
+
 from transformers import AutoConfig, PreTrainedConfig, Qwen2Config, WhisperConfig
 
 
@@ -26,6 +28,8 @@ class CovoAudioConfig(PreTrainedConfig):
     adapter_downsample: int = 8
     adapter_hidden_size: int = 2048
     tie_word_embeddings: bool = False
+    # No remote code, ever; present (as None) because TRL reads it when it rebuilds a reference model.
+    auto_map: dict = field(default_factory=dict)
 
     def __post_init__(self, **kwargs):
         # Type tags written by the released serialiser; the sub-config dicts carry their own model_type.
@@ -59,4 +63,6 @@ class CovoAudioConfig(PreTrainedConfig):
         output = super().to_dict()
         output["_llm_config_type"] = "Qwen2Config"
         output["_encoder_config_type"] = "WhisperConfig"
+        if not output.get("auto_map"):
+            output.pop("auto_map", None)
         return output

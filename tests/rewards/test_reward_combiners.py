@@ -40,7 +40,9 @@ def test_sum_rubric_logs_weighted_terms_and_weight_zero():
 
 
 def test_paper_sum_with_real_rewards():
-    rubric = Rubric([TermSpec("accuracy"), TermSpec("format"), TermSpec("consistency_rule"), TermSpec("thinking_rule")])
+    rubric = Rubric(
+        [TermSpec("accuracy"), TermSpec("format"), TermSpec("consistency_rule"), TermSpec("thinking_rule")]
+    )
     sample = {"answer": "Woman", "choices": ["Man", "Woman"]}
     think = "The voice is high and soft, which rules out a man speaking in this short clip, so it is a woman."
     breakdown = rubric.score([f"<think>{think}</think><answer>Woman</answer>", "<answer>Man</answer>"], [sample] * 2)

@@ -86,7 +86,9 @@ class FakeJudge:
                     return
                 verdict = re.search(r"JUDGE=(\w+)", prompt).group(1)
                 content = REPLIES.get(verdict, f"Short justification.\n<score>{verdict}</score>")
-                self.send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
+                self.send(
+                    200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                )
 
             def send(self, status, data):
                 self.send_response(status)
@@ -146,7 +148,7 @@ def test_consistency_good_verdicts_and_skips(judge_server, monkeypatch):
         row("JUDGE=1"),
         row("JUDGE=0"),
         row("", think=False),  # no reasoning: None, no request
-        "<think>The voice is high and", # truncated: 0, no request
+        "<think>The voice is high and",  # truncated: 0, no request
         row("JUDGE=1", answer=""),  # empty answer: 0, no request
         row("JUDGE=thinkblock"),  # a reasoning judge's <think> block is ignored
     ]
@@ -283,7 +285,10 @@ def test_cache_avoids_requests_and_persists(judge_server, tmp_path):
     assert judge_server.requests == 4
     assert stats_of("consistency").cache_hits == 2
     lines = [json.loads(x) for x in cache_path.read_text().splitlines()]
-    assert [(x["model"], x["prompt_version"], x["value"]) for x in lines] == [("judge-8b", "v1", 1.0), ("judge-8b", "v1", 0.0)]
+    assert [(x["model"], x["prompt_version"], x["value"]) for x in lines] == [
+        ("judge-8b", "v1", 1.0),
+        ("judge-8b", "v1", 0.0),
+    ]
     # a new process (simulated): read back from the file; a torn last line is skipped
     with cache_path.open("a") as handle:
         handle.write('{"key": "abc", "val')
@@ -315,7 +320,9 @@ def test_rubric_metrics_and_validation(judge_server):
     rubric = Rubric([TermSpec("accuracy"), TermSpec("thinking", options=options(judge_server))])
     rubric.score([row("JUDGE=5"), row("JUDGE=garbage")], [SAMPLE, SAMPLE])
     metrics = rubric.metrics()
-    assert metrics["thinking/requests"] == 2 and metrics["thinking/failures"] == 1 and metrics["thinking/malformed"] == 1
+    assert (
+        metrics["thinking/requests"] == 2 and metrics["thinking/failures"] == 1 and metrics["thinking/malformed"] == 1
+    )
     with pytest.raises(ValueError, match="needs option 'model'"):
         Rubric([TermSpec("consistency", options={"url": judge_server.url})])
     with pytest.raises(ValueError, match="on_failure"):
