@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards import RewardContext, Rubric, TermSpec, get_reward  # noqa: E402
 
-WORDS = ("the voice is high and clear so it sounds like a woman speaking while the background has soft music and "
-         "a dog barks twice then the pitch rises which suggests a question because the tempo is slow").split()  # fmt: skip
+WORDS = (
+    "the voice is high and clear so it sounds like a woman speaking while the background has soft music and "
+    "a dog barks twice then the pitch rises which suggests a question because the tempo is slow"
+).split()
 CHOICES = ["Man", "Woman", "Child", "Robot"]
 
 
@@ -98,13 +100,22 @@ RUBRICS = {
         "sum",
     ),
     "audio_thinker (rule consistency/thinking)": (
-        [TermSpec("accuracy"), TermSpec("format", options={"mode": "adaptive"}),
-         TermSpec("consistency_rule", label="consistency"), TermSpec("thinking_rule", label="thinking")],
+        [
+            TermSpec("accuracy"),
+            TermSpec("format", options={"mode": "adaptive"}),
+            TermSpec("consistency_rule", label="consistency"),
+            TermSpec("thinking_rule", label="thinking"),
+        ],
         "audio_thinker",
     ),  # fmt: skip
     "cesar (acc+format+consistency_cesar+keywords_rule+overthinking)": (
-        [TermSpec("accuracy"), TermSpec("format"), TermSpec("consistency_cesar", label="consistency"),
-         TermSpec("keywords_rule", label="keywords"), TermSpec("overthinking")],
+        [
+            TermSpec("accuracy"),
+            TermSpec("format"),
+            TermSpec("consistency_cesar", label="consistency"),
+            TermSpec("keywords_rule", label="keywords"),
+            TermSpec("overthinking"),
+        ],
         "cesar",
     ),  # fmt: skip
     "step_audio_r1 (acc+has_reasoning)": ([TermSpec("accuracy"), TermSpec("has_reasoning")], "step_audio_r1"),

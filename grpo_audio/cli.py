@@ -49,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "rewards":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["rewards", "score"] and not {"-h", "--help"} & set(argv[2:3]):
+        # The reward tools parse their own options (argparse cannot pass "--flags" through a sub-parser).
         from rewards.score_cli import main as score_main
 
-        return score_main(["score", *args.args])
+        return score_main(argv[1:])
+    args = build_parser().parse_args(argv)
 
     from grpo_audio.recipe import load_recipe, recipe_to_dict
 

@@ -18,6 +18,7 @@ spaces (Chinese, Japanese) give one concept per run of characters, so the overla
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 STOPWORDS = frozenset(
     """
@@ -37,6 +38,7 @@ STOPWORDS = frozenset(
 _TOKEN = re.compile(r"[^\W_]+")
 
 
+@lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"

@@ -47,26 +47,39 @@ def _choice_pattern(choice: str) -> re.Pattern[str] | None:
     return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)")
 
 
+@lru_cache(maxsize=4096)
+def _choices_pattern(choices: tuple[str, ...]) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+    """One alternation over all choices, longest first, and the map from normalised match text to choice index.
+
+    Longest first makes "barking dog" win over "dog" where both start; a single pass over the reasoning replaces
+    one scan per choice.
+    """
+    index: dict[str, int] = {}
+    for i, choice in enumerate(choices):
+        index.setdefault(" ".join(choice.casefold().split()), i)
+    index.pop("", None)
+    if not index:
+        return None, index
+    alternatives = sorted(index, key=len, reverse=True)
+    body = "|".join(r"\s+".join(re.escape(w) for w in text.split()) for text in alternatives)
+    return re.compile(r"(?<!\w)(?:" + body + r")(?!\w)"), index
+
+
 def last_mentioned_choice(text: str, choices: Sequence[str]) -> int | None:
     """Index of the choice mentioned last in ``text`` (see the module docstring), or None if none is mentioned."""
-    folded = text.casefold()
-    best: tuple[int, int, int] | None = None  # (end position, length, index)
-    for i, choice in enumerate(choices):
-        pattern = _choice_pattern(str(choice))
-        if pattern is None:
-            continue
+    pattern, index = _choices_pattern(tuple(str(c) for c in choices))
+    best: tuple[int, int] | None = None  # (end position, choice index)
+    if pattern is not None:
         last = None
-        for last in pattern.finditer(folded):  # noqa: B007  the loop keeps the last match
+        for last in pattern.finditer(text.casefold()):  # noqa: B007  the loop keeps the last match
             pass
         if last is not None:
-            key = (last.end(), last.end() - last.start(), i)
-            if best is None or key[:2] > best[:2]:
-                best = key
+            best = (last.end(), index[" ".join(last.group(0).split())])
     for m in _LETTER_REF.finditer(text):
-        index = letter_index(m.group(1) or m.group(2), len(choices))
-        if index is not None and (best is None or m.end() > best[0]):
-            best = (m.end(), 0, index)
-    return None if best is None else best[2]
+        letter = letter_index(m.group(1) or m.group(2), len(choices))
+        if letter is not None and (best is None or m.end() > best[0]):
+            best = (m.end(), letter)
+    return None if best is None else best[1]
 
 
 def _mentions(text: str, answer: str) -> bool:

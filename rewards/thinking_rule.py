@@ -25,6 +25,7 @@ trigram and sentence checks fail).
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,12 +35,16 @@ from rewards.registry import register_reward
 
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 _PUNCT = re.compile(r"[^\w\s]")
+_PUNCTUATION = string.punctuation + "…“”‘’«»。，！？、；："
 
 
 def distinct_ngram_ratio(words: list[str], n: int = 3) -> float:
     """|distinct n-grams| / |n-grams|; 1.0 for texts shorter than n words (too short to loop)."""
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
+    total = len(words) - n + 1
+    if total <= 0:
+        return 1.0
+    # the shifted slices have different lengths on purpose: zip stops at the shortest
+    return len(set(zip(*(words[i:] for i in range(n)), strict=False))) / total
 
 
 def has_repeated_sentence(text: str) -> bool:
@@ -58,7 +63,7 @@ def longest_run(words: list[str]) -> int:
     best = run = 0
     previous = None
     for word in words:
-        key = _PUNCT.sub("", word.casefold())
+        key = word.casefold().strip(_PUNCTUATION)
         run = run + 1 if key == previous else 1
         previous = key
         best = max(best, run)
