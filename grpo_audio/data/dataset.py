@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datasets import Dataset
 
 from grpo_audio.audio.covo import SAMPLE_RATE, placeholder_count, trim_and_pad
-from grpo_audio.audio.io import load_audio
-from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.audio.io import AudioLoadError, load_audio
+from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.prompting import PromptTemplate, render_prompt
 
 
@@ -26,7 +26,10 @@ def build_dataset(rows: Sequence[AudioQuestion], tokenizer, template: PromptTemp
     records = []
     metadata_keys = sorted({k for r in rows for k in r.metadata})
     for row in rows:
-        n = clip_placeholders(row.audio)
+        try:
+            n = clip_placeholders(row.audio)
+        except AudioLoadError as exc:
+            raise DataError(f"row {row.id!r}: {exc}") from exc
         record = {
             "prompt": render_prompt(tokenizer, template, row.question, row.choices, n),
             "audio": row.audio,
