@@ -41,16 +41,20 @@ class ProgressLineCallback(TrainerCallback):
         self.term_names = term_names
         self.printer = printer
         self._start = None
+        self._first_step = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
+        self._first_step = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "reward" not in logs:
             return
         step, total = state.global_step, state.max_steps
+        if self._first_step is None:  # a resumed run starts counting at its checkpoint, not at 0
+            self._first_step = step - 1
         elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        per_step = elapsed / max(step, 1)
+        per_step = elapsed / max(step - self._first_step, 1)
         parts = [f"step {step}/{total}", f"R_total {logs['reward']:.3f}"]
         for name in self.term_names:
             value = logs.get(f"rewards/{name}/mean")

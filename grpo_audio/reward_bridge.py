@@ -3,7 +3,8 @@
 TRL receives a single reward function, ``R_total``, with weight 1: the rubric sums the terms (once, with the
 recipe's weights) and the function reports every raw term, every weighted term and R_total through TRL's
 ``log_metric`` so ``metrics.jsonl`` shows exactly the numbers the advantages were computed from:
-``rewards/<term>/mean``, ``rewards/<term>/weighted_mean``, ``rewards/<term>/none_frac`` and TRL's own
+``rewards/<term>/mean``, ``rewards/<term>/weighted_mean``, ``rewards/<term>/none_frac``, the combiner's own
+values (``rewards/combiner/...``), the rewards' counters (judge requests, failures, ...) and TRL's own
 ``rewards/R_total/mean``. A term that is None for a completion (not applicable) is left out of its mean and counted
 in ``none_frac``; a completion with no applicable term is unscorable (TRL gives it zero advantage).
 """
@@ -11,6 +12,7 @@ in ``none_frac``; a completion with no applicable term is unscorable (TRL gives 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +28,12 @@ def _mean(values: list[float | None]) -> float:
 
 
 def make_trl_reward(
-    rubric: Rubric, group_size: int, on_breakdown: Callable[[RewardBreakdown, list[dict]], None] | None = None
+    rubric: Rubric,
+    group_size: int,
+    on_breakdown: Callable[[RewardBreakdown, list[dict], float], None] | None = None,
 ):
+    """TRL reward function ``R_total``; ``on_breakdown(breakdown, samples, seconds)`` sees every scored batch."""
+
     def R_total(completions: list, **kwargs: Any) -> list[float | None]:  # noqa: N802  (TRL logs the __name__)
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         columns = {k: v for k, v in kwargs.items() if k not in TRL_CONTROL_KWARGS}
@@ -38,15 +44,23 @@ def make_trl_reward(
             total_steps=max(1, int(getattr(state, "max_steps", 1) or 1)),
             group_size=group_size,
         )
+        start = time.perf_counter()
         breakdown = rubric.score(texts, samples, context)
+        seconds = time.perf_counter() - start
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             for name, values in breakdown.terms.items():
                 log_metric(f"rewards/{name}/mean", _mean(values))
                 log_metric(f"rewards/{name}/weighted_mean", _mean(breakdown.weighted[name]))
                 log_metric(f"rewards/{name}/none_frac", sum(v is None for v in values) / max(1, len(values)))
+            for name, values in breakdown.extra.items():  # per-row values a combiner derived
+                log_metric(f"rewards/combiner/{name}/mean", _mean(values))
+            for name, value in breakdown.scalars.items():  # batch-level combiner values
+                log_metric(f"rewards/combiner/{name}", float(value))
+            for name, value in rubric.metrics().items():  # judge requests, cache hits, failures, ...
+                log_metric(f"rewards/{name}", float(value))
         if on_breakdown is not None:
-            on_breakdown(breakdown, samples)
+            on_breakdown(breakdown, samples, seconds)
         return breakdown.total
 
     return R_total

@@ -14,38 +14,135 @@ checked by a contract test):
 
 Audio is handed to the log-prob method through ``self._current_audio`` because TRL's callers do not forward
 unknown keyword arguments; the method checks that the audio rows match the token rows and fails otherwise.
+
+Also here: the step-time split logged with TRL's metrics (``time/audio_features_s``, ``time/rollout_s``,
+``time/scoring_s``, ``time/logprob_s`` for the old/reference passes, ``time/update_s`` for the policy forward,
+backward and optimizer), one ``rollouts.jsonl`` record per completion, and crash-safe checkpoints: each
+checkpoint is written under ``<output_dir>/.staging/`` and renamed into place only when complete, so a crash
+mid-write leaves the previous checkpoint as the last complete one.
 """
 
 from __future__ import annotations
 
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
+from grpo_audio.run_dir import replace_dir_atomic
+
+STAGING = ".staging"
 
 
 class AudioGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args, rollout_engine: RolloutEngine, featurizer: AudioFeaturizer, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        rollout_engine: RolloutEngine,
+        featurizer: AudioFeaturizer,
+        rollout_log: Callable[[list[dict]], None] | None = None,
+        **kwargs,
+    ) -> None:
         self.rollout_engine = rollout_engine
         self.featurizer = featurizer
+        self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
         self.last_rollout: RolloutResult | None = None
+        self.last_breakdown = None  # set by the reward bridge: the rubric's per-term scores of the last batch
+        self._timings: dict[str, float] = {}
+        self._staging_save = False
         super().__init__(*args, **kwargs)
+
+    def record_time(self, name: str, seconds: float) -> None:
+        self._timings[name] = self._timings.get(name, 0.0) + seconds
 
     def _generate_and_score_completions(self, inputs):
         missing = [i for i, row in enumerate(inputs) if not row.get("audio")]
         if missing:
             raise ValueError(f"batch rows {missing} have no 'audio' path; every training row needs a clip")
+        start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
         self._current_audio = self.featurizer.rows([row["audio"] for row in inputs], model, self.accelerator.device)
+        self.record_time("audio_features_s", time.perf_counter() - start)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             audio, self._current_audio = self._current_audio, None
         output.update(audio.as_dict())
+        elapsed = time.perf_counter() - start
+        self.record_time("generate_and_score_s", elapsed)
+        parts = ("audio_features_s", "rollout_s", "scoring_s")
+        self.record_time("logprob_s", elapsed - sum(self._timings.get(k, 0.0) for k in parts))
+        if self.rollout_log is not None:
+            self.rollout_log(self._rollout_records(inputs, output))
         return output
+
+    def _rollout_records(self, inputs, output) -> list[dict]:
+        """One record per completion of this (local) batch, in batch order (before TRL shuffles it)."""
+        result, breakdown = self.last_rollout, self.last_breakdown
+        texts = self.processing_class.batch_decode(result.completion_ids, skip_special_tokens=True)
+        advantages = output["advantages"].tolist()
+        records = []
+        for i, row in enumerate(inputs):
+            records.append({
+                "step": self.state.global_step + 1,
+                "prompt_id": row.get("id"),
+                "audio": row.get("audio"),
+                "completion": texts[i],
+                "rewards": {name: values[i] for name, values in breakdown.terms.items()} if breakdown else {},
+                "R_total": breakdown.total[i] if breakdown else None,
+                "advantage": advantages[i],
+                "length": len(result.completion_ids[i]),
+                "finish_reason": result.finish_reasons[i],
+            })
+        return records
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        start = time.perf_counter()
+        self._timings = {}
+        output = super().training_step(model, inputs, num_items_in_batch)
+        elapsed = time.perf_counter() - start
+        timings, self._timings = self._timings, {}
+        generation = timings.pop("generate_and_score_s", 0.0)
+        metrics = self._metrics["train"]
+        for name in ("audio_features_s", "rollout_s", "scoring_s", "logprob_s"):
+            if name in timings:
+                metrics[f"time/{name}"].append(timings[name])
+        metrics["time/update_s"].append(elapsed - generation)
+        return output
+
+    def _get_output_dir(self, trial):
+        output_dir = super()._get_output_dir(trial)
+        return str(Path(output_dir) / STAGING) if self._staging_save else output_dir
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint into ``.staging/`` and rename it into place once complete."""
+        final_root = Path(super()._get_output_dir(trial))
+        staging_root = final_root / STAGING
+        if staging_root.exists():
+            shutil.rmtree(staging_root)  # leftovers of a crashed save
+        self._staging_save = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_save = False
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            replace_dir_atomic(staging_root / name, final_root / name)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=str(final_root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None:
@@ -61,7 +158,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
         ):
             # A PEFT wrapper forwards prompt_embeddings/config to the base model and keeps its adapters active
+            start = time.perf_counter()
             result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
+            self.record_time("rollout_s", time.perf_counter() - start)
         self.last_rollout = result
         return result.completion_ids, result.logprobs
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,22 @@ from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe
 from grpo_audio.reward_bridge import make_trl_reward
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
-from grpo_audio.run_dir import finish_run_record, prepare_run_dir, save_model_atomic, write_run_record
+from grpo_audio.run_dir import (
+    finish_run_record,
+    open_run_dir,
+    save_model_atomic,
+    start_run_record,
+    truncate_logs_after,
+    write_provenance,
+)
 
 # Our defaults for TRL fields, chosen for a harness run (the recipe's trainer section overrides them).
 TRAINER_DEFAULTS = {
     "logging_steps": 1,
     "report_to": "none",
-    "save_strategy": "no",
+    "save_strategy": "steps",  # crash-safe checkpoints (see AudioGRPOTrainer._save_checkpoint)
+    "save_steps": 100,
+    "save_total_limit": 2,
     "remove_unused_columns": False,  # rewards need answer/choices/metadata columns
     "gradient_checkpointing": False,
     "disable_tqdm": True,  # the progress line replaces the per-step dict dump
@@ -49,16 +59,18 @@ class TrainingSetup:
     dataset: object
     template: PromptTemplate
     featurizer: AudioFeaturizer
+    resume_checkpoint: Path | None = None
 
 
-def load_rows(recipe: Recipe, run_dir: Path) -> list[AudioQuestion]:
+def load_rows(recipe: Recipe, run_dir: Path) -> tuple[list[AudioQuestion], Path]:
+    """The recipe's rows and the manifest they came from (synthetic data is (re)generated from the seed)."""
     if recipe.data.source == "synthetic":
         spec = recipe.data.synthetic
         manifest = write_synthetic_set(run_dir / "data", spec.num_questions, list(spec.tasks), recipe.run.seed)
     else:
         manifest = Path(recipe.data.path)
     rows = load_manifest(manifest)
-    return rows[: recipe.data.max_samples] if recipe.data.max_samples else rows
+    return (rows[: recipe.data.max_samples] if recipe.data.max_samples else rows), manifest
 
 
 def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
@@ -132,25 +144,44 @@ def grpo_config(recipe: Recipe, run_dir: Path):
     return GRPOConfig(**fields)
 
 
-def build_training(recipe: Recipe) -> TrainingSetup:
+class RolloutLogWriter:
+    """Appends one JSON line per completion to ``rollouts.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, records: list[dict]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, default=float) + "\n")
+
+
+def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     from grpo_audio.trainer import AudioGRPOTrainer
 
-    run_dir = prepare_run_dir(recipe)
-    record = write_run_record(run_dir, recipe)
+    run = open_run_dir(recipe)
+    run_dir = run.path
+    status = start_run_record(run, recipe)
+    if run.resume_checkpoint is not None:
+        truncate_logs_after(run_dir, checkpoint_step(run.resume_checkpoint))
     template = load_template(recipe.prompt.template)
-    rows = load_rows(recipe, run_dir)
+    rows, manifest = load_rows(recipe, run_dir)
+    write_provenance(run, recipe, manifest, [r.audio for r in rows], template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
     if recipe.model.source == "tiny":
         # Keep the initial weights: the run can be reproduced from them, and TRL rebuilds the reference model
         # (beta > 0 without LoRA) from the policy's directory.
-        save_model_atomic(model, tokenizer, run_dir / "initial_model")
+        if run.resume_checkpoint is None:
+            save_model_atomic(model, tokenizer, run_dir / "initial_model")
         model.config._name_or_path = str(run_dir / "initial_model")
     dataset = build_dataset(rows, tokenizer, template)
     (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
 
     rubric = rewards.Rubric(
-        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms], recipe.rewards.combiner
+        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
+        recipe.rewards.combiner,
+        recipe.rewards.combiner_options,
     )
     engine = HFRolloutEngine(
         SamplingSettings(
@@ -166,40 +197,56 @@ def build_training(recipe: Recipe) -> TrainingSetup:
     )
     featurizer = AudioFeaturizer(reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter)
     args = grpo_config(recipe, run_dir)
+    holder = {}
+
+    def on_breakdown(breakdown, samples, seconds):
+        trainer = holder["trainer"]
+        trainer.last_breakdown = breakdown
+        trainer.record_time("scoring_s", seconds)
+
     trainer = AudioGRPOTrainer(
         model=model,
-        reward_funcs=[make_trl_reward(rubric, recipe.rollout.num_generations)],
+        reward_funcs=[make_trl_reward(rubric, recipe.rollout.num_generations, on_breakdown)],
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(recipe),
         rollout_engine=engine,
         featurizer=featurizer,
+        rollout_log=RolloutLogWriter(run_dir / "rollouts.jsonl"),
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),
+            *extra_callbacks,
         ],
     )
+    holder["trainer"] = trainer
     # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
     trainer.remove_callback(PrinterCallback)
-    trainer.run_record = record
-    return TrainingSetup(run_dir, trainer, tokenizer, model, dataset, template, featurizer)
+    trainer.run_status = status
+    return TrainingSetup(run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint)
 
 
-def train(recipe: Recipe) -> Path:
-    setup = build_training(recipe)
+def checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
+def train(recipe: Recipe, extra_callbacks=()) -> Path:
+    setup = build_training(recipe, extra_callbacks)
     trainer = setup.trainer
+    start = "a fresh run" if setup.resume_checkpoint is None else f"resuming from {setup.resume_checkpoint}"
     print(
         f"grpo-audio: {len(setup.dataset)} questions, G={recipe.rollout.num_generations}, "
-        f"engine={recipe.rollout.engine}, run directory {setup.run_dir}",
+        f"engine={recipe.rollout.engine}, run directory {setup.run_dir} ({start})",
         flush=True,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
         save_model_atomic(model, setup.tokenizer, setup.run_dir / "final_model")
-        finish_run_record(setup.run_dir, trainer.run_record, global_step=trainer.state.global_step)
+        finish_run_record(setup.run_dir, trainer.run_status, global_step=trainer.state.global_step)
         print(f"grpo-audio: done; final model in {setup.run_dir / 'final_model'}", flush=True)
     return setup.run_dir

@@ -232,6 +232,9 @@ def audio_thinker(
     0.5 w_c, 0.5 w_f, w_t. Other terms are added as w_i r_i. A row whose accuracy or format is None, or a thinking
     row whose consistency/thinking (with non-zero weight) is None (a judge failure), gets R = None (unscorable).
 
+    Audio-Thinker's R_f also accepts a bare ``<answer>`` (no-think rollouts): use ``{name: format, options: {mode:
+    adaptive}}`` for the format term, as the paper's prompt lets the model skip reasoning.
+
     Example (p = 1, so g = 1): a thinking rollout, correct, consistent, format 1, thinking 0.8:
     1 * (1 + 0.5) + 0.5 + 0.8 = 2.8. A no-think correct rollout in a batch whose thinkers average 0.6:
     2 * (1 + 0.5) + 0.5 + 0.6 = 4.1.

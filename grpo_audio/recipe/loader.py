@@ -120,11 +120,30 @@ def check_cross_section(recipe: Recipe) -> None:
             f"the generation batch ({batch} rows = trainer.per_device_train_batch_size x {world} process(es) x "
             f"steps per generation) is not a multiple of rollout.num_generations={g}"
         )
-    if recipe.data.source == "jsonl":
-        if not recipe.data.path:
-            raise RecipeError("data.source is 'jsonl' but data.path is not set")
-        if not Path(recipe.data.path).is_file():
-            raise RecipeError(f"data.path: file not found: {recipe.data.path}")
+    data = recipe.data
+    if data.source != "synthetic":
+        if not data.path:
+            raise RecipeError(f"data.source is {data.source!r} but data.path is not set")
+        if data.source == "hf":
+            if not Path(data.path).exists():
+                raise RecipeError(f"data.path: dataset not found: {data.path}")
+        elif not Path(data.path).is_file():
+            raise RecipeError(f"data.path: file not found: {data.path}")
+    if data.root is not None and not Path(data.root).is_dir():
+        raise RecipeError(f"data.root: directory not found: {data.root}")
+    if data.max_samples is not None and data.max_samples < 1:
+        raise RecipeError(f"data.max_samples={data.max_samples}: must be at least 1 (or null for all rows)")
+    if data.min_duration_s < 0.01:
+        raise RecipeError(
+            f"data.min_duration_s={data.min_duration_s}: must be at least 0.01 (one 10 ms frame; a shorter clip "
+            "gives the model no audio)"
+        )
+    if data.max_duration_s is not None and data.max_duration_s <= data.min_duration_s:
+        raise RecipeError(
+            f"data.max_duration_s={data.max_duration_s} must be greater than data.min_duration_s={data.min_duration_s}"
+        )
+    if data.long_clips != "error" and data.max_duration_s is None:
+        raise RecipeError(f"data.long_clips={data.long_clips!r} needs data.max_duration_s (no limit is set)")
     if recipe.model.source == "pretrained":
         if not recipe.model.path:
             raise RecipeError("model.source is 'pretrained' but model.path is not set")
@@ -143,6 +162,7 @@ def check_rewards(recipe: Recipe) -> None:
         rewards.Rubric(
             [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
             recipe.rewards.combiner,
+            recipe.rewards.combiner_options,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RecipeError(f"rewards: {exc}") from None

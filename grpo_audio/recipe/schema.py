@@ -81,16 +81,51 @@ class SyntheticDataSpec:
 
 @dataclass
 class DataSection:
-    source: Literal["synthetic", "jsonl"] = _help(
-        "'synthetic': generate WAV questions into the run directory; 'jsonl': read data.path.", "synthetic"
+    source: Literal["synthetic", "jsonl", "hf", "mmau", "mmar", "mmsu", "avqa"] = _help(
+        "'synthetic': generate WAV questions into the run directory; 'jsonl': a JSONL manifest; 'hf': a Hugging "
+        "Face dataset on disk (save_to_disk directory, or local parquet/json/csv files) with an Audio column; "
+        "'mmau' / 'mmar': the benchmark's JSON file; 'mmsu': MMSU JSON/JSONL (choice_a..choice_d or choices); "
+        "'avqa': AVQA JSON (question_text, multi_choice, answer index). Layouts: grpo_audio/data/formats.py.",
+        "synthetic",
     )
     path: str | None = _help(
-        "JSONL manifest (one object per line: id, audio, question, choices, answer); audio paths are relative to "
-        "the manifest.",
+        "The data file (JSONL manifest, benchmark JSON/JSONL) or, for source 'hf', the dataset directory or file.",
         None,
     )
+    root: str | None = _help(
+        "Directory that relative audio paths are resolved against (MMAU/MMAR audio_id, AVQA <video_name>.wav, "
+        "manifest 'audio', HF Audio paths); default: the directory holding data.path.",
+        None,
+    )
+    split: str | None = _help(
+        "Split to read from a Hugging Face DatasetDict (source 'hf'); may be left out when there is only one.", None
+    )
+    audio_column: str = _help("Column holding the audio of a Hugging Face dataset (source 'hf').", "audio")
+    avqa_replace_video: bool = _help(
+        "AVQA: replace the word 'video' with 'audio' in questions (as peers do, since the model only hears the "
+        "clip); the original question is kept in the row metadata as 'question_original'.",
+        True,
+    )
     synthetic: SyntheticDataSpec = _help("Synthetic set settings.", factory=SyntheticDataSpec)
-    max_samples: int | None = _help("Use at most this many rows (in file order).", None)
+    max_samples: int | None = _help(
+        "Use at most this many rows: the first usable ones in file order (skipped rows do not count).", None
+    )
+    on_bad_audio: Literal["error", "skip"] = _help(
+        "A missing, empty, corrupt, truncated or NaN/inf clip: 'error' stops with a message naming the row and "
+        "file; 'skip' drops the row, counts it per reason and logs it to <run>/skipped.jsonl.",
+        "error",
+    )
+    min_duration_s: float = _help(
+        "Shortest usable clip in seconds (at least 0.01: a clip under one 10 ms frame gives the model no audio).",
+        0.01,
+    )
+    short_clips: Literal["error", "skip"] = _help("What to do with a clip shorter than min_duration_s.", "error")
+    max_duration_s: float | None = _help("Longest usable clip in seconds; null = no limit.", None)
+    long_clips: Literal["error", "skip", "truncate"] = _help(
+        "What to do with a clip longer than max_duration_s: 'truncate' keeps its first max_duration_s seconds "
+        "(written as a 24 kHz WAV under <run>/data/truncated/ and logged in <run>/truncated.jsonl).",
+        "error",
+    )
 
 
 @dataclass
@@ -110,7 +145,12 @@ class RewardTermSection:
 
 @dataclass
 class RewardsSection:
-    combiner: str = _help("How terms combine into R_total ('sum' is the Covo-Audio paper's).", "sum")
+    combiner: str = _help(
+        "How terms combine into R_total: 'sum' (the Covo-Audio paper's), 'audio_thinker', 'cesar', "
+        "'step_audio_r1', or 'package.module:function'.",
+        "sum",
+    )
+    combiner_options: dict[str, Any] = _help("Keyword options of the combiner (e.g. role mappings).", factory=dict)
     terms: list[RewardTermSection] = _help(
         "Reward terms.",
         factory=lambda: [RewardTermSection("accuracy", 1.0), RewardTermSection("format", 1.0)],
@@ -134,8 +174,19 @@ class RunSection:
     seed: int = _help("The one seed: data generation and order, tiny-model init and sampling derive from it.", 0)
     overwrite: bool = _help(
         "Replace an existing run directory. Only a directory that a previous run of this harness wrote is "
-        "replaced; any other non-empty directory is refused.",
+        "replaced; any other non-empty directory is refused. Takes precedence over resuming.",
         False,
+    )
+    resume: Literal["auto", "never"] = _help(
+        "'auto': a run directory holding checkpoints continues from its last complete one; 'never': refuse it.",
+        "auto",
+    )
+    resume_from: str | None = _help("Resume from this checkpoint directory instead of the last one.", None)
+    allow_recipe_change: bool = _help(
+        "Resume even though the resolved recipe differs from the one the run started with.", False
+    )
+    checksum_audio: bool = _help(
+        "Record a SHA-256 of every audio file in the run record (the manifest is always hashed).", True
     )
 
 

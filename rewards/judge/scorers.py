@@ -211,7 +211,10 @@ def _validate(kind: str) -> Callable[[dict[str, Any]], None]:
         if options.get("extra_body") is not None and not isinstance(options["extra_body"], Mapping):
             raise ValueError("option 'extra_body' must be a mapping")
         JudgeConfig(url=str(options.get("url", DEFAULT_URL))).endpoint()  # raises on a malformed URL
-        load_template(kind, str(options.get("prompt_version", "v1")), options.get("prompt_path"))
+        try:
+            load_template(kind, str(options.get("prompt_version", "v1")), options.get("prompt_path"))
+        except OSError as exc:
+            raise ValueError(f"cannot read judge prompt_path {options.get('prompt_path')!r}: {exc}") from exc
 
     return validate
 

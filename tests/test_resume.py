@@ -1,0 +1,132 @@
+"""Reproducible runs: same seed -> same metrics; SIGKILL + resume == uninterrupted; crash-safe checkpoints."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo_audio.recipe import RecipeError, load_recipe
+from grpo_audio.training import train
+
+KILL_RUN = Path(__file__).parent / "helpers" / "kill_run.py"
+# Wall-clock fields, and HF's train_loss (the mean loss over the steps run *in this process*), differ by nature.
+UNSTABLE = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
+
+
+def overrides(run_dir, *extra):
+    return [
+        f"run.output_dir={run_dir}",
+        "data.synthetic.num_questions=8",
+        "rollout.max_completion_length=12",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.learning_rate=1e-3",
+        *extra,
+    ]
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in UNSTABLE and not k.startswith("time/")} for row in rows]
+
+
+def weights(run_dir):
+    return load_file(Path(run_dir) / "final_model" / "model.safetensors")
+
+
+def assert_same_run(a, b):
+    assert metrics(a) == metrics(b)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    rollouts = [(Path(d) / "rollouts.jsonl").read_text() for d in (a, b)]
+    assert rollouts[0] == rollouts[1].replace(str(b), str(a))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(load_recipe(None, overrides(run_dir)))
+    return run_dir
+
+
+def kill(mode, step, run_dir):
+    proc = subprocess.run(
+        [sys.executable, str(KILL_RUN), mode, str(step), *overrides(run_dir)], capture_output=True, text=True
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def test_same_seed_gives_identical_metrics_and_a_different_seed_differs(uninterrupted, tmp_path):
+    train(load_recipe(None, overrides(tmp_path / "again")))
+    assert_same_run(uninterrupted, tmp_path / "again")
+    train(load_recipe(None, overrides(tmp_path / "other", "run.seed=1")))
+    assert metrics(tmp_path / "other") != metrics(uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    kill("after_save", 2, run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    train(load_recipe(None, overrides(run_dir)))
+    assert_same_run(uninterrupted, run_dir)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "completed" and len(status["resumes"]) == 1
+    assert status["resumes"][0]["checkpoint"].endswith("checkpoint-2")
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    kill("during_save", 4, run_dir)
+    trainer_dir = run_dir / "trainer"
+    assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (trainer_dir / ".staging" / "checkpoint-4" / "model.safetensors").is_file()  # the half-written one
+    previous = trainer_dir / "checkpoint-2"
+    assert json.loads((previous / "trainer_state.json").read_text())["global_step"] == 2
+    load_file(previous / "model.safetensors")
+    torch.load(previous / "optimizer.pt", weights_only=True)
+    # metrics of steps 3-4 were logged before the crash; a resume redoes them without duplicates
+    train(load_recipe(None, overrides(run_dir)))
+    assert [m["step"] for m in metrics(run_dir) if "reward" in m] == [1, 2, 3, 4]
+    assert not (trainer_dir / ".staging").exists()
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_resume_refuses_a_changed_recipe_unless_allowed(uninterrupted):
+    with pytest.raises(RecipeError, match=r"recipe differs .*trainer.learning_rate: 0.001 -> 0.002"):
+        train(load_recipe(None, overrides(uninterrupted, "trainer.learning_rate=2e-3")))
+    with pytest.raises(RecipeError, match="run.resume is 'never'"):
+        train(load_recipe(None, overrides(uninterrupted, "run.resume=never")))
+
+
+def test_a_run_without_checkpoint_is_not_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(RecipeError, match="without a complete checkpoint to resume from"):
+        train(load_recipe(None, overrides(run_dir)))
+
+
+def test_run_record_has_provenance(uninterrupted):
+    record = json.loads((uninterrupted / "run_record.json").read_text())
+    assert record["packages"]["trl"] == "1.16.0" and "torch" in record["packages"]
+    assert record["seeds"]["run"] == 0
+    assert len(record["dataset"]["manifest_sha256"]) == 64 and len(record["dataset"]["audio_sha256"]) == 8
+    assert record["prompt_template"]["name"] == "audio_cot_v1"
+    assert "cpu_count" in record["hardware"]
+    rollouts = [json.loads(line) for line in (uninterrupted / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 4 * 8
+    first = rollouts[0]
+    assert {"prompt_id", "audio", "completion", "rewards", "R_total", "advantage", "length", "finish_reason"} <= set(
+        first
+    )
+    assert set(first["rewards"]) == {"accuracy", "format"}
+    step = [m for m in metrics(uninterrupted) if "reward" in m][0]
+    full = json.loads((uninterrupted / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"time/rollout_s", "time/scoring_s", "time/update_s", "time/audio_features_s"} <= set(full)
+    assert "frac_reward_zero_std" in step
