@@ -19,7 +19,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.recipe import RecipeError
     from rewards import DuplicateRewardError, UnknownRewardError
 
-    return RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError
+    from grpo_audio.report import ReportError
+
+    return RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
+    report = sub.add_parser("report", help="plots and an HTML page for a run directory")
+    report.add_argument("args", nargs=argparse.REMAINDER)
     rewards_parser = sub.add_parser("rewards", help="reward tools")
     rewards_sub = rewards_parser.add_subparsers(dest="rewards_command", required=True)
     score = rewards_sub.add_parser("score", help="score a JSONL of completions with a recipe's rewards")
@@ -55,6 +59,10 @@ def run(argv: list[str] | None = None) -> int:
         from rewards.score_cli import main as score_main
 
         return score_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from grpo_audio.report import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     from grpo_audio.recipe import load_recipe, recipe_to_dict

@@ -130,3 +130,20 @@ def test_run_record_has_provenance(uninterrupted):
     full = json.loads((uninterrupted / "metrics.jsonl").read_text().splitlines()[0])
     assert {"time/rollout_s", "time/scoring_s", "time/update_s", "time/audio_features_s"} <= set(full)
     assert "frac_reward_zero_std" in step
+
+
+def test_report_renders_plots_and_a_self_contained_page(uninterrupted, tmp_path, capsys):
+    from grpo_audio.cli import main
+
+    other = tmp_path / "other"
+    train(load_recipe(None, overrides(other, "run.seed=1")))
+    assert main(["report", str(uninterrupted), "--compare", str(other), "--steps", "1,4", "--out", str(tmp_path)]) == 0
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert {"overview.png", "r_total.png", "reward_term_accuracy.png", "entropy.png", "think_length_words.png"} <= pngs
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs) - 1  # every panel, embedded
+    assert "Sample rollouts at step 1" in page and "Sample rollouts at step 4" in page
+    assert f"Compared with {other}" in page
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "metrics.jsonl has no training steps" in capsys.readouterr().err

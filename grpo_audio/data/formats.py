@@ -1,0 +1,532 @@
+"""Dataset formats read into the one row shape, ``AudioQuestion(id, audio, question, choices, answer, metadata)``.
+
+``data.source`` names the format. Audio paths that are not absolute are resolved against ``root`` (default: the
+directory holding the data file). Fields a format does not consume are kept in ``metadata`` (rewards and the
+per-category evaluation tables read them).
+
+* ``jsonl``: one object per line, ``{"id", "audio", "question", "choices", "answer", ...}`` (see
+  ``grpo_audio.data.manifest``): ``answer`` is the text of a choice, its 0-based index, or null (no gold answer).
+* ``mmau`` / ``mmar``: the benchmark's JSON array of ``{"id", "audio_id", "question", "choices", "answer",
+  "dataset", "task", "split", "category", "sub-category", "difficulty"}`` (MMAR: ``modality``, ``category``,
+  ``sub-category``, ...). The audio path is ``audio_id`` (MMAR files name it ``audio_path``; both are accepted),
+  relative to ``root``. ``answer`` is the text of one choice and is required.
+* ``mmsu``: a JSON array or JSONL of ``{"id", "audio_path" | "audio" | "audio_id", "question", "choice_a",
+  "choice_b", "choice_c", "choice_d", "answer_gt" | "answer", ...}``; a ``choices`` list may stand in for
+  ``choice_a``.. (and ``choice_e``.. are read when present). The answer is the text of a choice, an option letter
+  ("B") that is not itself a choice text, or a 0-based index. ``task_name``, ``category``, ``sub-category`` and
+  the rest stay as metadata.
+* ``avqa``: the AVQA JSON array of ``{"id", "video_name", "question_text", "multi_choice", "answer", ...}`` with
+  ``answer`` a 0-based index into ``multi_choice`` (mapped to the option text). The audio is ``<root>/<video_name>.wav``
+  (the audio track extracted from the VGGSound video), or the row's ``audio`` / ``audio_path`` field when it has one.
+  With ``replace_video`` (recipe ``data.avqa_replace_video``, default on) the word "video" becomes "audio" in the
+  question, as R1-AQA and its peers do, since the model hears the clip and never sees the video; the case is kept
+  (Video -> Audio, videos -> audios) and the original question is kept as ``metadata["question_original"]``.
+* ``hf``: a Hugging Face dataset on disk: a ``save_to_disk`` directory (``load_from_disk``), or local
+  parquet/json/jsonl/csv/arrow files (``load_dataset`` on the file or directory). Columns ``question``,
+  ``choices``, ``answer`` (as in ``jsonl``), ``id`` (optional: the row index when absent) and the audio column
+  (``audio_column``, default ``audio``). The audio column is read without decoding (``Audio(decode=False)``: decoding
+  would need torchcodec): an entry with a file ``path`` and no ``bytes`` is used in place; embedded ``bytes`` are
+  written once to ``cache_dir/<sha256>.<ext>`` (under the run directory); a decoded ``{"array", "sampling_rate"}``
+  entry is written there as a 32-bit float WAV; a plain string is a path.
+
+Ids: ``jsonl`` rows must carry one. In the benchmark formats and ``hf`` a row without an ``id`` gets its 0-based
+position in the file as id (stable for a given file; the evaluation records the file's sha256).
+
+Row problems (malformed JSON line, missing or mistyped field, empty choices, answer not among the choices,
+duplicate id) are never skipped: with ``problems=None`` the first one raises ``DataError`` naming the file, the
+line (JSONL) or array index (JSON), and the field; ``grpo-audio data check`` passes a list and gets all of them. An
+answer matches a choice exactly or, failing that, after case folding and whitespace collapsing (then the choice's
+own text becomes the answer). Audio files are not opened here: ``grpo_audio.data.sources`` decodes every clip and
+applies the recipe's policy for bad, short and long clips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_audio.data.manifest import AudioQuestion, DataError
+
+FORMATS = ("jsonl", "mmau", "mmar", "mmsu", "avqa", "hf")
+HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
+_AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that cannot be used. ``kind``: bad_json, not_object, missing_field, bad_field, empty_choices,
+    answer_not_in_choices, duplicate_id. ``message`` is complete (starts with ``where``)."""
+
+    where: str
+    kind: str
+    message: str
+    row_id: str | None = None
+
+
+@dataclass
+class SourceRow:
+    """A parsed row and where it came from (``file:line`` for JSONL, ``file[index]`` for a JSON array)."""
+
+    row: AudioQuestion
+    where: str
+
+
+class _Rejected(Exception):
+    """Internal: the current row was reported as a problem and is left out."""
+
+
+class _Reporter:
+    def __init__(self, problems: list[RowProblem] | None) -> None:
+        self.problems = problems
+
+    def __call__(self, where: str, kind: str, detail: str, row_id: str | None = None) -> None:
+        message = f"{where}: {detail}" if row_id is None else f"{where}: row {row_id!r}: {detail}"
+        if self.problems is None:
+            raise DataError(message)
+        self.problems.append(RowProblem(where, kind, message, row_id))
+        raise _Rejected
+
+
+# --- reading records ---------------------------------------------------------------------------------------------
+
+
+def read_records(path: str | Path, report: _Reporter | None = None) -> list[tuple[str, Any]]:
+    """``(where, object)`` for every record of a JSON array/object or JSONL file.
+
+    ``.jsonl`` is read line by line (a malformed line is a row problem); ``.json`` is one document (an array of
+    objects, or an object mapping ids to objects), falling back to JSONL when it holds several documents. A file that
+    cannot be read or parsed at all raises ``DataError``.
+    """
+    report = report or _Reporter(None)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{file}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: cannot read ({exc})") from None
+    if file.suffix.lower() != ".jsonl" and text.lstrip()[:1] in ("[", "{"):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if file.suffix.lower() == ".json" and exc.msg != "Extra data":
+                raise DataError(f"{file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        else:
+            if isinstance(document, list):
+                return [(f"{file}[{i}]", obj) for i, obj in enumerate(document)]
+            if isinstance(document, dict) and document and all(isinstance(v, dict) for v in document.values()):
+                return [(f"{file}[{key!r}]", {"id": key, **obj}) for key, obj in document.items()]
+            if file.suffix.lower() == ".json":
+                raise DataError(f"{file}: expected a JSON array of question objects, got {type(document).__name__}")
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{lineno}"
+        try:
+            records.append((where, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            try:
+                report(where, "bad_json", f"not valid JSON ({exc.msg})")
+            except _Rejected:
+                continue
+    return records
+
+
+def detect_format(path: str | Path) -> str | None:
+    """Guess the format of a data file or directory from its first record; None when it cannot tell."""
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() in (".parquet", ".arrow", ".csv"):
+        return "hf"
+    records = read_records(p, _Reporter([]))
+    obj = next((o for _, o in records if isinstance(o, dict)), None)
+    if obj is None:
+        return None
+    keys = set(obj)
+    if {"question_text", "multi_choice"} <= keys:
+        return "avqa"
+    if "answer_gt" in keys or "choice_a" in keys:
+        return "mmsu"
+    if "audio_id" in keys or "audio_path" in keys:
+        return "mmar" if "modality" in keys else "mmau"
+    if "audio" in keys and "choices" in keys:
+        return "jsonl"
+    return None
+
+
+# --- one row -----------------------------------------------------------------------------------------------------
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _row_id(obj: dict, index: int, where: str, report: _Reporter, required: bool) -> str:
+    if "id" not in obj or obj["id"] is None:
+        if required:
+            report(where, "missing_field", "missing field 'id'")
+        return str(index)
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        report(where, "bad_field", f"field 'id' must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+def _question(obj: dict, key: str, where: str, rid: str, report: _Reporter) -> str:
+    if key not in obj:
+        report(where, "missing_field", f"missing field {key!r}", rid)
+    value = obj[key]
+    if not isinstance(value, str) or not value.strip():
+        report(where, "bad_field", f"field {key!r} must be a non-empty string", rid)
+    return value
+
+
+def _choices(value: Any, key: str, where: str, rid: str, report: _Reporter) -> list[str]:
+    if value is None or (isinstance(value, list) and not value):
+        report(where, "empty_choices", f"field {key!r} is empty; a question needs at least 2 choices", rid)
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
+        report(where, "bad_field", f"field {key!r} must be a list of at least 2 strings, got {value!r}", rid)
+    return list(value)
+
+
+def _answer(value: Any, choices: list[str], where: str, rid: str, report: _Reporter, letters: bool) -> str | None:
+    """The gold answer as the text of a choice: text (exact, else case/space-insensitive), 0-based index, or (with
+    ``letters``) an option letter that is not itself a choice."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < len(choices):
+            report(where, "answer_not_in_choices", f"answer index {value} is outside the {len(choices)} choices", rid)
+        return choices[value]
+    if not isinstance(value, str):
+        report(where, "bad_field", f"answer must be a choice text or a choice index, got {value!r}", rid)
+    if value in choices:
+        return value
+    matches = [c for c in choices if _norm(c) == _norm(value)]
+    if len(matches) == 1:
+        return matches[0]
+    letter = value.strip().strip("().").upper()
+    if letters and len(letter) == 1 and letter in _LETTERS[: len(choices)]:
+        return choices[_LETTERS.index(letter)]
+    report(where, "answer_not_in_choices", f"answer {value!r} is not one of the choices {choices}", rid)
+    return None  # unreachable: report() raises
+
+
+def _audio_path(value: Any, key: str, base: Path, where: str, rid: str, report: _Reporter) -> str:
+    if not isinstance(value, str) or not value.strip():
+        report(where, "bad_field", f"field {key!r} must be a non-empty audio path, got {value!r}", rid)
+    path = Path(value)
+    return str(path if path.is_absolute() else base / path)
+
+
+def _first_key(obj: dict, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in obj), None)
+
+
+def _metadata(obj: dict, used: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in used}
+
+
+_VIDEO = re.compile(r"\b(video|Video|VIDEO)(s?)\b")
+_VIDEO_TO_AUDIO = {"video": "audio", "Video": "Audio", "VIDEO": "AUDIO"}
+
+
+def replace_video_wording(text: str) -> str:
+    """'video' -> 'audio' as a whole word, keeping the case: "What is in the video?" -> "What is in the audio?"."""
+    return _VIDEO.sub(lambda m: _VIDEO_TO_AUDIO[m.group(1)] + m.group(2), text)
+
+
+def _convert(fmt: str, obj: dict, index: int, where: str, base: Path, report: _Reporter, options: dict) -> AudioQuestion:
+    """One record of format ``fmt`` -> AudioQuestion (``report`` raises for a problem)."""
+    rid = _row_id(obj, index, where, report, required=fmt == "jsonl")
+    if fmt == "jsonl":
+        question = _question(obj, "question", where, rid, report)
+        if "audio" not in obj:
+            report(where, "missing_field", "missing field 'audio'", rid)
+        if "choices" not in obj:
+            report(where, "missing_field", "missing field 'choices'", rid)
+        choices = _choices(obj["choices"], "choices", where, rid, report)
+        answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False)
+        audio = _audio_path(obj["audio"], "audio", base, where, rid, report)
+        used = {"id", "audio", "question", "choices", "answer"}
+    elif fmt in ("mmau", "mmar"):
+        question = _question(obj, "question", where, rid, report)
+        audio_key = _first_key(obj, ("audio_id", "audio_path"))
+        if audio_key is None:
+            report(where, "missing_field", "missing field 'audio_id' (or 'audio_path')", rid)
+        for key in ("choices", "answer"):
+            if key not in obj or obj[key] is None:
+                report(where, "missing_field", f"missing field {key!r}", rid)
+        choices = _choices(obj["choices"], "choices", where, rid, report)
+        answer = _answer(obj["answer"], choices, where, rid, report, letters=False)
+        audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
+        used = {"id", audio_key, "question", "choices", "answer"}
+    elif fmt == "mmsu":
+        question = _question(obj, "question", where, rid, report)
+        audio_key = _first_key(obj, ("audio_path", "audio", "audio_id"))
+        if audio_key is None:
+            report(where, "missing_field", "missing field 'audio_path' (or 'audio', 'audio_id')", rid)
+        if "choices" in obj:
+            choice_keys = ["choices"]
+            choices = _choices(obj["choices"], "choices", where, rid, report)
+        else:
+            choice_keys = []
+            for letter in _LETTERS.lower():
+                if f"choice_{letter}" not in obj:
+                    break
+                choice_keys.append(f"choice_{letter}")
+            if not choice_keys:
+                report(where, "empty_choices", "no choices: neither 'choice_a'.. nor 'choices'", rid)
+            choices = _choices([obj[k] for k in choice_keys], "choice_a..", where, rid, report)
+        answer_key = _first_key(obj, ("answer_gt", "answer"))
+        if answer_key is None or obj[answer_key] is None:
+            report(where, "missing_field", "missing field 'answer_gt' (or 'answer')", rid)
+        answer = _answer(obj[answer_key], choices, where, rid, report, letters=True)
+        audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
+        used = {"id", audio_key, "question", answer_key, *choice_keys}
+    elif fmt == "avqa":
+        question = _question(obj, "question_text", where, rid, report)
+        if "multi_choice" not in obj:
+            report(where, "missing_field", "missing field 'multi_choice'", rid)
+        choices = _choices(obj["multi_choice"], "multi_choice", where, rid, report)
+        value = obj.get("answer")
+        if not isinstance(value, int) or isinstance(value, bool):
+            report(where, "bad_field", f"field 'answer' must be a 0-based index into multi_choice, got {value!r}", rid)
+        answer = _answer(value, choices, where, rid, report, letters=False)
+        audio_key = _first_key(obj, ("audio", "audio_path"))
+        if audio_key is not None:
+            audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
+        elif isinstance(obj.get("video_name"), str) and obj["video_name"].strip():
+            audio = str(base / f"{obj['video_name']}.wav")
+        else:
+            report(where, "missing_field", "missing field 'video_name' (or 'audio')", rid)
+        used = {"id", "question_text", "multi_choice", "answer", audio_key or ""}
+        metadata = _metadata(obj, used)
+        if options.get("replace_video", True):
+            replaced = replace_video_wording(question)
+            if replaced != question:
+                metadata["question_original"] = question
+                question = replaced
+        return AudioQuestion(rid, audio, question, choices, answer, metadata)
+    else:
+        raise ValueError(f"unknown data format {fmt!r}; choose one of {FORMATS}")
+    return AudioQuestion(rid, audio, question, choices, answer, _metadata(obj, used))
+
+
+def _collect(fmt: str, records, base: Path, report: _Reporter, options: dict) -> list[SourceRow]:
+    rows: list[SourceRow] = []
+    seen: dict[str, str] = {}
+    for index, (where, obj) in enumerate(records):
+        try:
+            if not isinstance(obj, dict):
+                report(where, "not_object", f"expected a JSON object, got {type(obj).__name__}")
+            row = _convert(fmt, obj, index, where, base, report, options)
+            if row.id in seen:
+                report(where, "duplicate_id", f"duplicate id {row.id!r} (first at {seen[row.id]})")
+        except _Rejected:
+            continue
+        seen[row.id] = where
+        rows.append(SourceRow(row, where))
+    return rows
+
+
+# --- public loaders ----------------------------------------------------------------------------------------------
+
+
+def read_rows(
+    fmt: str,
+    path: str | Path,
+    *,
+    root: str | Path | None = None,
+    avqa_replace_video: bool = True,
+    split: str | None = None,
+    audio_column: str = "audio",
+    cache_dir: str | Path | None = None,
+    problems: list[RowProblem] | None = None,
+) -> list[SourceRow]:
+    """Rows of ``path`` in format ``fmt`` with their locations. See the module docstring for the formats.
+
+    ``problems=None``: the first row problem raises ``DataError``; a list: problems are appended and those rows left
+    out. ``cache_dir`` (format ``hf`` only) receives audio that the dataset holds as bytes or arrays.
+    """
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    report = _Reporter(problems)
+    path = Path(path)
+    if fmt == "hf":
+        if cache_dir is None:
+            raise ValueError("the 'hf' format needs a cache_dir for audio held as bytes or arrays")
+        return _read_hf(path, split, audio_column, Path(cache_dir), root, report)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    base = Path(root).resolve() if root is not None else path.resolve().parent
+    options = {"replace_video": avqa_replace_video}
+    rows = _collect(fmt, read_records(path, report), base, report, options)
+    if not rows and problems is None:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def load_jsonl(path, root=None, problems=None) -> list[AudioQuestion]:
+    """JSONL manifest rows (audio relative to the manifest, or to ``root``)."""
+    return [r.row for r in read_rows("jsonl", path, root=root, problems=problems)]
+
+
+def load_mmau(path, root=None, problems=None) -> list[AudioQuestion]:
+    """MMAU JSON rows (``audio_id`` relative to ``root``, default the JSON file's directory)."""
+    return [r.row for r in read_rows("mmau", path, root=root, problems=problems)]
+
+
+def load_mmar(path, root=None, problems=None) -> list[AudioQuestion]:
+    """MMAR JSON rows (``audio_path`` or ``audio_id`` relative to ``root``)."""
+    return [r.row for r in read_rows("mmar", path, root=root, problems=problems)]
+
+
+def load_mmsu(path, root=None, problems=None) -> list[AudioQuestion]:
+    """MMSU JSON/JSONL rows (``choice_a``..``choice_d`` or ``choices``; ``answer_gt`` text, letter or index)."""
+    return [r.row for r in read_rows("mmsu", path, root=root, problems=problems)]
+
+
+def load_avqa(path, root=None, replace_video=True, problems=None) -> list[AudioQuestion]:
+    """AVQA JSON rows (``<root>/<video_name>.wav``; answer index -> option text; optional video -> audio)."""
+    return [r.row for r in read_rows("avqa", path, root=root, avqa_replace_video=replace_video, problems=problems)]
+
+
+def load_hf(path, cache_dir, split=None, audio_column="audio", root=None, problems=None) -> list[AudioQuestion]:
+    """Rows of a Hugging Face dataset on disk; embedded audio is written under ``cache_dir``."""
+    return [
+        r.row
+        for r in read_rows(
+            "hf", path, split=split, audio_column=audio_column, cache_dir=cache_dir, root=root, problems=problems
+        )
+    ]
+
+
+# --- Hugging Face datasets ---------------------------------------------------------------------------------------
+
+
+def open_hf_dataset(path: Path, split: str | None):
+    """A ``datasets.Dataset`` from a ``save_to_disk`` directory or local data files; DataError when unusable."""
+    import datasets
+
+    if not path.exists():
+        raise DataError(f"{path}: dataset not found")
+    saved = path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
+    try:
+        if saved:
+            ds = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            builder = HF_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"{path}: not a dataset file (expected one of {', '.join(HF_FILE_BUILDERS)})")
+            ds = datasets.load_dataset(builder, data_files=str(path))
+        else:
+            ds = datasets.load_dataset(str(path))
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot load the dataset ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            if len(ds) != 1:
+                raise DataError(f"{path}: the dataset has splits {sorted(ds)}; set data.split")
+            split = next(iter(ds))
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r}; the dataset has {sorted(ds)}")
+        ds = ds[split]
+    elif split is not None:
+        raise DataError(f"{path}: data.split={split!r} but the directory holds a single dataset without splits")
+    return ds
+
+
+def _sniff_suffix(data: bytes) -> str:
+    if data[:4] in (b"RIFF", b"RF64"):
+        return ".wav"
+    if data[:4] == b"fLaC":
+        return ".flac"
+    if data[:4] == b"OggS":
+        return ".ogg"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return ".mp3"
+    if data[:4] == b"FORM":
+        return ".aiff"
+    return ".bin"
+
+
+def _hf_audio_file(value: Any, base: Path, cache_dir: Path, where: str, rid: str, report: _Reporter) -> str:
+    """A real file path for one entry of the audio column (writing bytes or arrays into ``cache_dir``)."""
+    import numpy as np
+    import soundfile as sf
+
+    if isinstance(value, str):
+        return _audio_path(value, "audio", base, where, rid, report)
+    if not isinstance(value, dict):
+        report(where, "bad_field", f"audio column holds {type(value).__name__}, not an audio entry", rid)
+    if value.get("bytes"):
+        data = bytes(value["bytes"])
+        suffix = Path(value.get("path") or "").suffix.lower()
+        suffix = suffix if suffix in _AUDIO_SUFFIXES else _sniff_suffix(data)
+        target = cache_dir / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+        if not target.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        return str(target)
+    if value.get("array") is not None:
+        array = np.asarray(value["array"], dtype=np.float32)
+        rate = value.get("sampling_rate")
+        if not isinstance(rate, int) or rate <= 0:
+            report(where, "bad_field", f"decoded audio without a valid sampling_rate ({rate!r})", rid)
+        if array.ndim == 2 and array.shape[0] < array.shape[1]:
+            array = array.T  # (channels, frames) -> (frames, channels)
+        digest = hashlib.sha256(array.tobytes() + str(rate).encode()).hexdigest()[:32]
+        target = cache_dir / f"{digest}.wav"
+        if not target.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp.wav")
+            sf.write(str(tmp), array, rate, subtype="FLOAT")
+            tmp.replace(target)
+        return str(target)
+    if value.get("path"):
+        return _audio_path(value["path"], "audio.path", base, where, rid, report)
+    report(where, "missing_field", "the audio entry has neither bytes, an array nor a path", rid)
+    return ""  # unreachable
+
+
+def _read_hf(path: Path, split, audio_column: str, cache_dir: Path, root, report: _Reporter) -> list[SourceRow]:
+    import datasets
+
+    ds = open_hf_dataset(path, split)
+    if audio_column not in ds.column_names:
+        raise DataError(f"{path}: no audio column {audio_column!r}; columns: {ds.column_names} (set data.audio_column)")
+    if isinstance(ds.features[audio_column], datasets.Audio):
+        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    base = Path(root).resolve() if root is not None else (path if path.is_dir() else path.parent).resolve()
+    rows: list[SourceRow] = []
+    seen: dict[str, str] = {}
+    for index, obj in enumerate(ds):
+        where = f"{path}[{index}]"
+        try:
+            rid = _row_id(obj, index, where, report, required=False)
+            question = _question(obj, "question", where, rid, report)
+            if "choices" not in obj:
+                report(where, "missing_field", "missing column 'choices'", rid)
+            choices = _choices(obj["choices"], "choices", where, rid, report)
+            answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False)
+            audio = _hf_audio_file(obj[audio_column], base, cache_dir, where, rid, report)
+            if rid in seen:
+                report(where, "duplicate_id", f"duplicate id {rid!r} (first at {seen[rid]})")
+        except _Rejected:
+            continue
+        seen[rid] = where
+        metadata = _metadata(obj, {"id", "question", "choices", "answer", audio_column})
+        rows.append(SourceRow(AudioQuestion(rid, audio, question, choices, answer, metadata), where))
+    if not rows and report.problems is None:
+        raise DataError(f"{path}: no rows")
+    return rows

@@ -1,0 +1,170 @@
+"""``grpo-audio report RUN_DIR [--compare OTHER_RUN] [--steps 1,8]``: plots and one self-contained HTML page.
+
+Reads ``metrics.jsonl`` and ``rollouts.jsonl`` of a run directory and writes into ``RUN_DIR/report/``:
+one PNG per panel (R_total, each reward term, accuracy, KL, entropy, completion length, think length), an
+``overview.png`` grid, and ``index.html`` embedding the plots (base64) and sample rollouts at chosen steps.
+With ``--compare``, a second run is overlaid on every panel.
+
+Think length is the number of whitespace-separated words inside the completion's ``<think>...</think>``
+(0 when absent), averaged per step over the rollouts of that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+class ReportError(ValueError):
+    pass
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def think_words(text: str) -> int:
+    match = _THINK.search(text)
+    return len(match.group(1).split()) if match else 0
+
+
+def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Metric name -> (steps, values) for every numeric metric logged per training step, plus think length."""
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward" in m]
+    if not metrics:
+        raise ReportError(f"{run_dir}: metrics.jsonl has no training steps; is this a grpo-audio run directory?")
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                steps, values = out.setdefault(key, ([], []))
+                steps.append(row["step"])
+                values.append(float(value))
+    by_step: dict[int, list[int]] = {}
+    for rollout in read_jsonl(run_dir / "rollouts.jsonl"):
+        by_step.setdefault(rollout["step"], []).append(think_words(rollout["completion"]))
+    if by_step:
+        steps = sorted(by_step)
+        out["think_length_words"] = (steps, [sum(by_step[s]) / len(by_step[s]) for s in steps])
+    return out
+
+
+def panels(data: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, str]]:
+    """(title, metric key) for each panel, in display order, for the metrics this run has."""
+    wanted = [("R_total", "reward")]
+    terms = sorted(k[len("rewards/") : -len("/mean")] for k in data if k.startswith("rewards/") and k.endswith("/mean"))
+    wanted += [(f"reward term: {t}", f"rewards/{t}/mean") for t in terms if t != "R_total"]
+    wanted += [
+        ("zero-variance groups", "frac_reward_zero_std"),
+        ("KL to reference", "kl"),
+        ("entropy", "entropy"),
+        ("completion length (tokens)", "completions/mean_length"),
+        ("think length (words)", "think_length_words"),
+    ]
+    return [(title, key) for title, key in wanted if key in data]
+
+
+def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_steps: list[int] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = series(run_dir)
+    other = series(compare) if compare else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = panels(data)
+    images = []
+    for title, key in chosen:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        _plot(ax, title, key, data, other, run_dir, compare)
+        path = out_dir / (re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        images.append((title, path))
+    cols = 3
+    rows = math.ceil(len(chosen) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (title, key) in zip(axes.flat, chosen, strict=False):
+        _plot(ax, title, key, data, other, run_dir, compare)
+    for ax in list(axes.flat)[len(chosen) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_dir / "overview.png", dpi=90)
+    plt.close(fig)
+    page = out_dir / "index.html"
+    page.write_text(_html(run_dir, images, read_jsonl(run_dir / "rollouts.jsonl"), sample_steps, compare), "utf-8")
+    return page
+
+
+def _plot(ax, title, key, data, other, run_dir, compare):
+    from matplotlib.ticker import MaxNLocator
+
+    steps, values = data[key]
+    ax.plot(steps, values, marker="o", markersize=3, label=run_dir.name)
+    if other and key in other:
+        ax.plot(*other[key], marker="s", markersize=3, label=compare.name)
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
+    steps = sorted({r["step"] for r in rollouts})
+    chosen = sample_steps or ([steps[0], steps[-1]] if steps else [])
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>grpo-audio report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}img{max-width:32%;margin:0.3%}"
+        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:12px}"
+        "table{border-collapse:collapse}pre{white-space:pre-wrap;margin:0}</style>",
+        f"<h1>Run {html.escape(str(run_dir))}</h1>",
+    ]
+    if compare:
+        parts.append(f"<p>Compared with {html.escape(str(compare))}</p>")
+    for title, path in images:
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
+    for step in chosen:
+        rows = [r for r in rollouts if r["step"] == step][:8]
+        parts.append(f"<h2>Sample rollouts at step {step}</h2><table><tr><th>prompt id</th><th>completion</th>"
+                     "<th>rewards</th><th>R_total</th><th>advantage</th><th>finish</th></tr>")
+        for r in rows:
+            terms = ", ".join(f"{k}={v}" for k, v in r["rewards"].items())
+            parts.append(
+                f"<tr><td>{html.escape(str(r['prompt_id']))}</td><td><pre>{html.escape(r['completion'])}</pre></td>"
+                f"<td>{html.escape(terms)}</td><td>{r['R_total']}</td><td>{r['advantage']:.3f}</td>"
+                f"<td>{html.escape(str(r['finish_reason']))}</td></tr>"
+            )
+        parts.append("</table>")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="grpo-audio report", description="Plots and an HTML page for a run.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--compare", type=Path, help="a second run directory to overlay")
+    parser.add_argument("--steps", help="comma-separated steps whose sample rollouts to show (default: first, last)")
+    parser.add_argument("--out", type=Path, help="output directory (default: RUN_DIR/report)")
+    args = parser.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    page = render(args.run_dir, args.out or args.run_dir / "report", args.compare, steps)
+    print(f"report written to {page}")
+    return 0
