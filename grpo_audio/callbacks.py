@@ -66,3 +66,27 @@ class ProgressLineCallback(TrainerCallback):
         parts.append(f"{per_step:.1f} s/step")
         parts.append(f"ETA {per_step * max(total - step, 0):.0f} s")
         self.printer(" | ".join(parts), flush=True)
+
+
+class RunRecordToTrackers(TrainerCallback):
+    """Sends the run record (provenance + resolved recipe) to TensorBoard and W&B when the recipe enables them.
+
+    Runs after transformers' own tracker callbacks have opened their writers (callbacks run in order, and ours
+    are added after the integrations).
+    """
+
+    def __init__(self, record: dict, trainer_callbacks) -> None:
+        self.record = record
+        self.trainer_callbacks = trainer_callbacks
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        text = json.dumps(self.record, indent=2, default=str)
+        for callback in self.trainer_callbacks():
+            writer = getattr(callback, "tb_writer", None)
+            if writer is not None:
+                writer.add_text("run_record", f"```\n{text}\n```")
+            wandb = getattr(callback, "_wandb", None)
+            if wandb is not None and getattr(wandb, "run", None) is not None:
+                wandb.config.update({"grpo_audio_run_record": self.record}, allow_val_change=True)

@@ -18,13 +18,13 @@ from transformers import PrinterCallback
 
 import rewards
 from grpo_audio.audio_rows import AudioFeaturizer
-from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback
+from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback, RunRecordToTrackers
 from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion, load_manifest
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
 from grpo_audio.prompting import PromptTemplate, load_template
-from grpo_audio.recipe import Recipe
+from grpo_audio.recipe import Recipe, recipe_to_dict
 from grpo_audio.reward_bridge import make_trl_reward
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 from grpo_audio.run_dir import (
@@ -166,7 +166,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         truncate_logs_after(run_dir, checkpoint_step(run.resume_checkpoint))
     template = load_template(recipe.prompt.template)
     rows, manifest = load_rows(recipe, run_dir)
-    write_provenance(run, recipe, manifest, [r.audio for r in rows], template)
+    provenance = write_provenance(run, recipe, manifest, [r.audio for r in rows], template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
     if recipe.model.source == "tiny":
@@ -221,6 +221,8 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         ],
     )
     holder["trainer"] = trainer
+    record = {"provenance": provenance, "recipe": recipe_to_dict(recipe)}
+    trainer.add_callback(RunRecordToTrackers(record, lambda: trainer.callback_handler.callbacks))
     # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
     trainer.remove_callback(PrinterCallback)
     trainer.run_status = status

@@ -147,3 +147,19 @@ def test_report_renders_plots_and_a_self_contained_page(uninterrupted, tmp_path,
     assert f"Compared with {other}" in page
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "metrics.jsonl has no training steps" in capsys.readouterr().err
+
+
+def test_run_record_reaches_tensorboard_and_wandb_writers():
+    from types import SimpleNamespace
+
+    from grpo_audio.callbacks import RunRecordToTrackers
+
+    texts, configs = [], []
+    tensorboard = SimpleNamespace(tb_writer=SimpleNamespace(add_text=lambda tag, text: texts.append((tag, text))))
+    wandb = SimpleNamespace(
+        _wandb=SimpleNamespace(run=object(), config=SimpleNamespace(update=lambda d, **kw: configs.append(d)))
+    )
+    callback = RunRecordToTrackers({"seed": 3}, lambda: [tensorboard, wandb])
+    callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert texts[0][0] == "run_record" and '"seed": 3' in texts[0][1]
+    assert configs == [{"grpo_audio_run_record": {"seed": 3}}]
