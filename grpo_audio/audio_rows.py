@@ -54,16 +54,24 @@ def covo_core(model):
 
 
 class AudioFeaturizer:
-    """Loads clips (log-mels cached per path, LRU) and turns a list of row paths into ``AudioRows``.
+    """Loads clips and turns a list of row paths into ``AudioRows``.
 
-    ``encoder_calls`` counts encoder invocations made here (the ``embeds`` form); tests and benchmarks read it.
+    Two LRU caches keyed by path: log-mels (``mel_cache_size`` clips), and, in the ``embeds`` form, the adapter
+    features of each clip (``embed_cache_mb`` megabytes; 0 disables it). The second is valid because the form is
+    only used while the encoder and adapter are frozen: a clip's features never change during the run, so a
+    clip seen in an earlier step costs no encoder call at all. ``encoder_calls`` counts the encoder invocations
+    made here; tests and benchmarks read it.
     """
 
-    def __init__(self, reuse_embeddings: bool, mel_cache_size: int = 256) -> None:
+    def __init__(self, reuse_embeddings: bool, mel_cache_size: int = 256, embed_cache_mb: float = 512.0) -> None:
         self.reuse_embeddings = reuse_embeddings
         self.mel_cache_size = mel_cache_size
+        self.embed_cache_bytes = int(embed_cache_mb * 2**20)
         self._mels: OrderedDict[str, CovoAudioFeatures] = OrderedDict()
+        self._embeds: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._embed_bytes = 0
         self.encoder_calls = 0
+        self.clips_encoded = 0
 
     def features(self, path: str) -> CovoAudioFeatures:
         if path in self._mels:
@@ -77,29 +85,56 @@ class AudioFeaturizer:
 
     def rows(self, paths: Sequence[str], model, device: torch.device) -> AudioRows:
         unique = list(dict.fromkeys(paths))
-        feats = {p: self.features(p) for p in unique}
         index = {p: i for i, p in enumerate(unique)}
+        rows = torch.tensor([index[p] for p in paths])
         if not self.reuse_embeddings:
+            feats = {p: self.features(p) for p in unique}
             s_max = max(f.input_features.size(0) for f in feats.values())
             mel = torch.zeros(len(unique), s_max, *next(iter(feats.values())).input_features.shape[1:])
             for i, p in enumerate(unique):
                 mel[i, : feats[p].input_features.size(0)] = feats[p].input_features
             counts = torch.tensor([feats[p].input_features.size(0) for p in unique])
-            rows = torch.tensor([index[p] for p in paths])
             return AudioRows(input_features=mel[rows].to(device), audio_segment_counts=counts[rows].to(device))
-        core = covo_core(model)
-        segments = torch.cat([feats[p].input_features for p in unique]).to(device)
-        with torch.no_grad():
-            encoded = core.encode_segments(segments)  # (sum S, 188, H), one encoder call
-        self.encoder_calls += 1
-        per_clip, offset = [], 0
-        for p in unique:
-            s = feats[p].input_features.size(0)
-            per_clip.append(encoded[offset : offset + s].reshape(-1, encoded.size(-1))[: feats[p].n_placeholders])
-            offset += s
+        per_clip = self.clip_embeddings(unique, model, device)
         n_max = max(c.size(0) for c in per_clip)
-        padded = encoded.new_zeros(len(unique), n_max, encoded.size(-1))
+        padded = per_clip[0].new_zeros(len(unique), n_max, per_clip[0].size(-1))
         for i, c in enumerate(per_clip):
             padded[i, : c.size(0)] = c
-        rows = torch.tensor([index[p] for p in paths], device=padded.device)
-        return AudioRows(audio_embeds=padded[rows])
+        return AudioRows(audio_embeds=padded[rows.to(padded.device)])
+
+    def clip_embeddings(self, paths: list[str], model, device: torch.device) -> list[torch.Tensor]:
+        """(n_placeholders, H) adapter features per clip; one encoder call for all clips not cached yet."""
+        missing = [p for p in paths if p not in self._embeds]
+        computed: dict[str, torch.Tensor] = {}
+        if missing:
+            feats = {p: self.features(p) for p in missing}
+            segments = torch.cat([feats[p].input_features for p in missing]).to(device)
+            with torch.no_grad():
+                encoded = covo_core(model).encode_segments(segments)  # (sum S, 188, H), one encoder call
+            self.encoder_calls += 1
+            self.clips_encoded += len(missing)
+            offset = 0
+            for p in missing:
+                s = feats[p].input_features.size(0)
+                computed[p] = encoded[offset : offset + s].reshape(-1, encoded.size(-1))[: feats[p].n_placeholders]
+                offset += s
+        out = []
+        for p in paths:
+            if p in computed:
+                embeds = computed[p]
+                self._remember(p, embeds)
+            else:
+                embeds = self._embeds[p]
+                self._embeds.move_to_end(p)
+            out.append(embeds.to(device))
+        return out
+
+    def _remember(self, path: str, embeds: torch.Tensor) -> None:
+        size = embeds.numel() * embeds.element_size()
+        if size > self.embed_cache_bytes:
+            return
+        self._embeds[path] = embeds.clone()  # a copy: a view would keep the whole batch tensor alive
+        self._embed_bytes += size
+        while self._embed_bytes > self.embed_cache_bytes:
+            _, dropped = self._embeds.popitem(last=False)
+            self._embed_bytes -= dropped.numel() * dropped.element_size()

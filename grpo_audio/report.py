@@ -67,7 +67,8 @@ def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 def panels(data: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, str]]:
     """(title, metric key) for each panel, in display order, for the metrics this run has."""
     wanted = [("R_total", "reward")]
-    terms = sorted(k[len("rewards/") : -len("/mean")] for k in data if k.startswith("rewards/") and k.endswith("/mean"))
+    means = [k for k in data if k.startswith("rewards/") and k.endswith("/mean")]
+    terms = sorted(k[len("rewards/") : -len("/mean")] for k in means)
     wanted += [(f"reward term: {t}", f"rewards/{t}/mean") for t in terms if t != "R_total"]
     wanted += [
         ("zero-variance groups", "frac_reward_zero_std"),

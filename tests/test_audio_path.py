@@ -49,7 +49,8 @@ def test_encoder_runs_in_rollout_and_in_the_loss_when_the_adapter_trains(tiny_re
 
 
 def test_frozen_audio_is_encoded_once_per_batch_and_spliced_into_the_loss(tiny_recipe):
-    setup = build_training(tiny_recipe("trainer.max_steps=2"))
+    # 8 questions, 2 per step (8 rows = 2 prompts x G=4): steps 1-4 see 8 new clips, steps 5-6 repeat them
+    setup = build_training(tiny_recipe("trainer.max_steps=6"))
     calls = _count_encoder_calls(setup.model)
     placeholder = setup.model.config.audio_placeholder_token_id
     seen = []
@@ -62,8 +63,10 @@ def test_frozen_audio_is_encoded_once_per_batch_and_spliced_into_the_loss(tiny_r
     setup.model.model.language_model.register_forward_pre_hook(check_inputs, with_kwargs=True)
     plain = setup.model.get_input_embeddings().weight[placeholder].detach().clone()
     setup.trainer.train()
-    assert setup.featurizer.encoder_calls == 2  # one per generation batch (2 steps), for all G copies of a clip
-    assert calls == [False, False]  # no encoder work inside the loss: features are reused
+    # one encoder call per step with new clips, each clip encoded once (not once per G copy, not once per pass);
+    # repeated clips cost nothing: the encoder and adapter are frozen, so their features cannot change
+    assert setup.featurizer.encoder_calls == 4 and setup.featurizer.clips_encoded == 8
+    assert calls == [False] * 4  # no encoder work inside the loss: features are reused
     assert seen, "the loss never ran a forward"
     # no row of the policy forward still carries the plain <|cAUDIO|> embedding
     assert not any(torch.isclose(e, plain).all(dim=-1).any() for e in seen)

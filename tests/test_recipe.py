@@ -60,9 +60,15 @@ def test_wrong_type_names_the_field(override, field):
     assert f"{field}: expected" in str(info.value)
 
 
-def test_scientific_notation_is_a_float():
-    # YAML 1.1 reads 1e-6 as a string; the float field must still accept it.
-    assert load_recipe(None, ["trainer.learning_rate=1e-6"]).trainer["learning_rate"] == 1e-6
+def test_recipes_read_yaml_1_2_scalars(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads 1e-6 as a string and `no` as False: TRL's save_strategy "no" would break.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("trainer:\n  learning_rate: 1e-6\n  save_strategy: no\n")
+    loaded = load_recipe(recipe)
+    assert loaded.trainer["learning_rate"] == 1e-6 and loaded.trainer["save_strategy"] == "no"
+    assert load_recipe(None, ["trainer.save_strategy=no"]).trainer["save_strategy"] == "no"
+    with pytest.raises(RecipeError, match="model.freeze_encoder: expected bool, got 'yes'"):
+        load_recipe(None, ["model.freeze_encoder=yes"])
 
 
 def test_unknown_reward_name_suggests():

@@ -18,6 +18,7 @@ import yaml
 from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, Recipe
 from grpo_audio.recipe.typed import build_dataclass, convert, suggest
+from grpo_audio.recipe.yaml_loader import load_yaml
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
@@ -30,7 +31,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not file.is_file():
             raise RecipeError(f"recipe file not found: {where}")
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            data = load_yaml(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
@@ -53,8 +54,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in the nested dict ``data``; the value is parsed as YAML (``1e-6`` stays a string that
-    float fields accept)."""
+    """Set ``a.b.c=value`` in the nested dict ``data``; the value is parsed as YAML 1.2 (see ``yaml_loader``)."""
     if "=" not in item:
         raise RecipeError(f"override {item!r} is not of the form section.key=value")
     dotted, _, raw = item.partition("=")
@@ -62,7 +62,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not all(keys):
         raise RecipeError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = data

