@@ -1,4 +1,4 @@
-"""The ``grpo-audio`` command line: ``train``, ``config`` and ``rewards score``.
+"""The ``grpo-audio`` command line: ``train``, ``config``, ``data check``, ``eval``, ``report``, ``rewards score``.
 
 User errors (a bad recipe, bad data, an unknown reward) print one line, ``error: ...``, and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -17,9 +17,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
     from grpo_audio.data.manifest import DataError
     from grpo_audio.recipe import RecipeError
-    from rewards import DuplicateRewardError, UnknownRewardError
-
     from grpo_audio.report import ReportError
+    from rewards import DuplicateRewardError, UnknownRewardError
 
     return RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError
 
@@ -43,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("check", help="validate a recipe's dataset or a data file before training")
+    sub.add_parser("eval", help="answer a benchmark with a model and score it with the official rule")
     report = sub.add_parser("report", help="plots and an HTML page for a run directory")
     report.add_argument("args", nargs=argparse.REMAINDER)
     rewards_parser = sub.add_parser("rewards", help="reward tools")
@@ -59,6 +62,14 @@ def run(argv: list[str] | None = None) -> int:
         from rewards.score_cli import main as score_main
 
         return score_main(argv[1:])
+    if argv[:2] == ["data", "check"]:
+        from grpo_audio.data.check import main as check_main
+
+        return check_main(argv[2:])
+    if argv[:1] == ["eval"]:
+        from grpo_audio.evaluation.cli import main as eval_main
+
+        return eval_main(argv[1:])
     if argv[:1] == ["report"]:
         from grpo_audio.report import main as report_main
 

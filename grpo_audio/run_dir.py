@@ -181,8 +181,19 @@ def hardware() -> dict:
     return info
 
 
+def sha256_tree(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's files (relative names and contents, in sorted order)."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
 def dataset_checksums(manifest: Path, audio_paths: list[str], hash_audio: bool) -> dict:
-    record = {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}
+    """Checksums of the data file (manifest, benchmark file or dataset directory) and, optionally, every clip."""
+    record = {"manifest": str(manifest), "manifest_sha256": sha256_tree(Path(manifest))}
     if hash_audio:
         record["audio_sha256"] = {p: sha256_file(Path(p)) for p in sorted(set(audio_paths))}
     else:

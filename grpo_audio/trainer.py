@@ -59,6 +59,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._timings: dict[str, float] = {}
         self._staging_save = False
         super().__init__(*args, **kwargs)
+        if getattr(rollout_engine, "name", None) == "vllm":
+            # TRL's importance-sampling correction (vllm_importance_sampling_* in GRPOConfig) is gated on use_vllm.
+            # Our vLLM engine is not TRL's (args.use_vllm stays False, so TRL builds no engine of its own), but its
+            # rollouts come from another implementation of the policy, so the correction applies just the same: it
+            # compares the trainer's log-probs with the sampled-token log-probs _generate_single_turn returns.
+            self.use_vllm = True
 
     def record_time(self, name: str, seconds: float) -> None:
         self._timings[name] = self._timings.get(name, 0.0) + seconds
@@ -159,8 +165,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         ):
             # A PEFT wrapper forwards prompt_embeddings/config to the base model and keeps its adapters active
             start = time.perf_counter()
+            sync_weights = getattr(self.rollout_engine, "sync_weights", None)
+            # An engine holding its own copy of the weights (vLLM) is brought up to this optimizer step first
+            if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
+                mode = "train" if self.model.training else "eval"
+                self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
             result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
-            self.record_time("rollout_s", time.perf_counter() - start)
+            self.record_time("rollout_s", time.perf_counter() - start)  # weight sync included
         self.last_rollout = result
         return result.completion_ids, result.logprobs
 

@@ -20,13 +20,14 @@ import rewards
 from grpo_audio.audio_rows import AudioFeaturizer
 from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback, RunRecordToTrackers
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import AudioQuestion, load_manifest
-from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
+from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.data.sources import load_rows_for_recipe
+from grpo_audio.data.synthetic import QUESTIONS
+from grpo_audio.model.tokenizer import IM_END, check_covo_tokens
 from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
 from grpo_audio.reward_bridge import make_trl_reward
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.run_dir import (
     finish_run_record,
     open_run_dir,
@@ -60,17 +61,6 @@ class TrainingSetup:
     template: PromptTemplate
     featurizer: AudioFeaturizer
     resume_checkpoint: Path | None = None
-
-
-def load_rows(recipe: Recipe, run_dir: Path) -> tuple[list[AudioQuestion], Path]:
-    """The recipe's rows and the manifest they came from (synthetic data is (re)generated from the seed)."""
-    if recipe.data.source == "synthetic":
-        spec = recipe.data.synthetic
-        manifest = write_synthetic_set(run_dir / "data", spec.num_questions, list(spec.tasks), recipe.run.seed)
-    else:
-        manifest = Path(recipe.data.path)
-    rows = load_manifest(manifest)
-    return (rows[: recipe.data.max_samples] if recipe.data.max_samples else rows), manifest
 
 
 def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
@@ -165,8 +155,9 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     if run.resume_checkpoint is not None:
         truncate_logs_after(run_dir, checkpoint_step(run.resume_checkpoint))
     template = load_template(recipe.prompt.template)
-    rows, manifest = load_rows(recipe, run_dir)
-    provenance = write_provenance(run, recipe, manifest, [r.audio for r in rows], template)
+    rows, data_report = load_rows_for_recipe(recipe, run_dir)
+    print(f"grpo-audio: {data_report.summary()}", flush=True)
+    provenance = write_provenance(run, recipe, data_report.data_file, [r.audio for r in rows], template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
     if recipe.model.source == "tiny":
@@ -183,18 +174,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         recipe.rewards.combiner,
         recipe.rewards.combiner_options,
     )
-    engine = HFRolloutEngine(
-        SamplingSettings(
-            max_new_tokens=recipe.rollout.max_completion_length,
-            temperature=recipe.rollout.temperature,
-            top_p=recipe.rollout.top_p,
-            top_k=recipe.rollout.top_k,
-            text_only=recipe.rollout.text_only,
-        ),
-        stop_token_ids=list(model.generation_config.eos_token_id),
-        pad_token_id=tokenizer.pad_token_id,
-        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
-    )
+    engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
     featurizer = AudioFeaturizer(reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter)
     args = grpo_config(recipe, run_dir)
     holder = {}
@@ -226,6 +206,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
     trainer.remove_callback(PrinterCallback)
     trainer.run_status = status
+    trainer.data_report = data_report
     return TrainingSetup(run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint)
 
 
@@ -249,6 +230,13 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
         save_model_atomic(model, setup.tokenizer, setup.run_dir / "final_model")
-        finish_run_record(setup.run_dir, trainer.run_status, global_step=trainer.state.global_step)
+        report = trainer.data_report
+        finish_run_record(
+            setup.run_dir,
+            trainer.run_status,
+            global_step=trainer.state.global_step,
+            data={"rows": report.kept, "examined": report.examined, "skipped": report.counts},
+        )
+        print(f"grpo-audio: {report.summary()}", flush=True)
         print(f"grpo-audio: done; final model in {setup.run_dir / 'final_model'}", flush=True)
     return setup.run_dir

@@ -16,8 +16,9 @@ per-category evaluation tables read them).
   ("B") that is not itself a choice text, or a 0-based index. ``task_name``, ``category``, ``sub-category`` and
   the rest stay as metadata.
 * ``avqa``: the AVQA JSON array of ``{"id", "video_name", "question_text", "multi_choice", "answer", ...}`` with
-  ``answer`` a 0-based index into ``multi_choice`` (mapped to the option text). The audio is ``<root>/<video_name>.wav``
-  (the audio track extracted from the VGGSound video), or the row's ``audio`` / ``audio_path`` field when it has one.
+  ``answer`` a 0-based index into ``multi_choice`` (mapped to the option text). The audio is
+  ``<root>/<video_name>.wav`` (the audio track extracted from the VGGSound video), or the row's ``audio`` /
+  ``audio_path`` field when it has one.
   With ``replace_video`` (recipe ``data.avqa_replace_video``, default on) the word "video" becomes "audio" in the
   question, as R1-AQA and its peers do, since the model hears the clip and never sees the video; the case is kept
   (Video -> Audio, videos -> audios) and the original question is kept as ``metadata["question_original"]``.
@@ -55,6 +56,9 @@ FORMATS = ("jsonl", "mmau", "mmar", "mmsu", "avqa", "hf")
 HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
 _AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Metadata fields that name a slice of a benchmark (MMAU: task, category, sub-category, difficulty; MMAR: modality;
+# MMSU: task_name; AVQA: question_type): data check counts rows per value, eval reports accuracy per value.
+CATEGORY_KEYS = ("task", "category", "sub-category", "difficulty", "modality", "task_name", "question_type")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class SourceRow:
     where: str
 
 
-class _Rejected(Exception):
+class _RejectedRowError(Exception):
     """Internal: the current row was reported as a problem and is left out."""
 
 
@@ -89,7 +93,7 @@ class _Reporter:
         if self.problems is None:
             raise DataError(message)
         self.problems.append(RowProblem(where, kind, message, row_id))
-        raise _Rejected
+        raise _RejectedRowError
 
 
 # --- reading records ---------------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def read_records(path: str | Path, report: _Reporter | None = None) -> list[tupl
         except json.JSONDecodeError as exc:
             try:
                 report(where, "bad_json", f"not valid JSON ({exc.msg})")
-            except _Rejected:
+            except _RejectedRowError:
                 continue
     return records
 
@@ -144,6 +148,8 @@ def detect_format(path: str | Path) -> str | None:
     if p.is_dir() or p.suffix.lower() in (".parquet", ".arrow", ".csv"):
         return "hf"
     records = read_records(p, _Reporter([]))
+    if not records:
+        raise DataError(f"{p}: no rows")
     obj = next((o for _, o in records if isinstance(o, dict)), None)
     if obj is None:
         return None
@@ -241,7 +247,9 @@ def replace_video_wording(text: str) -> str:
     return _VIDEO.sub(lambda m: _VIDEO_TO_AUDIO[m.group(1)] + m.group(2), text)
 
 
-def _convert(fmt: str, obj: dict, index: int, where: str, base: Path, report: _Reporter, options: dict) -> AudioQuestion:
+def _convert(
+    fmt: str, obj: dict, index: int, where: str, base: Path, report: _Reporter, options: dict
+) -> AudioQuestion:
     """One record of format ``fmt`` -> AudioQuestion (``report`` raises for a problem)."""
     rid = _row_id(obj, index, where, report, required=fmt == "jsonl")
     if fmt == "jsonl":
@@ -327,8 +335,8 @@ def _collect(fmt: str, records, base: Path, report: _Reporter, options: dict) ->
                 report(where, "not_object", f"expected a JSON object, got {type(obj).__name__}")
             row = _convert(fmt, obj, index, where, base, report, options)
             if row.id in seen:
-                report(where, "duplicate_id", f"duplicate id {row.id!r} (first at {seen[row.id]})")
-        except _Rejected:
+                report(where, "duplicate_id", f"duplicate id {row.id!r} (first at {seen[row.id]})", row.id)
+        except _RejectedRowError:
             continue
         seen[row.id] = where
         rows.append(SourceRow(row, where))
@@ -410,13 +418,15 @@ def load_hf(path, cache_dir, split=None, audio_column="audio", root=None, proble
 # --- Hugging Face datasets ---------------------------------------------------------------------------------------
 
 
-def open_hf_dataset(path: Path, split: str | None):
-    """A ``datasets.Dataset`` from a ``save_to_disk`` directory or local data files; DataError when unusable."""
+def open_hf_dataset(path: Path, split: str | None, cache_dir: Path | None = None):
+    """A ``datasets.Dataset`` from a ``save_to_disk`` directory or local data files; DataError when unusable.
+    ``load_dataset`` keeps its Arrow cache in ``cache_dir`` (the run directory) rather than the user's HF cache."""
     import datasets
 
     if not path.exists():
         raise DataError(f"{path}: dataset not found")
     saved = path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
+    cache = None if cache_dir is None else str(cache_dir)
     try:
         if saved:
             ds = datasets.load_from_disk(str(path))
@@ -424,9 +434,9 @@ def open_hf_dataset(path: Path, split: str | None):
             builder = HF_FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{path}: not a dataset file (expected one of {', '.join(HF_FILE_BUILDERS)})")
-            ds = datasets.load_dataset(builder, data_files=str(path))
+            ds = datasets.load_dataset(builder, data_files=str(path), cache_dir=cache)
         else:
-            ds = datasets.load_dataset(str(path))
+            ds = datasets.load_dataset(str(path), cache_dir=cache)
     except DataError:
         raise
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -502,9 +512,11 @@ def _hf_audio_file(value: Any, base: Path, cache_dir: Path, where: str, rid: str
 def _read_hf(path: Path, split, audio_column: str, cache_dir: Path, root, report: _Reporter) -> list[SourceRow]:
     import datasets
 
-    ds = open_hf_dataset(path, split)
+    ds = open_hf_dataset(path, split, cache_dir / "datasets_cache")
     if audio_column not in ds.column_names:
-        raise DataError(f"{path}: no audio column {audio_column!r}; columns: {ds.column_names} (set data.audio_column)")
+        raise DataError(
+            f"{path}: no audio column {audio_column!r}; columns: {ds.column_names} (set data.audio_column)"
+        )
     if isinstance(ds.features[audio_column], datasets.Audio):
         ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
     base = Path(root).resolve() if root is not None else (path if path.is_dir() else path.parent).resolve()
@@ -521,8 +533,8 @@ def _read_hf(path: Path, split, audio_column: str, cache_dir: Path, root, report
             answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False)
             audio = _hf_audio_file(obj[audio_column], base, cache_dir, where, rid, report)
             if rid in seen:
-                report(where, "duplicate_id", f"duplicate id {rid!r} (first at {seen[rid]})")
-        except _Rejected:
+                report(where, "duplicate_id", f"duplicate id {rid!r} (first at {seen[rid]})", rid)
+        except _RejectedRowError:
             continue
         seen[rid] = where
         metadata = _metadata(obj, {"id", "question", "choices", "answer", audio_column})

@@ -4,6 +4,10 @@ The prompt is embedded once with the audio spliced in (``prompt_embeddings``), e
 would receive, then decoded with ``generate(inputs_embeds=...)``; the encoder never runs inside the decode loop.
 Text-only rollouts mask every id >= ``config.audio_token_index`` (the discrete speech tokens) and the audio
 marker tokens before sampling: a sampled ``<|cAUDIO|>`` would otherwise ask for audio frames that do not exist.
+
+With ``SamplingSettings.return_logprobs`` the engine also returns each sampled token's log-probability under the
+distribution it was drawn from: log-softmax of the processed scores (text-only mask, then temperature, top-k and
+top-p), the same quantity the vLLM engine reports with ``logprobs_mode="processed_logprobs"``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class SamplingSettings:
     top_k: int = 0
     do_sample: bool = True
     text_only: bool = True
+    return_logprobs: bool = False  # per-token log-probs of the sampled tokens (processed scores, see module doc)
 
 
 class HFRolloutEngine:
@@ -79,14 +84,18 @@ class HFRolloutEngine:
         processors = LogitsProcessorList()
         if self.sampling.text_only:
             processors.append(TextOnlyLogitsProcessor(model.config.audio_token_index, self.audio_marker_ids))
+        want_logprobs = self.sampling.return_logprobs
         out = model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             generation_config=self.generation_config(),
             logits_processor=processors,
+            output_scores=want_logprobs,
+            return_dict_in_generate=want_logprobs,
         )
+        sequences = out.sequences if want_logprobs else out
         completions, reasons = [], []
-        for row in out.tolist():
+        for row in sequences.tolist():
             stop_at = next((i for i, t in enumerate(row) if t in self.stop_token_ids), None)
             if stop_at is None:
                 completions.append(row)
@@ -94,4 +103,15 @@ class HFRolloutEngine:
             else:
                 completions.append(row[: stop_at + 1])
                 reasons.append("stop")
-        return RolloutResult(completion_ids=completions, finish_reasons=reasons)
+        logprobs = None
+        if want_logprobs:
+            # scores[t] (B, V): the processed scores token t was drawn from; one step at a time (V is ~168k)
+            chosen = torch.stack(
+                [
+                    scores.float().log_softmax(dim=-1).gather(-1, sequences[:, t, None]).squeeze(-1)
+                    for t, scores in enumerate(out.scores)
+                ],
+                dim=1,
+            )
+            logprobs = [chosen[i, : len(c)].tolist() for i, c in enumerate(completions)]
+        return RolloutResult(completion_ids=completions, finish_reasons=reasons, logprobs=logprobs)

@@ -1,0 +1,68 @@
+"""Print the memory and shape plan of the real Covo-Audio (7B) as markdown: ``python bench/memory_plan.py``.
+
+Parameter counts come from the released config built on the meta device (no weights needed); the step estimate is
+the formula in ``grpo_audio/model/memory_plan.py`` (its docstring lists every assumption).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from grpo_audio.model.memory_plan import (
+    activation_bytes_per_token_layer,
+    gib,
+    kv_cache_bytes_per_token,
+    memory_plan,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--micro-batches", type=int, nargs="+", default=[1, 2, 4, 8], help="Sequences per step.")
+    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank on every backbone linear layer.")
+    parser.add_argument("--gpu-gib", type=float, default=79.6, help="GPU memory (GiB); an 80 GB H100 has 79.6.")
+    parser.add_argument("--reserve-gib", type=float, default=2.0, help="CUDA context + fragmentation (GiB).")
+    args = parser.parse_args(argv)
+
+    plan = memory_plan(tuple(args.micro_batches), args.lora_rank)
+    llm = plan.config.llm_config
+    shape = plan.estimates[0].shape
+    print("### Parameters (released config, built on the meta device)\n")
+    print("| part | parameters | bf16 GiB |")
+    print("| --- | ---: | ---: |")
+    for label, n in plan.counts.rows():
+        print(f"| {label} | {n:,} | {gib(2 * n):.2f} |")
+    print(f"| LoRA r={args.lora_rank} on q,k,v,o,gate,up,down (fp32) | {plan.lora_params:,} | - |")
+
+    print(
+        f"\n### GPU memory of one LoRA GRPO step (G={shape.num_generations}, prompt {shape.prompt_tokens} + "
+        f"completion {shape.completion_tokens} tokens, bf16 weights, LoRA r={args.lora_rank}, Adam fp32, "
+        "TRL fused log-prob head, HF generate rollouts), GiB\n"
+    )
+    print(
+        "| micro-batch | grad. ckpt | weights | LoRA + Adam | saved activations | backward working set | train peak "
+        f"| rollout peak (KV {shape.num_generations} seqs) | step peak | fits {args.gpu_gib:g} GiB "
+        f"(- {args.reserve_gib:g} reserved) |"
+    )
+    print("| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
+    for est in plan.estimates:
+        s = est.shape
+        cells = [est.weights, est.lora_states, est.saved_activations, est.working_set, est.train_peak]
+        cells += [est.rollout_peak, est.peak]
+        fits = "yes" if gib(est.peak) + args.reserve_gib <= args.gpu_gib else "no"
+        row = " | ".join(f"{gib(c):.1f}" for c in cells)
+        print(f"| {s.micro_batch} | {'on' if s.gradient_checkpointing else 'off'} | {row} | {fits} |")
+
+    a_layer = activation_bytes_per_token_layer(llm, args.lora_rank)
+    print(
+        f"\nPer token: {a_layer:,} bytes saved per decoder layer ({a_layer * llm.num_hidden_layers / 2**20:.1f} MiB "
+        f"over {llm.num_hidden_layers} layers) without checkpointing, {2 * llm.hidden_size:,} per layer with it; "
+        f"KV cache {kv_cache_bytes_per_token(llm):,} bytes. Not in the columns: CUDA context and allocator "
+        f"fragmentation ({args.reserve_gib:g} GiB reserved for them in the last column), vLLM's own pool, multi-GPU "
+        "sharding. Completions are taken at their full length."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

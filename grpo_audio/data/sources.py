@@ -1,0 +1,320 @@
+"""The recipe's data section -> usable rows, with every clip decoded once up front and the audio policy applied.
+
+``load_rows_for_recipe(recipe, run_dir)`` reads ``data.source`` (``grpo_audio.data.formats``; ``synthetic`` writes
+its WAV set into ``<run_dir>/data`` first), then decodes every clip in file order (full decode at the file's own
+rate with ``load_audio``: this proves the file decodes, finds NaN/inf samples and streams cut short, and gives the
+exact duration without resampling) and applies the policy:
+
+* a bad clip (missing, not a file, empty, unreadable, truncated, no samples, NaN/inf): ``data.on_bad_audio``
+  ``error`` raises ``DataError`` naming the data row and the audio file; ``skip`` leaves the row out;
+* shorter than ``data.min_duration_s``: ``data.short_clips`` (error | skip);
+* longer than ``data.max_duration_s``: ``data.long_clips`` (error | skip | truncate). ``truncate`` writes the first
+  ``max_duration_s`` seconds, decoded at 24 kHz, as a 32-bit float WAV under ``<run_dir>/data/truncated/`` (the
+  model's loader reads it back unchanged, no second resampling) and points the row there, keeping the original
+  path as ``metadata["audio_original"]``.
+
+Nothing is dropped without a trace: every skip is counted per reason, logged (a warning, and one JSON line in
+``<run_dir>/skipped.jsonl``, which is always written and empty when nothing was skipped), and summed up in the
+returned ``SkipReport``; truncations are listed in ``<run_dir>/truncated.jsonl``. ``data.max_samples`` keeps the
+first that many *usable* rows (decoding stops there); a problem in the row fields themselves (see ``formats``) is
+always an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import soundfile as sf
+
+from grpo_audio.audio.covo import SAMPLE_RATE
+from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
+from grpo_audio.data.formats import SourceRow, read_rows
+from grpo_audio.data.manifest import AudioQuestion, DataError
+from grpo_audio.data.synthetic import write_synthetic_set
+
+logger = logging.getLogger("grpo_audio.data")
+
+# Reason codes, in the order summaries list them.
+BAD_AUDIO_REASONS = ("missing_file", "not_a_file", "empty_file", "unreadable", "truncated", "no_samples", "non_finite")
+LENGTH_REASONS = ("too_short", "too_long")
+_LOGGED_SKIPS = 20  # individual warnings; the rest are only in skipped.jsonl and the summary
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """A clip that decoded: its length and what the header says."""
+
+    duration_s: float
+    sample_rate: int
+    channels: int
+    format: str
+    subtype: str
+
+
+def probe_clip(path: str) -> ClipInfo:
+    """Decode ``path`` completely at its own rate (no resampling) and return its facts; ``AudioLoadError`` if bad."""
+    info = audio_info(path)
+    wave = load_audio(path, info.sample_rate)
+    return ClipInfo(wave.shape[0] / info.sample_rate, info.sample_rate, info.channels, info.format, info.subtype)
+
+
+def bad_audio_reason(error: AudioLoadError) -> str:
+    """The reason code of an ``AudioLoadError`` (one of ``BAD_AUDIO_REASONS``)."""
+    text = error.reason
+    if text.startswith("file does not exist"):
+        return "missing_file"
+    if text.startswith("not a regular file"):
+        return "not_a_file"
+    if text.startswith("file is empty"):
+        return "empty_file"
+    if text.startswith("truncated"):
+        return "truncated"
+    if text.startswith("contains no audio samples"):
+        return "no_samples"
+    if "NaN" in text and "infinite" in text:
+        return "non_finite"
+    return "unreadable"
+
+
+def probe_all(paths, workers: int | None = None) -> dict[str, ClipInfo | AudioLoadError]:
+    """``probe_clip`` on every distinct path (threads: libsndfile and numpy release the GIL while decoding)."""
+    unique = list(dict.fromkeys(paths))
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def one(path: str) -> ClipInfo | AudioLoadError:
+        try:
+            return probe_clip(path)
+        except AudioLoadError as exc:
+            return exc
+
+    if workers <= 1 or len(unique) <= 1:
+        return {p: one(p) for p in unique}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(unique, pool.map(one, unique), strict=True))
+
+
+@dataclass(frozen=True)
+class AudioPolicy:
+    """What to do with bad, short and long clips (the recipe's ``data`` fields of the same names)."""
+
+    on_bad_audio: str = "error"
+    min_duration_s: float = 0.01
+    short_clips: str = "error"
+    max_duration_s: float | None = None
+    long_clips: str = "error"
+
+    @classmethod
+    def from_data_section(cls, data) -> AudioPolicy:
+        return cls(data.on_bad_audio, data.min_duration_s, data.short_clips, data.max_duration_s, data.long_clips)
+
+    def length_verdict(self, duration_s: float) -> tuple[str, str, str] | None:
+        """None when the length is fine, else (reason, action, detail) with action error | skip | truncate."""
+        if duration_s < self.min_duration_s:
+            return "too_short", self.short_clips, f"{duration_s:.4f} s is shorter than data.min_duration_s="
+        if self.max_duration_s is not None and duration_s > self.max_duration_s:
+            return "too_long", self.long_clips, f"{duration_s:.2f} s is longer than data.max_duration_s="
+        return None
+
+    def describe(self) -> str:
+        longest = "none" if self.max_duration_s is None else f"{self.max_duration_s:g} s ({self.long_clips})"
+        return (
+            f"bad audio: {self.on_bad_audio}; shortest {self.min_duration_s:g} s ({self.short_clips}); "
+            f"longest {longest}"
+        )
+
+
+@dataclass
+class SkipRecord:
+    """One row left out: which, where it was read, its audio file, the reason code and the full message."""
+
+    row_id: str
+    where: str
+    audio: str
+    reason: str
+    message: str
+    row: AudioQuestion | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"id": self.row_id, "where": self.where, "audio": self.audio, "reason": self.reason,
+                "message": self.message}  # fmt: skip
+
+
+@dataclass
+class TruncationRecord:
+    row_id: str
+    where: str
+    audio: str  # the original file
+    clip: str  # the truncated copy the row now uses
+    duration_s: float
+    kept_s: float
+
+    def to_json(self) -> dict:
+        return {"id": self.row_id, "where": self.where, "audio": self.audio, "clip": self.clip,
+                "duration_s": round(self.duration_s, 4), "kept_s": self.kept_s}  # fmt: skip
+
+
+@dataclass
+class SkipReport:
+    """What the audio policy did. ``data_file``: the file or directory the rows were read from (the synthetic
+    set's manifest), for provenance. ``examined``: rows whose audio was looked at; ``kept``: rows returned."""
+
+    data_file: Path | None = None
+    examined: int = 0
+    kept: int = 0
+    skipped: list[SkipRecord] = field(default_factory=list)
+    truncated: list[TruncationRecord] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict, repr=False)  # row id -> seconds, kept rows
+    log_path: Path | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skips per reason code."""
+        counts = Counter(s.reason for s in self.skipped)
+        order = BAD_AUDIO_REASONS + LENGTH_REASONS
+        return {r: counts[r] for r in sorted(counts, key=lambda r: order.index(r) if r in order else len(order))}
+
+    def summary(self) -> str:
+        """One line, e.g. ``data: 98 of 100 rows kept; skipped 2 (missing_file 1, non_finite 1); ...``."""
+        line = f"data: {self.kept} of {self.examined} rows kept"
+        if self.skipped:
+            reasons = ", ".join(f"{r} {n}" for r, n in self.counts.items())
+            line += f"; skipped {len(self.skipped)} ({reasons})"
+        else:
+            line += "; none skipped"
+        if self.truncated:
+            line += f"; truncated {len(self.truncated)} long clip(s)"
+        if self.log_path is not None and self.skipped:
+            line += f"; details in {self.log_path}"
+        return line
+
+
+def _truncated_copy(path: str, seconds: float, directory: Path) -> str:
+    wave = load_audio(path, SAMPLE_RATE)[: int(round(seconds * SAMPLE_RATE))]
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(f"{Path(path).resolve()}|{seconds}".encode()).hexdigest()[:24]
+    target = directory / f"{digest}.wav"
+    tmp = directory / f"{digest}.tmp.wav"
+    sf.write(str(tmp), wave, SAMPLE_RATE, subtype="FLOAT")
+    os.replace(tmp, target)
+    return str(target)
+
+
+def apply_audio_policy(
+    rows: list[SourceRow],
+    policy: AudioPolicy,
+    truncate_dir: Path | None = None,
+    max_rows: int | None = None,
+    workers: int | None = None,
+) -> tuple[list[AudioQuestion], SkipReport]:
+    """Decode every row's clip (in chunks, in file order, stopping after ``max_rows`` usable rows) and apply
+    ``policy``. Raises ``DataError`` naming the row and file for a clip the policy does not allow."""
+    if policy.long_clips == "truncate" and truncate_dir is None:
+        raise ValueError("long_clips='truncate' needs a directory for the truncated copies")
+    report = SkipReport()
+    kept: list[AudioQuestion] = []
+    chunk = 64 if max_rows is None else max(16, 2 * max_rows)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        clips = probe_all([r.row.audio for r in part], workers)
+        for item in part:
+            if max_rows is not None and len(kept) >= max_rows:
+                return kept, report
+            row, where = item.row, item.where
+            report.examined += 1
+            clip = clips[row.audio]
+            if isinstance(clip, AudioLoadError):
+                if policy.on_bad_audio == "error":
+                    raise DataError(
+                        f"{where}: row {row.id!r}: {clip} (data.on_bad_audio=skip leaves such rows out; "
+                        "grpo-audio data check lists every problem)"
+                    )
+                report.skipped.append(SkipRecord(row.id, where, row.audio, bad_audio_reason(clip), str(clip), row))
+                continue
+            verdict = policy.length_verdict(clip.duration_s)
+            if verdict is not None:
+                reason, action, detail = verdict
+                limit = policy.min_duration_s if reason == "too_short" else policy.max_duration_s
+                message = f"audio file '{row.audio}': {detail}{limit:g}"
+                if action == "error":
+                    knob = "short_clips" if reason == "too_short" else "long_clips"
+                    raise DataError(f"{where}: row {row.id!r}: {message} (see data.{knob})")
+                if action == "skip":
+                    report.skipped.append(SkipRecord(row.id, where, row.audio, reason, message, row))
+                    continue
+                copy = _truncated_copy(row.audio, limit, truncate_dir)
+                report.truncated.append(TruncationRecord(row.id, where, row.audio, copy, clip.duration_s, limit))
+                row = replace(row, audio=copy, metadata={**row.metadata, "audio_original": row.audio})
+                report.durations[row.id] = limit
+            else:
+                report.durations[row.id] = clip.duration_s
+            kept.append(row)
+            report.kept = len(kept)
+    return kept, report
+
+
+def write_policy_logs(report: SkipReport, run_dir: Path, truncation_enabled: bool) -> None:
+    """``skipped.jsonl`` (always) and ``truncated.jsonl`` (when truncation is enabled) in ``run_dir``; one warning
+    per skip (the first few) and the summary line."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report.log_path = run_dir / "skipped.jsonl"
+    with report.log_path.open("w", encoding="utf-8") as fh:
+        for record in report.skipped:
+            fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    if truncation_enabled:
+        with (run_dir / "truncated.jsonl").open("w", encoding="utf-8") as fh:
+            for record in report.truncated:
+                fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    for record in report.skipped[:_LOGGED_SKIPS]:
+        logger.warning("skipped %s: row %r: %s [%s]", record.where, record.row_id, record.message, record.reason)
+    if len(report.skipped) > _LOGGED_SKIPS:
+        logger.warning("... and %d more skipped rows (see %s)", len(report.skipped) - _LOGGED_SKIPS, report.log_path)
+    if report.skipped or report.truncated:
+        logger.warning(report.summary())
+
+
+def read_source_rows(data, run_dir: Path, seed: int, problems=None) -> tuple[list[SourceRow], Path]:
+    """The rows of a recipe's ``data`` section (no audio decoded yet) and the file they came from."""
+    if data.source == "synthetic":
+        spec = data.synthetic
+        manifest = write_synthetic_set(run_dir / "data", spec.num_questions, list(spec.tasks), seed)
+        return read_rows("jsonl", manifest, problems=problems), manifest
+    rows = read_rows(
+        data.source,
+        data.path,
+        root=data.root,
+        avqa_replace_video=data.avqa_replace_video,
+        split=data.split,
+        audio_column=data.audio_column,
+        cache_dir=run_dir / "data" / "hf_audio",
+        problems=problems,
+    )
+    return rows, Path(data.path)
+
+
+def load_rows_for_recipe(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion], SkipReport]:
+    """The recipe's usable rows (``data.max_samples`` of them at most) and what the audio policy did.
+
+    Writes ``<run_dir>/skipped.jsonl`` (and ``truncated.jsonl`` with ``data.long_clips=truncate``); synthetic clips
+    go to ``<run_dir>/data/``, Hugging Face audio held as bytes to ``<run_dir>/data/hf_audio/``, truncated clips to
+    ``<run_dir>/data/truncated/``. Raises ``DataError`` for a bad row, a clip the policy does not allow, or when no
+    row is left.
+    """
+    run_dir = Path(run_dir)
+    data = recipe.data
+    source_rows, data_file = read_source_rows(data, run_dir, recipe.run.seed)
+    policy = AudioPolicy.from_data_section(data)
+    rows, report = apply_audio_policy(
+        source_rows, policy, truncate_dir=run_dir / "data" / "truncated", max_rows=data.max_samples
+    )
+    report.data_file = data_file
+    write_policy_logs(report, run_dir, truncation_enabled=policy.long_clips == "truncate")
+    if not rows:
+        raise DataError(f"{data_file}: no usable rows ({report.summary()})")
+    return rows, report

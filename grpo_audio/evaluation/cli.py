@@ -1,0 +1,149 @@
+"""``grpo-audio eval``: benchmark accuracy with the official scoring rules, and ``grpo-audio eval compare``.
+
+    grpo-audio eval RECIPE --model PATH [--benchmark FILE --format mmau|mmar|mmsu|jsonl|avqa|hf --root DIR]
+                    [--out DIR --samples K --temperature T --max-new-tokens N --batch-size B --template NAME
+                     --rule mmau|mmsu --max-samples N --set KEY=VALUE ...]
+    grpo-audio eval compare RUN_A RUN_B
+
+The model is the recipe's ``model`` section with ``source: pretrained`` and ``path`` = ``--model`` (a directory this
+harness saved, e.g. ``runs/x/final_model``). The data is ``--benchmark`` (format from ``--format`` or guessed; audio
+relative to ``--root``, default the file's directory) or, without it, the recipe's ``data`` section. The recipe's
+audio policy (``data.on_bad_audio``, durations) applies; a skipped clip is a missing prediction, counted as wrong.
+``data.max_samples`` of the recipe is ignored for a benchmark (``--max-samples`` limits a quick run).
+
+Prompt: ``--template``, else ``mmsu_v1`` (MMSU's official wording) for MMSU, else the recipe's ``prompt.template``.
+Scoring: ``--rule``, else MMSU's letter rule for MMSU and MMAU's token rule on the extracted answer for the rest.
+Decoding: greedy (``--temperature 0``, the default); ``--samples K`` with ``--temperature T > 0`` samples K answers
+per item and reports pass@K next to the mean accuracy. Output directory (``--out``; default
+``<model dir's parent>/eval/<model dir name>-<benchmark stem>``): see ``grpo_audio.evaluation.runner``.
+
+Exit status: 0 done, 2 unusable input (bad recipe, data or arguments; one ``error:`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from grpo_audio.audio.io import AudioLoadError
+from grpo_audio.data.formats import FORMATS, detect_format
+from grpo_audio.data.manifest import DataError
+from grpo_audio.evaluation.scoring import FORMAT_RULES, RULES
+from grpo_audio.recipe import RecipeError, load_recipe
+from grpo_audio.recipe.loader import check_cross_section
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grpo-audio eval",
+        description="Evaluate a model on a benchmark file with the benchmark's official scoring rule "
+        "('grpo-audio eval compare RUN_A RUN_B' compares two evaluations).",
+    )
+    parser.add_argument("recipe", nargs="?", help="recipe YAML (default: the embedded defaults)")
+    parser.add_argument("--model", required=True, help="model directory saved by grpo-audio (e.g. runs/x/final_model)")
+    parser.add_argument("--benchmark", help="benchmark file (default: the recipe's data section)")
+    parser.add_argument("--format", choices=FORMATS, help="benchmark format (default: guessed from the file)")
+    parser.add_argument("--root", help="directory the benchmark's audio paths are relative to")
+    parser.add_argument("--out", help="output directory")
+    parser.add_argument("--samples", type=int, default=1, help="answers per item (pass@K); default 1")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the recipe's rollout.max_completion_length")
+    parser.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
+    parser.add_argument("--template", help="prompt template (default: mmsu_v1 for MMSU, else the recipe's)")
+    parser.add_argument("--rule", choices=RULES, help="scoring rule (default: from the format)")
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N usable items")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. --set data.on_bad_audio=skip")  # fmt: skip
+    return parser
+
+
+def _prepare(args):
+    from grpo_audio.evaluation.runner import EvalSettings
+    from grpo_audio.prompting import load_template
+
+    if args.samples < 1:
+        raise RecipeError(f"--samples {args.samples}: must be at least 1")
+    if args.temperature < 0:
+        raise RecipeError(f"--temperature {args.temperature}: must be >= 0")
+    if args.samples > 1 and args.temperature == 0:
+        raise RecipeError("--samples > 1 needs --temperature > 0 (greedy decoding gives the same answer K times)")
+    if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise RecipeError("--batch-size and --max-new-tokens must be at least 1")
+    recipe = load_recipe(args.recipe, args.overrides)
+    recipe.model = dataclasses.replace(recipe.model, source="pretrained", path=str(args.model))
+    if args.benchmark:
+        fmt = args.format or detect_format(args.benchmark)
+        if fmt is None:
+            raise DataError(f"{args.benchmark}: cannot tell the benchmark format from its first record; pass --format")
+        recipe.data = dataclasses.replace(
+            recipe.data, source=fmt, path=str(args.benchmark), root=args.root, max_samples=args.max_samples
+        )
+    else:
+        if args.format or args.root:
+            raise RecipeError("--format and --root describe --benchmark, which is not given")
+        if args.max_samples is not None:
+            recipe.data = dataclasses.replace(recipe.data, max_samples=args.max_samples)
+    check_cross_section(recipe)
+    fmt = recipe.data.source
+    template = load_template(args.template or ("mmsu_v1" if fmt == "mmsu" else recipe.prompt.template))
+    settings = EvalSettings(
+        rule=args.rule or FORMAT_RULES[fmt],
+        samples=args.samples,
+        temperature=args.temperature,
+        top_p=recipe.rollout.top_p,
+        top_k=recipe.rollout.top_k,
+        max_new_tokens=args.max_new_tokens or recipe.rollout.max_completion_length,
+        batch_size=args.batch_size,
+        text_only=recipe.rollout.text_only,
+    )
+    if args.out:
+        out = Path(args.out)
+    else:
+        model = Path(args.model).resolve()
+        stem = Path(recipe.data.path).stem if recipe.data.path else recipe.data.source
+        out = model.parent / "eval" / f"{model.name}-{stem}"
+    return recipe, template, settings, out
+
+
+def compare_main(argv: list[str]) -> int:
+    from grpo_audio.evaluation.metrics import compare_table, load_metrics
+
+    parser = argparse.ArgumentParser(prog="grpo-audio eval compare", description="Compare two evaluation runs.")
+    parser.add_argument("run_a", help="evaluation output directory (or its metrics.json)")
+    parser.add_argument("run_b", help="evaluation output directory (or its metrics.json)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        a, b = load_metrics(args.run_a), load_metrics(args.run_b)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(compare_table(a, b, args.run_a, args.run_b), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from grpo_audio.evaluation.runner import evaluate
+
+    try:
+        recipe, template, settings, out = _prepare(args)
+        evaluate(recipe, template, settings, out)
+    except (RecipeError, DataError, AudioLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

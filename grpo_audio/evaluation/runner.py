@@ -1,0 +1,188 @@
+"""Run a model on a benchmark: rows -> prompts -> batched decoding (HF engine) -> official scoring -> files.
+
+Writes into the output directory:
+
+    predictions.jsonl  one line per (item, sample): id, sample, completion, prediction, choice, status, correct,
+                       answer, choices, metadata, finish_reason (skipped clips appear with status "missing")
+    metrics.json       benchmark path + sha256 + format, model, template, rule, decoding settings, overall and
+                       per-slice accuracy, skip counts
+    metrics.md         the same as a markdown table (also printed)
+    prompt.txt         one rendered prompt, exactly as the model saw it
+    skipped.jsonl      rows whose clip the audio policy skipped (see grpo_audio.data.sources)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grpo_audio import __version__
+from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.data.manifest import DataError
+from grpo_audio.data.sources import load_rows_for_recipe
+from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
+from grpo_audio.evaluation.scoring import MISSING, score
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.prompting import PromptTemplate, render_prompt
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+
+
+@dataclass
+class EvalSettings:
+    rule: str = "mmau"
+    samples: int = 1  # K completions per item (pass@K); 1 = the usual single answer
+    temperature: float = 0.0  # 0 = greedy decoding (the benchmarks' protocol)
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+    batch_size: int = 8  # items per generate call (each repeated K times)
+    text_only: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file; for a directory (a saved dataset), of its files' relative paths and contents in order."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _sampling(settings: EvalSettings) -> SamplingSettings:
+    if settings.greedy:
+        return SamplingSettings(max_new_tokens=settings.max_new_tokens, do_sample=False, text_only=settings.text_only)
+    return SamplingSettings(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        do_sample=True,
+        text_only=settings.text_only,
+    )
+
+
+def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: str | Path, echo=print) -> dict:
+    """Evaluate ``recipe.model`` on ``recipe.data`` with ``template``; write the files above; return the metrics."""
+    from grpo_audio.training import build_tokenizer_and_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, report = load_rows_for_recipe(recipe, out)
+    unanswered = [r.id for r in rows + [s.row for s in report.skipped] if r.answer is None]
+    if unanswered:
+        raise DataError(
+            f"{report.data_file}: evaluation needs a gold answer on every row; {len(unanswered)} have none "
+            f"(first: {unanswered[:5]})"
+        )
+    data_file = report.data_file
+    bench_sha = sha256_of(data_file)
+    tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    torch.manual_seed(recipe.run.seed)
+    featurizer = AudioFeaturizer(reuse_embeddings=True)
+    engine = HFRolloutEngine(
+        _sampling(settings),
+        stop_token_ids=list(model.generation_config.eos_token_id),
+        pad_token_id=tokenizer.pad_token_id,
+        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    k = settings.samples
+    records: list[dict] = []
+    start = time.perf_counter()
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
+        for first in range(0, len(rows), settings.batch_size):
+            batch = rows[first : first + settings.batch_size]
+            prompts = [
+                render_prompt(tokenizer, template, r.question, r.choices, featurizer.features(r.audio).n_placeholders)
+                for r in batch
+            ]
+            if first == 0:
+                (out / "prompt.txt").write_text(f"# template {template.ident}\n{prompts[0]}\n", encoding="utf-8")
+            ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            prompt_ids = [p for p in ids for _ in range(k)]
+            audio = featurizer.rows([r.audio for r in batch for _ in range(k)], model, device)
+            result = engine.generate(model, prompt_ids, audio)
+            texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
+            for i, row in enumerate(batch):
+                for j in range(k):
+                    n = i * k + j
+                    record = _record(row, j, texts[n], result.finish_reasons[n], settings.rule)
+                    records.append(record)
+                    fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            done = first + len(batch)
+            echo(f"eval: {done}/{len(rows)} items ({time.perf_counter() - start:.1f} s)")
+        for skip in report.skipped:
+            for j in range(k):
+                record = _record(skip.row, j, None, None, settings.rule, skip_reason=skip.reason)
+                records.append(record)
+                fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+    metrics = {
+        "harness_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "benchmark": {
+            "path": str(data_file),
+            "sha256": bench_sha,
+            "format": recipe.data.source,
+            "root": recipe.data.root,
+            "rows": len(rows) + len(report.skipped),
+        },
+        "model": str(recipe.model.path or recipe.model.source),
+        "template": template.ident,
+        "rule": settings.rule,
+        "decoding": {
+            "greedy": settings.greedy,
+            "samples": k,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p if not settings.greedy else None,
+            "top_k": settings.top_k if not settings.greedy else None,
+            "max_new_tokens": settings.max_new_tokens,
+            "batch_size": settings.batch_size,
+            "seed": recipe.run.seed,
+            "engine": "hf",
+        },
+        "skipped": {"count": len(report.skipped), "reasons": report.counts, "truncated": len(report.truncated)},
+        **compute_metrics(records, k),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = markdown_table(metrics)
+    (out / "metrics.md").write_text(table, encoding="utf-8")
+    echo(table)
+    echo(f"eval: wrote {out / 'predictions.jsonl'}, {out / 'metrics.json'}, {out / 'metrics.md'}")
+    return metrics
+
+
+def _record(row, sample: int, completion, finish_reason, rule: str, skip_reason: str | None = None) -> dict:
+    scored = MISSING if completion is None else score(rule, completion, row.answer, row.choices)
+    record = {
+        "id": row.id,
+        "sample": sample,
+        "completion": completion,
+        "prediction": scored.prediction,
+        "choice": scored.choice,
+        "status": scored.status,
+        "correct": scored.correct,
+        "answer": row.answer,
+        "choices": row.choices,
+        "audio": row.audio,
+        "metadata": row.metadata,
+        "finish_reason": finish_reason,
+    }
+    if skip_reason is not None:
+        record["skip_reason"] = skip_reason
+    return record

