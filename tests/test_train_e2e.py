@@ -98,3 +98,33 @@ def test_kl_to_a_reference_model_built_from_the_initial_weights(tiny_recipe):
     ref = setup.trainer.ref_model.state_dict()
     initial = load_file(setup.run_dir / "initial_model" / "model.safetensors")
     assert all(torch.equal(ref[k], v) for k, v in initial.items())
+
+
+@pytest.mark.parametrize(
+    "name, body, problem",
+    [
+        ("raises", "raise KeyError('gold')", "gold"),
+        ("wrong_count", "return [1.0]", "1 value"),
+        ("nan", "return [float('nan')] * len(completions)", "nan"),
+    ],
+)
+def test_a_broken_plugin_reward_stops_training_naming_it(tiny_recipe, tmp_path, monkeypatch, name, body, problem):
+    """A user's reward, plugged in by import path, that raises or returns the wrong count or NaN stops the run."""
+    import rewards
+    from grpo_audio.training import build_training
+
+    module = tmp_path / f"broken_{name}.py"  # one module name per case: imports are cached
+    module.write_text(
+        "from rewards import register_reward\n\n"
+        "def score(completions, samples, context):\n"
+        f"    {body}\n\n"
+        "score.batched = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    setup = build_training(
+        tiny_recipe(f"rewards.terms=[{{name: accuracy}}, {{name: 'broken_{name}:score', label: broken}}]")
+    )
+    with pytest.raises((rewards.registry.RewardError, rewards.registry.RewardOutputError)) as info:
+        setup.trainer.train()
+    message = str(info.value) + str(info.value.__cause__ or "")
+    assert f"broken_{name}:score" in message and problem in message.lower()
