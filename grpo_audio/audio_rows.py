@@ -16,9 +16,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from grpo_audio.audio.covo import CovoAudioFeatures, prepare_file
+from grpo_audio.audio.covo import CovoAudioFeatures, prepare_file, prepare_waveform
 
 AUDIO_KEYS = ("audio_embeds", "input_features", "audio_segment_counts")
 
@@ -63,8 +64,17 @@ class AudioFeaturizer:
     made here; tests and benchmarks read it.
     """
 
-    def __init__(self, reuse_embeddings: bool, mel_cache_size: int = 256, embed_cache_mb: float = 512.0) -> None:
+    def __init__(
+        self,
+        reuse_embeddings: bool,
+        mel_cache_size: int = 256,
+        embed_cache_mb: float = 512.0,
+        ablation: str = "none",
+    ) -> None:
+        if ablation not in ("none", "silence"):
+            raise ValueError(f"unknown audio ablation {ablation!r}")
         self.reuse_embeddings = reuse_embeddings
+        self.ablation = ablation
         self.mel_cache_size = mel_cache_size
         self.embed_cache_bytes = int(embed_cache_mb * 2**20)
         self._mels: OrderedDict[str, CovoAudioFeatures] = OrderedDict()
@@ -78,6 +88,9 @@ class AudioFeaturizer:
             self._mels.move_to_end(path)
             return self._mels[path]
         feats = prepare_file(path)
+        if self.ablation == "silence":
+            # Same length (so the same placeholders), no content: the control for "the gain comes from listening"
+            feats = prepare_waveform(np.zeros(feats.n_samples, dtype=np.float32))
         self._mels[path] = feats
         if len(self._mels) > self.mel_cache_size:
             self._mels.popitem(last=False)

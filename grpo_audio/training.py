@@ -19,23 +19,30 @@ from transformers import PrinterCallback
 import rewards
 from grpo_audio.audio_rows import AudioFeaturizer
 from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback, RunRecordToTrackers
+from grpo_audio.coldstart import run_coldstart
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.data.manifest import AudioQuestion, load_manifest
 from grpo_audio.data.sources import load_rows_for_recipe
-from grpo_audio.data.synthetic import QUESTIONS
-from grpo_audio.model.tokenizer import IM_END, check_covo_tokens
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.heldout import heldout_accuracy
+from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint, save_covo_checkpoint
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
 from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
 from grpo_audio.reward_bridge import make_trl_reward
 from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.run_dir import (
+    MARKER,
     finish_run_record,
     open_run_dir,
     save_model_atomic,
     start_run_record,
     truncate_logs_after,
+    write_json_atomic,
     write_provenance,
 )
+
+HELDOUT_SEED_OFFSET = 1_000_003  # the held-out split's clips come from their own random stream
 
 # Our defaults for TRL fields, chosen for a harness run (the recipe's trainer section overrides them).
 TRAINER_DEFAULTS = {
@@ -61,6 +68,7 @@ class TrainingSetup:
     template: PromptTemplate
     featurizer: AudioFeaturizer
     resume_checkpoint: Path | None = None
+    heldout: list[dict] | None = None
 
 
 def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
@@ -72,17 +80,31 @@ def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], templat
         tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(texts), recipe.model.tiny.text_vocab_size)
         model = build_tiny_model(recipe.model.tiny, tokenizer, recipe.run.seed)
     else:
-        from transformers import AutoTokenizer
-
-        from grpo_audio.model import CovoAudioForConditionalGeneration
-
-        tokenizer = AutoTokenizer.from_pretrained(recipe.model.path)
-        model = CovoAudioForConditionalGeneration.from_pretrained(recipe.model.path)
+        tokenizer, model = load_pretrained(Path(recipe.model.path))
     check_covo_tokens(tokenizer, recipe.model.path or "tiny tokenizer")
     # a2t rollouts end at <|endoftext|>; <|im_end|> closes a chat turn: both stop a text-only rollout
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
+
+
+def load_pretrained(directory: Path):
+    """A released-format Covo-Audio checkpoint (``llm.*`` names) or a ``save_pretrained`` directory of ours."""
+    if is_released_layout(directory):
+        model, tokenizer = load_covo_checkpoint(directory)
+        return tokenizer, model
+    from transformers import AutoTokenizer
+
+    from grpo_audio.model import CovoAudioForConditionalGeneration
+
+    return AutoTokenizer.from_pretrained(directory), CovoAudioForConditionalGeneration.from_pretrained(directory)
+
+
+def save_final_model(model, tokenizer, target: Path, fmt: str) -> None:
+    if fmt == "covo":
+        save_covo_checkpoint(model, tokenizer, target)
+    else:
+        save_model_atomic(model, tokenizer, target)
 
 
 def apply_freezing(model, recipe: Recipe) -> None:
@@ -160,14 +182,18 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     provenance = write_provenance(run, recipe, data_report.data_file, [r.audio for r in rows], template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
-    if recipe.model.source == "tiny":
-        # Keep the initial weights: the run can be reproduced from them, and TRL rebuilds the reference model
-        # (beta > 0 without LoRA) from the policy's directory.
-        if run.resume_checkpoint is None:
-            save_model_atomic(model, tokenizer, run_dir / "initial_model")
-        model.config._name_or_path = str(run_dir / "initial_model")
     dataset = build_dataset(rows, tokenizer, template)
     (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
+    featurizer = AudioFeaturizer(
+        reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter,
+        ablation=recipe.model.audio_ablation,
+    )
+    heldout = heldout_rows(recipe, run_dir, tokenizer, template)
+    if run.resume_checkpoint is None:
+        prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status)
+    if recipe.model.source == "tiny":
+        # TRL rebuilds the reference model (beta > 0 without LoRA) from the policy's directory: the starting point
+        model.config._name_or_path = str(run_dir / "initial_model")
 
     rubric = rewards.Rubric(
         [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
@@ -175,7 +201,6 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         recipe.rewards.combiner_options,
     )
     engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
-    featurizer = AudioFeaturizer(reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter)
     args = grpo_config(recipe, run_dir)
     holder = {}
 
@@ -207,7 +232,50 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     trainer.remove_callback(PrinterCallback)
     trainer.run_status = status
     trainer.data_report = data_report
-    return TrainingSetup(run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint)
+    return TrainingSetup(
+        run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout
+    )
+
+
+def heldout_rows(recipe: Recipe, run_dir: Path, tokenizer, template: PromptTemplate) -> list[dict]:
+    """The synthetic held-out split (new clips of the same tasks, from a seed the training split does not use)."""
+    spec = recipe.data.synthetic
+    if recipe.data.source != "synthetic" or spec.heldout_questions <= 0:
+        return []
+    manifest = write_synthetic_set(
+        run_dir / "data" / "heldout", spec.heldout_questions, list(spec.tasks), recipe.run.seed + HELDOUT_SEED_OFFSET
+    )
+    return list(build_dataset(load_manifest(manifest), tokenizer, template))
+
+
+def accuracy_options(recipe: Recipe) -> dict:
+    return next((dict(t.options) for t in recipe.rewards.terms if t.name == "accuracy"), {})
+
+
+def measure_heldout(recipe: Recipe, model, tokenizer, rows: list[dict], featurizer: AudioFeaturizer) -> dict | None:
+    if not rows:
+        return None
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    return heldout_accuracy(
+        model, tokenizer, rows, featurizer, recipe.rollout.max_completion_length, markers, accuracy_options(recipe)
+    )
+
+
+def prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status) -> None:
+    """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights."""
+    if recipe.coldstart.steps > 0:
+        history = run_coldstart(model, tokenizer, list(dataset), featurizer, recipe.coldstart, recipe.run.seed)
+        with (run_dir / "coldstart.jsonl").open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(h) + "\n" for h in history)
+    before = measure_heldout(recipe, model, tokenizer, heldout, featurizer)
+    if before is not None:
+        status["heldout_before"] = before
+        write_json_atomic(run_dir / MARKER, status)
+        print(f"grpo-audio: held-out accuracy before GRPO {before['accuracy']:.3f} "
+              f"(format {before['format']:.3f}, n={before['n']})", flush=True)
+    if recipe.model.source == "tiny":
+        # The initial weights (after the cold start): the run can be reproduced from them
+        save_model_atomic(model, tokenizer, run_dir / "initial_model")
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -229,8 +297,13 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
-        save_model_atomic(model, setup.tokenizer, setup.run_dir / "final_model")
+        save_final_model(model, setup.tokenizer, setup.run_dir / "final_model", recipe.run.final_model_format)
         report = trainer.data_report
+        after = measure_heldout(recipe, model, setup.tokenizer, setup.heldout, setup.featurizer)
+        if after is not None:
+            trainer.run_status["heldout_after"] = after
+            print(f"grpo-audio: held-out accuracy after GRPO {after['accuracy']:.3f} "
+                  f"(format {after['format']:.3f}, n={after['n']})", flush=True)
         finish_run_record(
             setup.run_dir,
             trainer.run_status,

@@ -134,6 +134,23 @@ def test_load_casts_to_the_requested_dtype(saved):
     assert loaded.model.language_model.rotary_emb.inv_freq.dtype == torch.float32  # buffers built, not loaded
 
 
+def test_bfloat16_model_round_trips_bit_exact(model, tokenizer, tmp_path):
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    save_covo_checkpoint(bf16, tokenizer, tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert sorted(p.name for p in (tmp_path / "bf16").glob("*.safetensors")) == ["model.safetensors"]  # one shard
+    reloaded, _ = load_covo_checkpoint(tmp_path / "bf16")
+    _assert_same_state(reloaded, bf16)
+    assert reloaded.config.dtype == torch.bfloat16
+
+
+def test_save_refuses_a_tokenizer_that_does_not_match_the_model(model, tmp_path):
+    other = build_tiny_tokenizer(CORPUS, 260)  # fewer text entries: a different audio_token_index
+    with pytest.raises(CheckpointError, match=r"tokenizer \(len \d+, <\|cAUDIO\|> \d+\) does not match the model"):
+        save_covo_checkpoint(model, other, tmp_path / "mismatch")
+    assert not (tmp_path / "mismatch").exists()
+
+
 def test_train_a_step_save_and_reload(saved, tmp_path):
     trained, tokenizer = load_covo_checkpoint(saved)
     trained.train()
@@ -222,6 +239,23 @@ def test_full_size_config_builds_on_meta_with_released_names_and_shapes():
     assert sum(1 for n in shapes if n.startswith("audio_adapter.")) == 18
 
 
+def test_the_loader_accepts_the_full_size_released_layout(tmp_path):
+    """The name and shape check that load_covo_checkpoint runs on the headers, on the 7B's names (no weights)."""
+    config = released_covo_config()
+    stored = [
+        checkpoint._StoredTensor(released_name(n), tmp_path / "model-00001-of-00004.safetensors", tuple(p.shape))
+        for n, p in build_covo_on_meta(config).named_parameters()
+    ]
+    empty = checkpoint._build_empty(config)
+    mapping = checkpoint._check_layout(empty, tmp_path / "model.safetensors.index.json", stored)
+    assert len(mapping) == len(stored) == 844
+    assert empty.model.language_model.rotary_emb.inv_freq.device.type == "cpu"  # built, not waiting for a tensor
+    at = [t.name for t in stored].index("llm.model.embed_tokens.weight")
+    stored[at] = checkpoint._StoredTensor(stored[at].name, stored[at].file, (151671, 3584))  # text rows only
+    with pytest.raises(CheckpointError, match=r"embed_tokens\.weight has shape \[151671, 3584\], expected \[168055"):
+        checkpoint._check_layout(empty, tmp_path / "model.safetensors.index.json", stored)
+
+
 # --- bad checkpoints --------------------------------------------------------------------------------------------
 
 
@@ -297,6 +331,13 @@ def test_unexpected_and_missing_names_are_listed(copy_of):
     _edit_json(index_path, lambda i: [i["weight_map"].pop(n) for n in ("llm.model.extra_gate.weight", victim)])
     with pytest.raises(CheckpointError, match=rf"index\.json: 1 parameter\(s\) missing: {victim}$"):
         load_covo_checkpoint(directory)
+
+
+def test_a_save_pretrained_directory_is_recognised(model, tmp_path):
+    model.save_pretrained(tmp_path / "hf")  # our module names, not the released ones
+    build_tiny_tokenizer(CORPUS, 300).save_pretrained(tmp_path / "hf")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ unexpected .* load such a directory with"):
+        load_covo_checkpoint(tmp_path / "hf")
 
 
 def test_index_and_shard_must_agree(copy_of):

@@ -120,6 +120,22 @@ def test_lora_is_merged_into_the_exported_weights(model):
     assert not torch.equal(merged[q], dict(backbone_weights(model))[q])
 
 
+def test_export_command_reads_a_released_checkpoint(model, tokenizer, tmp_path, capsys):
+    from grpo_audio.model.checkpoint import save_covo_checkpoint
+    from grpo_audio.rollout.backbone_export import main
+
+    save_covo_checkpoint(model, tokenizer, tmp_path / "covo")
+    assert main([str(tmp_path / "covo"), str(tmp_path / "backbone"), "--dtype", "float32"]) == 0
+    assert "wrote the Qwen2 backbone" in capsys.readouterr().out
+    check_backbone_dir(tmp_path / "backbone", model)
+    exported = {}
+    with safe_open(str(tmp_path / "backbone" / "model.safetensors"), framework="pt") as fh:
+        for name in fh.keys():
+            exported[name] = fh.get_tensor(name)
+    for name, tensor in backbone_weights(model):
+        assert torch.equal(exported[name], tensor), name
+
+
 def test_bad_backbone_directories_are_named(model, tmp_path):
     with pytest.raises(BackboneDirError, match="does not exist"):
         check_backbone_dir(tmp_path / "missing", model)
@@ -136,7 +152,7 @@ def test_bad_backbone_directories_are_named(model, tmp_path):
         check_backbone_dir(bad, model)
 
     other = build_tiny_model(TinyModelSpec(), build_tiny_tokenizer(CORPUS, 300), seed=0)
-    with pytest.raises(BackboneDirError, match=r"does not match the model's backbone: .*num_attention_heads=4 \(model: 2\)"):
+    with pytest.raises(BackboneDirError, match=r"does not match the model's backbone: .*heads=4 \(model: 2\)"):
         check_backbone_dir(export_backbone(other, tmp_path / "other"), model)
 
     (good / "model.safetensors").unlink()

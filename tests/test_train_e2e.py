@@ -36,9 +36,20 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
             assert key in m, key
     out = capsys.readouterr().out
     assert "step 2/2 | R_total" in out and "accuracy" in out
-    model = CovoAudioForConditionalGeneration.from_pretrained(run / "final_model")
-    assert model.config.model_type == "covo_audio"
-    assert not (run / "final_model.tmp").exists()
+    # the final model is in the released Covo-Audio layout, and loads back as a pretrained source
+    from safetensors import safe_open
+
+    with safe_open(str(run / "final_model" / "model.safetensors"), "pt") as fh:
+        names = list(fh.keys())
+    assert any(n.startswith("llm.model.") for n in names) and "llm.lm_head.weight" in names
+    assert any(n.startswith("audio_adapter.downsample_layers.2.") for n in names)
+    from grpo_audio.recipe import load_recipe
+    from grpo_audio.training import build_tokenizer_and_model
+
+    reloaded = load_recipe(None, ["model.source=pretrained", f"model.path={run / 'final_model'}"])
+    _, model = build_tokenizer_and_model(reloaded, [], None)
+    assert isinstance(model, CovoAudioForConditionalGeneration) and model.config.model_type == "covo_audio"
+    assert not list(run.glob("final_model.tmp*"))
 
 
 @pytest.mark.slow

@@ -172,9 +172,26 @@ def push_token(model, prompt_embeds: torch.Tensor, token: int, amount: float) ->
         model.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.5)
 
 
+def long_prompt(model) -> list[int]:
+    """Two KV-cache blocks long (128 tokens each on CPU), so that vLLM's prefix cache keeps it between requests."""
+    p = model.config.audio_placeholder_token_id
+    return [1, 2, p, p, p, *(10 + i % 250 for i in range(260))]
+
+
+def test_audio_length_prompts_beyond_one_scheduler_step(backend, model, tokenizer):
+    # 64 rows x 220 prompt tokens > the 4096-token step budget: vLLM 0.32 on CPU used to split a prefill across
+    # steps here and crash on seeded requests (the engine turns chunked prefill off on CPU)
+    p = model.config.audio_placeholder_token_id
+    long_prompts = [[1, 2, p, p, p, *(10 + (i * 31 + k) % 250 for k in range(215))] for i in range(8)]
+    ids, audio = rows(model, [(prompt, i, 8) for i, prompt in enumerate(long_prompts)])
+    result = make_engine(backend, model, tokenizer, temperature=1.0, max_new_tokens=4).generate(model, ids, audio)
+    assert len(result.completion_ids) == 64
+    check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=1.0)
+
+
 def test_weight_sync_moves_the_engine_with_the_trainer(backend, model, tokenizer):
     trained = copy.deepcopy(model)
-    ids, audio = rows(model, [(prompts(model)[0], 0, 8)])
+    ids, audio = rows(model, [(long_prompt(model), 0, 8)])
     engine = make_engine(backend, trained, tokenizer, temperature=1.0, max_new_tokens=6)
     greedy = make_engine(backend, trained, tokenizer, do_sample=False, max_new_tokens=1)
     before = greedy.generate(trained, ids[:1], audio).completion_ids[0][0]
@@ -198,6 +215,41 @@ def test_weight_sync_moves_the_engine_with_the_trainer(backend, model, tokenizer
     finally:
         engine.sync_weights(model, 2)  # give the module's engine its original weights back
     check_against_teacher_forcing(model, tokenizer, ids, audio, engine.generate(model, ids, audio), temperature=1.0)
+
+
+def test_weight_sync_merges_lora(backend, model, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=r".*language_model\..*\.(q_proj|v_proj|up_proj)$")
+    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapters an effect
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    ids, audio = rows(model, [(p, i, 4) for i, p in enumerate(prompts(model))])
+    engine = make_engine(backend, model, tokenizer, temperature=1.0)
+    try:
+        assert engine.sync_weights(peft_model, 1)
+        result = engine.generate(peft_model, ids, audio)
+        check_against_teacher_forcing(peft_model, tokenizer, ids, audio, result, temperature=1.0)
+        with pytest.raises(AssertionError):  # and the adapters matter: the base model gives other log-probs
+            check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=1.0)
+    finally:
+        engine.sync_weights(model, 2)
+
+
+def test_cpu_attention_head_size_is_checked_before_start(tokenizer):
+    from vllm.platforms import current_platform
+
+    from grpo_audio.rollout.factory import RolloutEngineError, check_head_size
+
+    if not current_platform.is_cpu():
+        pytest.skip("the head-size limit is the CPU backend's")
+    default_tiny = build_tiny_model(TinyModelSpec(), tokenizer, seed=0)  # hidden 64 / 4 heads = 16
+    with pytest.raises(RolloutEngineError, match=r"supports head sizes \[32, 64.*this backbone's is 16"):
+        check_head_size(default_tiny)
+    check_head_size(build_tiny_model(SPEC, tokenizer, seed=0))
 
 
 @pytest.mark.slow
@@ -321,7 +373,7 @@ def test_server_mode_samples_groups_and_matches_teacher_forcing(server, model, t
 def test_server_mode_weight_sync_reloads_the_backbone(server, model, tokenizer):
     url, backbone = server
     trained = copy.deepcopy(model)
-    ids, audio = rows(model, [(prompts(model)[1], 1, 4)])
+    ids, audio = rows(model, [(long_prompt(model), 1, 4)])
     engine = server_engine(url, backbone, trained, tokenizer, temperature=1.0, max_new_tokens=6)
     engine.synced_step = 0
     embeds = trained.prompt_embeddings(torch.tensor(ids[:1]), audio_embeds=audio.audio_embeds[:1])[0]

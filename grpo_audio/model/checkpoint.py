@@ -275,7 +275,13 @@ def _check_layout(model: nn.Module, listing: Path, stored: list[_StoredTensor]) 
             unexpected.append(tensor)
     if unexpected:
         names = _few([t.name for t in unexpected])
-        raise CheckpointError(f"{unexpected[0].file}: {len(unexpected)} unexpected parameter name(s): {names}")
+        hint = ""
+        if all(t.name.startswith(("model.", "lm_head.")) for t in unexpected):
+            hint = (
+                " (these are our module names, as written by save_pretrained: load such a directory with "
+                "CovoAudioForConditionalGeneration.from_pretrained)"
+            )
+        raise CheckpointError(f"{unexpected[0].file}: {len(unexpected)} unexpected parameter name(s): {names}{hint}")
     missing = [released_name(n) for n in expected if n not in mapping]
     if missing:
         raise CheckpointError(f"{listing}: {len(missing)} parameter(s) missing: {_few(missing)}")
@@ -449,6 +455,17 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def is_released_layout(directory: str | os.PathLike) -> bool:
+    """True when ``directory``'s weights carry the released names (``llm.``/``encoder.``/``audio_adapter.``)
+    rather than this harness's module names (``model.language_model.`` ...). Reads safetensors headers only."""
+    directory = Path(directory)
+    try:
+        _, stored = _scan_headers(directory)
+    except CheckpointError:
+        return False
+    return any(t.name.startswith("llm.") for t in stored)
 
 
 def _is_checkpoint_dir(directory: Path) -> bool:

@@ -54,7 +54,9 @@ class LoraSpec:
 class ModelSection:
     source: Literal["tiny", "pretrained"] = _help(
         "'tiny': build a tiny Covo-Audio model in process (deterministic from run.seed); 'pretrained': load the "
-        "directory in model.path (a model this harness saved).",
+        "directory in model.path: a checkpoint in the released Covo-Audio format (llm.*/encoder.*/audio_adapter.* "
+        "safetensors, e.g. tencent/Covo-Audio-Chat downloaded beforehand, or a final_model/ of this harness) or a "
+        "directory written by save_pretrained.",
         "tiny",
     )
     path: str | None = _help("Model directory for source 'pretrained'.", None)
@@ -66,6 +68,11 @@ class ModelSection:
         True,
     )
     lora: LoraSpec | None = _help("LoRA on the backbone; null trains the backbone fully.", None)
+    audio_ablation: Literal["none", "silence"] = _help(
+        "'silence' replaces every clip by digital silence of the same length (same placeholders, no content): "
+        "the control run showing that a gain comes from listening.",
+        "none",
+    )
 
 
 @dataclass
@@ -77,6 +84,26 @@ class SyntheticDataSpec:
         "pitch: high or low tone; count: how many beeps; longer: which of two tones is longer.",
         factory=lambda: ["pitch", "count", "longer"],
     )
+    heldout_questions: int = _help(
+        "Extra questions generated as a held-out split (new clips, same tasks), scored greedily before and "
+        "after training; 0 = none.",
+        0,
+    )
+
+
+@dataclass
+class ColdStartSection:
+    """Supervised format warm-up before GRPO (the paper's cold start, reduced to the output format).
+
+    The targets are ``<think>{reasoning}</think><answer>{choice}</answer>`` with the choice drawn uniformly at
+    random (seeded), so the model learns the format while its answers stay at chance: any accuracy gained later
+    comes from GRPO.
+    """
+
+    steps: int = _help("Optimizer steps of the warm-up; 0 = no warm-up.", 0)
+    batch_size: int = _help("Questions per warm-up step.", 16)
+    learning_rate: float = _help("AdamW learning rate of the warm-up.", 2e-3)
+    reasoning: str = _help("The reasoning text of the warm-up targets.", "I listen to the clip.")
 
 
 @dataclass
@@ -220,6 +247,12 @@ class RolloutSection:
 
 @dataclass
 class RunSection:
+    final_model_format: Literal["covo", "save_pretrained"] = _help(
+        "Format of final_model/: 'covo' = the released Covo-Audio layout (llm.*, encoder.*, audio_adapter.* names, "
+        "sharded safetensors, LoRA merged), a drop-in replacement for the released checkpoint; 'save_pretrained' = "
+        "transformers' layout of this harness's module names.",
+        "covo",
+    )
     output_dir: str = _help("Run directory (relative paths are relative to the current directory).", "runs/demo")
     seed: int = _help("The one seed: data generation and order, tiny-model init and sampling derive from it.", 0)
     overwrite: bool = _help(
@@ -248,6 +281,7 @@ class Recipe:
     rewards: RewardsSection = field(default_factory=RewardsSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     trainer: dict[str, Any] = field(default_factory=dict)
+    coldstart: ColdStartSection = field(default_factory=ColdStartSection)
     run: RunSection = field(default_factory=RunSection)
     source_path: str | None = field(default=None, metadata={"help": "The recipe file (set by the loader)."})
 

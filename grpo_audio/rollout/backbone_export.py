@@ -200,3 +200,29 @@ def check_backbone_dir(path: str | Path, model) -> Path:
             f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}); {hint}"
         )
     return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m grpo_audio.rollout.backbone_export MODEL_DIR OUT_DIR``: write the backbone checkpoint that a vLLM
+    server is started from (rollout.vllm.mode 'server')."""
+    import argparse
+
+    from grpo_audio.model import CovoAudioForConditionalGeneration
+    from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint
+
+    parser = argparse.ArgumentParser(description="Write a Covo-Audio model's Qwen2 backbone as Qwen2ForCausalLM.")
+    parser.add_argument("model_dir", help="Covo-Audio model directory (released format, or save_pretrained of ours)")
+    parser.add_argument("out_dir", help="where to write the Qwen2ForCausalLM checkpoint")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    args = parser.parse_args(argv)
+    if is_released_layout(args.model_dir):
+        model, _ = load_covo_checkpoint(args.model_dir)
+    else:
+        model = CovoAudioForConditionalGeneration.from_pretrained(args.model_dir)
+    out = export_backbone(model, args.out_dir, dtype=getattr(torch, args.dtype))
+    print(f"wrote the Qwen2 backbone of {args.model_dir} ({args.dtype}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

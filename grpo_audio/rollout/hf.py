@@ -68,6 +68,8 @@ class HFRolloutEngine:
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
             bos_token_id=None,
+            output_scores=s.return_logprobs,
+            return_dict_in_generate=s.return_logprobs,
         )
 
     @torch.no_grad()
@@ -90,8 +92,6 @@ class HFRolloutEngine:
             attention_mask=mask,
             generation_config=self.generation_config(),
             logits_processor=processors,
-            output_scores=want_logprobs,
-            return_dict_in_generate=want_logprobs,
         )
         sequences = out.sequences if want_logprobs else out
         completions, reasons = [], []

@@ -148,6 +148,7 @@ class InProcessVLLM:
                 "VLLM_ENABLE_V1_MULTIPROCESSING (or set it to 0)"
             )
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         sleep = sleep_between_rollouts and torch.cuda.is_available()
         threads = torch.get_num_threads()
@@ -163,8 +164,14 @@ class InProcessVLLM:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             enable_sleep_mode=sleep,
+            # vLLM 0.32 on CPU: a seeded request whose prefill is split over scheduler steps crashes the runner
+            # ("CPU Generator does not use offset"); whole-prompt prefill avoids the split
+            enable_chunked_prefill=True,
         )
-        torch.set_num_threads(threads)  # vLLM's CPU backend lowers the process-wide count; the trainer needs it back
+        if not current_platform.is_cpu():
+            # vLLM drops torch to 1 thread for serving; the trainer's CPU work (audio features) wants them back. On
+            # CPU vLLM binds the process's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND) and forbids changing them.
+            torch.set_num_threads(threads)
         engine = cls(llm, sleep)
         engine.warm_up()
         return engine
