@@ -166,7 +166,7 @@ class InProcessVLLM:
             enable_sleep_mode=sleep,
             # vLLM 0.32 on CPU: a seeded request whose prefill is split over scheduler steps crashes the runner
             # ("CPU Generator does not use offset"); whole-prompt prefill avoids the split
-            enable_chunked_prefill=True,
+            enable_chunked_prefill=not current_platform.is_cpu(),
         )
         if not current_platform.is_cpu():
             # vLLM drops torch to 1 thread for serving; the trainer's CPU work (audio features) wants them back. On
