@@ -48,8 +48,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         rollout_engine: RolloutEngine,
         featurizer: AudioFeaturizer,
         rollout_log: Callable[[list[dict]], None] | None = None,
+        adapter_learning_rate: float | None = None,
         **kwargs,
     ) -> None:
+        self.adapter_learning_rate = adapter_learning_rate
         self.rollout_engine = rollout_engine
         self.featurizer = featurizer
         self.rollout_log = rollout_log
@@ -123,6 +125,27 @@ class AudioGRPOTrainer(GRPOTrainer):
                 metrics[f"time/{name}"].append(timings[name])
         metrics["time/update_s"].append(elapsed - generation)
         return output
+
+    def create_optimizer(self, model=None):
+        """TRL/transformers' optimizer, with the audio adapter's parameters in groups of their own learning rate
+        when ``model.adapter_learning_rate`` is set (the schedule scales every group's rate alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.adapter_learning_rate is None:
+            return optimizer
+        named = (model or self.model).named_parameters()
+        adapter = {id(p) for name, p in named if ".audio_adapter." in f".{name}"}
+        groups = []
+        for group in optimizer.param_groups:
+            rest = [p for p in group["params"] if id(p) not in adapter]
+            ours = [p for p in group["params"] if id(p) in adapter]
+            if rest:
+                groups.append({**group, "params": rest})
+            if ours:
+                groups.append({**group, "params": ours, "lr": self.adapter_learning_rate})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def _get_output_dir(self, trial):
         output_dir = super()._get_output_dir(trial)

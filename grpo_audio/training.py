@@ -219,6 +219,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         rollout_engine=engine,
         featurizer=featurizer,
         rollout_log=RolloutLogWriter(run_dir / "rollouts.jsonl"),
+        adapter_learning_rate=recipe.model.adapter_learning_rate,
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),

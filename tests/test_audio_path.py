@@ -103,3 +103,24 @@ def test_log_prob_pass_without_audio_is_an_error(tiny_recipe):
     setup.trainer._current_audio = AudioRows(audio_embeds=torch.zeros(3, 1, 64))
     with pytest.raises(RuntimeError, match="audio for 2 token rows expected, 3 rows available"):
         setup.trainer._get_per_token_logps_and_entropies(setup.model, ids, torch.ones_like(ids), 2)
+
+
+def test_adapter_gets_its_own_learning_rate(tiny_recipe):
+    setup = build_training(tiny_recipe("model.freeze_adapter=false", "model.adapter_learning_rate=5e-2"))
+    optimizer = setup.trainer.create_optimizer()
+    adapter = {id(p) for n, p in setup.model.named_parameters() if "audio_adapter" in n}
+    llm = {id(p) for n, p in setup.model.named_parameters() if "language_model" in n}
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    assert {rates[i] for i in adapter} == {5e-2}
+    assert {rates[i] for i in llm} == {1e-3}
+    assert not {id(p) for n, p in setup.model.named_parameters() if "encoder" in n} & set(rates)  # frozen
+
+
+def test_adapter_learning_rate_needs_a_training_adapter(tiny_recipe):
+    from grpo_audio.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="adapter_learning_rate is set but model.freeze_adapter is true"):
+        tiny_recipe("model.adapter_learning_rate=5e-2")

@@ -148,3 +148,17 @@ def test_rollouts_stop_at_endoftext(tokenizer, model):
     finally:
         model.lm_head.forward = original
     assert result.completion_ids == [[eos]] and result.finish_reasons == ["stop"]
+
+
+def test_greedy_generation_with_and_without_batching_agrees(tokenizer, model):
+    h = model.config.llm_config.hidden_size
+    torch.manual_seed(1)
+    prompts = [_ids(model, 2, (5, 6)), _ids(model, 5, (7, 8, 9, 10)), _ids(model, 3, (11,))]
+    audio = torch.randn(3, 5, h)
+    engine = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=10, do_sample=False), [tokenizer.eos_token_id], tokenizer.pad_token_id, []
+    )
+    batched = engine.generate(model, prompts, AudioRows(audio_embeds=audio)).completion_ids
+    single = [engine.generate(model, [p], AudioRows(audio_embeds=audio[i : i + 1])).completion_ids[0]
+              for i, p in enumerate(prompts)]
+    assert batched == single

@@ -110,6 +110,10 @@ def generation_batch_size(recipe: Recipe, world_size: int = 1) -> int:
 
 
 def check_cross_section(recipe: Recipe) -> None:
+    if recipe.model.adapter_learning_rate is not None and recipe.model.freeze_adapter:
+        raise RecipeError(
+            "model.adapter_learning_rate is set but model.freeze_adapter is true: the adapter never trains"
+        )
     g = recipe.rollout.num_generations
     if g < 2:
         raise RecipeError(f"rollout.num_generations={g}: GRPO needs at least 2 completions per prompt")

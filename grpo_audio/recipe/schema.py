@@ -68,6 +68,9 @@ class ModelSection:
         True,
     )
     lora: LoraSpec | None = _help("LoRA on the backbone; null trains the backbone fully.", None)
+    adapter_learning_rate: float | None = _help(
+        "Learning rate of the audio adapter when it trains (null = trainer.learning_rate, like the LLM).", None
+    )
     audio_ablation: Literal["none", "silence"] = _help(
         "'silence' replaces every clip by digital silence of the same length (same placeholders, no content): "
         "the control run showing that a gain comes from listening.",

