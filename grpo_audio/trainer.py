@@ -39,6 +39,28 @@ from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.run_dir import replace_dir_atomic
 
 STAGING = ".staging"
+JUDGE_CACHE_DIR = "judge_cache"
+
+
+def save_judge_caches(files: list[Path], checkpoint: Path) -> None:
+    """Copy the LLM-judge verdict caches into a checkpoint (a resume then pays no judge call twice)."""
+    for index, file in enumerate(files):
+        if file.is_file():
+            target = checkpoint / JUDGE_CACHE_DIR / f"{index}-{file.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+
+
+def restore_judge_caches(files: list[Path], checkpoint: Path) -> list[Path]:
+    """On resume, put back each cache file that the crash lost (an existing one is newer and is kept)."""
+    restored = []
+    for index, file in enumerate(files):
+        saved = checkpoint / JUDGE_CACHE_DIR / f"{index}-{file.name}"
+        if saved.is_file() and not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved, file)
+            restored.append(file)
+    return restored
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -49,9 +71,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         featurizer: AudioFeaturizer,
         rollout_log: Callable[[list[dict]], None] | None = None,
         adapter_learning_rate: float | None = None,
+        judge_cache_files: list[Path] = (),
         **kwargs,
     ) -> None:
         self.adapter_learning_rate = adapter_learning_rate
+        self.judge_cache_files = [Path(p) for p in judge_cache_files]
         self.rollout_engine = rollout_engine
         self.featurizer = featurizer
         self.rollout_log = rollout_log
@@ -164,6 +188,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             self._staging_save = False
         name = f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
+            save_judge_caches(self.judge_cache_files, staging_root / name)
             replace_dir_atomic(staging_root / name, final_root / name)
             shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(

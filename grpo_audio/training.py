@@ -169,13 +169,16 @@ class RolloutLogWriter:
 
 
 def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
-    from grpo_audio.trainer import AudioGRPOTrainer
+    from grpo_audio.trainer import AudioGRPOTrainer, restore_judge_caches
 
     run = open_run_dir(recipe)
     run_dir = run.path
     status = start_run_record(run, recipe)
+    judge_caches = [Path(t.options["cache_path"]) for t in recipe.rewards.terms if t.options.get("cache_path")]
     if run.resume_checkpoint is not None:
         truncate_logs_after(run_dir, checkpoint_step(run.resume_checkpoint))
+        # before the rubric is built: the judges read their caches when they start
+        restore_judge_caches(judge_caches, run.resume_checkpoint)
     template = load_template(recipe.prompt.template)
     rows, data_report = load_rows_for_recipe(recipe, run_dir)
     print(f"grpo-audio: {data_report.summary()}", flush=True)
@@ -220,6 +223,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         featurizer=featurizer,
         rollout_log=RolloutLogWriter(run_dir / "rollouts.jsonl"),
         adapter_learning_rate=recipe.model.adapter_learning_rate,
+        judge_cache_files=judge_caches,
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),

@@ -163,3 +163,18 @@ def test_run_record_reaches_tensorboard_and_wandb_writers():
     callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)
     assert texts[0][0] == "run_record" and '"seed": 3' in texts[0][1]
     assert configs == [{"grpo_audio_run_record": {"seed": 3}}]
+
+
+def test_judge_caches_travel_with_checkpoints(tmp_path):
+    from grpo_audio.trainer import restore_judge_caches, save_judge_caches
+
+    cache = tmp_path / "judge" / "verdicts.jsonl"
+    cache.parent.mkdir()
+    cache.write_text('{"key": "k", "value": 1.0}\n')
+    checkpoint = tmp_path / "checkpoint-2"
+    save_judge_caches([cache, tmp_path / "never_written.jsonl"], checkpoint)
+    cache.unlink()  # lost in the crash
+    assert restore_judge_caches([cache], checkpoint) == [cache]
+    assert cache.read_text() == '{"key": "k", "value": 1.0}\n'
+    cache.write_text("newer\n")
+    assert restore_judge_caches([cache], checkpoint) == [] and cache.read_text() == "newer\n"
