@@ -16,11 +16,18 @@ import yaml
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
     from grpo_audio.data.manifest import DataError
+    from grpo_audio.model.checkpoint import CheckpointError
     from grpo_audio.recipe import RecipeError
     from grpo_audio.report import ReportError
+    from grpo_audio.rollout.backbone_export import BackboneDirError
+    from grpo_audio.rollout.factory import RolloutEngineError
+    from grpo_audio.rollout.vllm_engine import VLLMServerError
     from rewards import DuplicateRewardError, UnknownRewardError
 
-    return RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError
+    return (
+        RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError,
+        CheckpointError, BackboneDirError, RolloutEngineError, VLLMServerError,
+    )
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
     recipe.yaml -> typed Recipe -> dataset rows (audio path, question, choices, answer)
       -> prompt (prompts/) -> audio features (encoder + adapter, reused when frozen)
-      -> rollout engine (HF generate from prompt embeddings): G completions
+      -> rollout engine (HF generate, or vLLM serving the Qwen2 backbone, from prompt embeddings): G completions
       -> rewards (registry) -> R_total = combine(w_i, r_i) -> group advantages (TRL)
       -> TRL GRPO update (audio in every log-prob pass) -> run directory (record, metrics, final model)
 """
