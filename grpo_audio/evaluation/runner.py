@@ -1,4 +1,4 @@
-"""Run a model on a benchmark: rows -> prompts -> batched decoding (HF engine) -> official scoring -> files.
+"""Run a model on a benchmark: rows -> prompts -> batched decoding (the recipe's engine) -> official scoring -> files.
 
 Writes into the output directory:
 
@@ -27,9 +27,9 @@ from grpo_audio.data.manifest import DataError
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.prompting import PromptTemplate, render_prompt
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.rollout.factory import build_rollout_engine
+from grpo_audio.rollout.hf import SamplingSettings
 
 
 @dataclass
@@ -95,12 +95,11 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     model.to(device).eval()
     torch.manual_seed(recipe.run.seed)
     featurizer = AudioFeaturizer(reuse_embeddings=True)
-    engine = HFRolloutEngine(
-        _sampling(settings),
-        stop_token_ids=list(model.generation_config.eos_token_id),
-        pad_token_id=tokenizer.pad_token_id,
-        audio_marker_ids=tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
-    )
+    # The recipe's engine (HF generate or vLLM) with the evaluation's own decoding settings
+    engine = build_rollout_engine(recipe, model, tokenizer, out)
+    engine.sampling = _sampling(settings)
+    if hasattr(engine, "sync_weights"):  # vLLM: make sure the engine holds this model's weights
+        engine.sync_weights(model, 0)
     k = settings.samples
     records: list[dict] = []
     start = time.perf_counter()
@@ -154,7 +153,7 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
             "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size,
             "seed": recipe.run.seed,
-            "engine": "hf",
+            "engine": recipe.rollout.engine,
         },
         "skipped": {"count": len(report.skipped), "reasons": report.counts, "truncated": len(report.truncated)},
         **compute_metrics(records, k),
