@@ -185,7 +185,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     provenance = write_provenance(run, recipe, data_report.data_file, [r.audio for r in rows], template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
-    dataset = build_dataset(rows, tokenizer, template)
+    dataset = build_dataset(rows, tokenizer, template, data_report.placeholders)
     (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
     featurizer = AudioFeaturizer(
         reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter,

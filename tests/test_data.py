@@ -73,3 +73,18 @@ def test_prompt_has_one_placeholder_per_frame(tmp_path):
     assert prompt.count("<|cAUDIO|>") == 7
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert "<|begofcAUDIO|>" + "<|cAUDIO|>" * 7 + "<|endofcAUDIO|>Is the tone" in prompt
+
+
+@pytest.mark.parametrize("rate, seconds", [(8000, 0.37), (16000, 1.0), (22050, 7.3), (44100, 30.01), (24000, 2.5)])
+def test_placeholder_count_from_the_decoded_length_equals_resampling(tmp_path, rate, seconds):
+    """The data pass counts placeholders from its native-rate decode; it must match decode -> 24 kHz -> count."""
+    import numpy as np
+    import soundfile as sf
+
+    from grpo_audio.audio.covo import placeholders_for_file_length
+    from grpo_audio.data.dataset import clip_placeholders
+
+    path = tmp_path / "clip.wav"
+    frames = int(round(seconds * rate))
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, frames).astype(np.float32), rate)
+    assert placeholders_for_file_length(frames, rate) == clip_placeholders(str(path))

@@ -83,10 +83,25 @@ def trim_and_pad(wave: np.ndarray) -> np.ndarray:
     """
     wave = _as_mono(wave)
     trimmed_len = (wave.shape[0] // FRAME_SAMPLES) * FRAME_SAMPLES
-    padded_len = -(-trimmed_len // PAD_MULTIPLE) * PAD_MULTIPLE
-    out = np.zeros(padded_len, dtype=np.float32)
+    out = np.zeros(padded_length(wave.shape[0]), dtype=np.float32)
     out[:trimmed_len] = wave[:trimmed_len]
     return out
+
+
+def padded_length(n: int) -> int:
+    """Length of ``trim_and_pad`` of an n-sample clip: 480 * ceil((240 * (n // 240)) / 480)."""
+    trimmed = (n // FRAME_SAMPLES) * FRAME_SAMPLES
+    return -(-trimmed // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def placeholders_for_file_length(frames: int, file_sample_rate: int) -> int:
+    """Placeholder count of a decoded clip from its length alone, without resampling it.
+
+    ``load_audio`` returns exactly ceil(frames * 24000 / file_sample_rate) samples at 24 kHz, so the count is
+    ``placeholder_count(padded_length(that))``: equal to decoding, resampling and counting.
+    """
+    n_24k = -(-int(frames) * SAMPLE_RATE // int(file_sample_rate))
+    return placeholder_count(padded_length(n_24k))
 
 
 def placeholder_count(n_samples: int) -> int:

@@ -7,7 +7,7 @@ Columns: ``prompt`` (ChatML text with the clip's ``<|cAUDIO|>`` placeholders), `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from datasets import Dataset
 
@@ -22,12 +22,16 @@ def clip_placeholders(path: str) -> int:
     return placeholder_count(len(trim_and_pad(load_audio(path, SAMPLE_RATE))))
 
 
-def build_dataset(rows: Sequence[AudioQuestion], tokenizer, template: PromptTemplate) -> Dataset:
+def build_dataset(
+    rows: Sequence[AudioQuestion], tokenizer, template: PromptTemplate, placeholders: Mapping[str, int] | None = None
+) -> Dataset:
+    """``placeholders`` (row id -> count, e.g. ``SkipReport.placeholders``) saves decoding each clip again; rows
+    missing from it are decoded here."""
     records = []
     metadata_keys = sorted({k for r in rows for k in r.metadata})
     for row in rows:
         try:
-            n = clip_placeholders(row.audio)
+            n = placeholders[row.id] if placeholders and row.id in placeholders else clip_placeholders(row.audio)
         except AudioLoadError as exc:
             raise DataError(f"row {row.id!r}: {exc}") from exc
         record = {

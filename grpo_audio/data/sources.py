@@ -33,7 +33,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from grpo_audio.audio.covo import SAMPLE_RATE
+from grpo_audio.audio.covo import SAMPLE_RATE, placeholders_for_file_length
 from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
 from grpo_audio.data.formats import SourceRow, read_rows
 from grpo_audio.data.manifest import AudioQuestion, DataError
@@ -52,6 +52,7 @@ class ClipInfo:
     """A clip that decoded: its length and what the header says."""
 
     duration_s: float
+    frames: int  # decoded samples at the file's own rate
     sample_rate: int
     channels: int
     format: str
@@ -62,7 +63,8 @@ def probe_clip(path: str) -> ClipInfo:
     """Decode ``path`` completely at its own rate (no resampling) and return its facts; ``AudioLoadError`` if bad."""
     info = audio_info(path)
     wave = load_audio(path, info.sample_rate)
-    return ClipInfo(wave.shape[0] / info.sample_rate, info.sample_rate, info.channels, info.format, info.subtype)
+    frames = wave.shape[0]
+    return ClipInfo(frames / info.sample_rate, frames, info.sample_rate, info.channels, info.format, info.subtype)
 
 
 def bad_audio_reason(error: AudioLoadError) -> str:
@@ -171,6 +173,8 @@ class SkipReport:
     skipped: list[SkipRecord] = field(default_factory=list)
     truncated: list[TruncationRecord] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict, repr=False)  # row id -> seconds, kept rows
+    # row id -> <|cAUDIO|> count of the kept rows, from the decode done here (the dataset needs no second one)
+    placeholders: dict[str, int] = field(default_factory=dict, repr=False)
     log_path: Path | None = None
 
     @property
@@ -195,7 +199,8 @@ class SkipReport:
         return line
 
 
-def _truncated_copy(path: str, seconds: float, directory: Path) -> str:
+def _truncated_copy(path: str, seconds: float, directory: Path) -> tuple[str, int]:
+    """The clip cut to ``seconds``, written as 24 kHz float WAV; returns its path and its length in samples."""
     wave = load_audio(path, SAMPLE_RATE)[: int(round(seconds * SAMPLE_RATE))]
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{Path(path).resolve()}|{seconds}".encode()).hexdigest()[:24]
@@ -203,7 +208,7 @@ def _truncated_copy(path: str, seconds: float, directory: Path) -> str:
     tmp = directory / f"{digest}.tmp.wav"
     sf.write(str(tmp), wave, SAMPLE_RATE, subtype="FLOAT")
     os.replace(tmp, target)
-    return str(target)
+    return str(target), wave.shape[0]
 
 
 def apply_audio_policy(
@@ -248,12 +253,14 @@ def apply_audio_policy(
                 if action == "skip":
                     report.skipped.append(SkipRecord(row.id, where, row.audio, reason, message, row))
                     continue
-                copy = _truncated_copy(row.audio, limit, truncate_dir)
+                copy, n_24k = _truncated_copy(row.audio, limit, truncate_dir)
+                report.placeholders[row.id] = placeholders_for_file_length(n_24k, SAMPLE_RATE)
                 report.truncated.append(TruncationRecord(row.id, where, row.audio, copy, clip.duration_s, limit))
                 row = replace(row, audio=copy, metadata={**row.metadata, "audio_original": row.audio})
                 report.durations[row.id] = limit
             else:
                 report.durations[row.id] = clip.duration_s
+                report.placeholders[row.id] = placeholders_for_file_length(clip.frames, clip.sample_rate)
             kept.append(row)
             report.kept = len(kept)
     return kept, report
