@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from grpo_audio import __version__
+from grpo_audio.distributed import world_size
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 
 MARKER = "run.json"
@@ -175,7 +176,12 @@ def harness_git_state(run_dir: Path) -> dict:
 def hardware() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "training_processes": world_size(),
+    }
     if torch.cuda.is_available():
         info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -204,12 +210,14 @@ def dataset_checksums(manifest: Path, audio_paths: list[str], hash_audio: bool) 
 def start_run_record(run: RunDir, recipe: Recipe) -> dict:
     """Write run.json (status) and, on a fresh run, the recipe files; returns the status record."""
     command = " ".join(sys.argv)
+    processes = world_size()
     if run.resume_checkpoint is None:
         status = {
             "status": "running",
             "harness_version": __version__,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": recipe.run.seed,
+            "processes": processes,
             "resumes": [],
         }
         if recipe.source_path:
@@ -220,6 +228,14 @@ def start_run_record(run: RunDir, recipe: Recipe) -> dict:
         (run.path / "command.txt").write_text(command + "\n", encoding="utf-8")
     else:
         status = json.loads((run.path / MARKER).read_text(encoding="utf-8"))
+        started_with = status.get("processes", 1)
+        if started_with != processes and not recipe.run.allow_recipe_change:
+            # per_device_train_batch_size is per process: another count is another global batch (and data order)
+            raise RecipeError(
+                f"{run.path} was trained with {started_with} process(es) and is resumed with {processes}: the global "
+                "batch would change; relaunch with the same number of processes, or set run.allow_recipe_change=true"
+            )
+        status["processes"] = processes
         status["status"] = "running"
         status.setdefault("resumes", []).append(
             {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(run.resume_checkpoint), "command": command}

@@ -10,7 +10,9 @@ checked by a contract test):
 * ``_generate_single_turn``: rollouts through the recipe's engine from audio-merged prompt embeddings;
 * ``_get_per_token_logps_and_entropies``: passes each chunk's audio to the (fused-head) forward; serves the
   old-policy, reference and policy passes alike;
-* ``_compute_loss``: makes the micro-batch's audio (from its inputs) current for the policy pass.
+* ``_compute_loss``: makes the micro-batch's audio (from its inputs) current for the policy pass;
+* ``_calculate_rewards`` (several processes only): scores the global batch once, on process 0, so group-level
+  rewards see whole groups and an LLM judge is asked once per completion (see the method).
 
 Audio is handed to the log-prob method through ``self._current_audio`` because TRL's callers do not forward
 unknown keyword arguments; the method checks that the audio rows match the token rows and fails otherwise.
@@ -19,22 +21,27 @@ Also here: the step-time split logged with TRL's metrics (``time/audio_features_
 ``time/scoring_s``, ``time/logprob_s`` for the old/reference passes, ``time/update_s`` for the policy forward,
 backward and optimizer), one ``rollouts.jsonl`` record per completion, and crash-safe checkpoints: each
 checkpoint is written under ``<output_dir>/.staging/`` and renamed into place only when complete, so a crash
-mid-write leaves the previous checkpoint as the last complete one.
+mid-write leaves the previous checkpoint as the last complete one. With several processes, process 0 alone writes
+``rollouts.jsonl`` (every process's records, gathered; each carries its ``rank``) and renames checkpoints, after
+every process has written its share (its RNG state).
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
+from grpo_audio.distributed import gather_objects, share_from_main
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.run_dir import replace_dir_atomic
 
@@ -113,7 +120,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         parts = ("audio_features_s", "rollout_s", "scoring_s")
         self.record_time("logprob_s", elapsed - sum(self._timings.get(k, 0.0) for k in parts))
         if self.rollout_log is not None:
-            self.rollout_log(self._rollout_records(inputs, output))
+            records = self._rollout_records(inputs, output)
+            if self.accelerator.num_processes > 1:
+                records = gather_objects(records)
+            if self.accelerator.is_main_process:
+                self.rollout_log(records)
         return output
 
     def _rollout_records(self, inputs, output) -> list[dict]:
@@ -133,6 +144,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                 "advantage": advantages[i],
                 "length": len(result.completion_ids[i]),
                 "finish_reason": result.finish_reasons[i],
+                "rank": self.accelerator.process_index,
             })
         return records
 
@@ -179,13 +191,15 @@ class AudioGRPOTrainer(GRPOTrainer):
         """Write the checkpoint into ``.staging/`` and rename it into place once complete."""
         final_root = Path(super()._get_output_dir(trial))
         staging_root = final_root / STAGING
-        if staging_root.exists():
+        if self.args.should_save and staging_root.exists():
             shutil.rmtree(staging_root)  # leftovers of a crashed save
+        self.accelerator.wait_for_everyone()
         self._staging_save = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_save = False
+        self.accelerator.wait_for_everyone()  # every process's files (rng_state_<rank>.pth) are in place
         name = f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
             save_judge_caches(self.judge_cache_files, staging_root / name)
@@ -197,6 +211,50 @@ class AudioGRPOTrainer(GRPOTrainer):
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=False,
             )
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """Rewards of the global batch, one row per completion of every process, in TRL's global order.
+
+        TRL calls each reward function on the process's own slice. With several processes that cuts a prompt's
+        G completions apart whenever the per-process batch is not a multiple of G, so a group-level reward (or a
+        combiner using batch statistics) would score half groups, and every process would query an LLM judge.
+        Here the slices are gathered (rank order is TRL's global order: groups are whole and contiguous), process
+        0 calls the reward functions once on the whole batch, and each process keeps the rows of its own slice;
+        the result is then gathered as TRL does. Only plain (synchronous, non-model) reward functions take this
+        path, which is what the harness builds. One process: TRL's own method, unchanged.
+        """
+        if self.accelerator.num_processes == 1:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        sizes = gather_objects([len(prompts)])
+        start = sum(sizes[: self.accelerator.process_index])
+        batch = gather_objects(list(zip(inputs, prompts, completions, completion_ids_list, strict=True)))
+
+        def score_everything():
+            all_inputs, all_prompts, all_completions, all_ids = (list(column) for column in zip(*batch, strict=True))
+            keys = [key for key in all_inputs[0] if key not in ("prompt", "completion", "completion_ids")]
+            kwargs = {key: [row[key] for row in all_inputs] for key in keys}
+            # log_metric values are flushed by TRL as a mean over processes weighted by count: process 0's alone
+            kwargs.update(trainer_state=self.state, log_metric=self._log_metric)
+            columns = []
+            for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+                if isinstance(func, torch.nn.Module) or inspect.iscoroutinefunction(func):
+                    raise ValueError(f"reward {name!r}: several processes need plain (synchronous) reward functions")
+                values = func(prompts=all_prompts, completions=all_completions, completion_ids=all_ids, **kwargs)
+                if len(values) != len(all_prompts):
+                    raise ValueError(
+                        f"reward function {name!r} returned {len(values)} rewards for {len(all_prompts)} completions"
+                    )
+                columns.append([float("nan") if v is None else float(v) for v in values])
+            return columns, self.last_breakdown
+
+        columns, breakdown = share_from_main(score_everything)
+        self.last_breakdown = None if breakdown is None else breakdown.rows(start, start + len(prompts))
+        local = torch.tensor(
+            [[column[i] for column in columns] for i in range(start, start + len(prompts))],
+            dtype=torch.float32,
+            device=self.accelerator.device,
+        )
+        return gather(local)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None:

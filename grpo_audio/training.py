@@ -24,6 +24,7 @@ from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion, load_manifest
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.distributed import broadcast_parameters, share_from_main
 from grpo_audio.heldout import heldout_accuracy
 from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
@@ -55,6 +56,8 @@ TRAINER_DEFAULTS = {
     "gradient_checkpointing": False,
     "disable_tqdm": True,  # the progress line replaces the per-step dict dump
     "beta": 0.0,
+    # every trainable parameter takes part in each forward: DDP need not search the graph for unused ones
+    "ddp_find_unused_parameters": False,
 }
 
 
@@ -168,32 +171,66 @@ class RolloutLogWriter:
                 fh.write(json.dumps(record, default=float) + "\n")
 
 
-def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
-    from grpo_audio.trainer import AudioGRPOTrainer, restore_judge_caches
+@dataclass
+class PreparedRun:
+    """What process 0 decided and prepared before any model exists; every process receives a copy."""
+
+    run: object  # RunDir
+    status: dict
+    rows: list[AudioQuestion]
+    data_report: object  # DataReport
+    provenance: dict
+
+
+def prepare_run(recipe: Recipe, judge_caches: list[Path]) -> PreparedRun:
+    """Process 0 only: open (or resume) the run directory, record the run, and load the data (writing synthetic
+    clips and ``skipped.jsonl``)."""
+    from grpo_audio.trainer import restore_judge_caches
 
     run = open_run_dir(recipe)
-    run_dir = run.path
     status = start_run_record(run, recipe)
-    judge_caches = [Path(t.options["cache_path"]) for t in recipe.rewards.terms if t.options.get("cache_path")]
     if run.resume_checkpoint is not None:
-        truncate_logs_after(run_dir, checkpoint_step(run.resume_checkpoint))
+        truncate_logs_after(run.path, checkpoint_step(run.resume_checkpoint))
         # before the rubric is built: the judges read their caches when they start
         restore_judge_caches(judge_caches, run.resume_checkpoint)
     template = load_template(recipe.prompt.template)
-    rows, data_report = load_rows_for_recipe(recipe, run_dir)
+    rows, data_report = load_rows_for_recipe(recipe, run.path)
     print(f"grpo-audio: {data_report.summary()}", flush=True)
     provenance = write_provenance(run, recipe, data_report.data_file, [r.audio for r in rows], template)
+    return PreparedRun(run, status, rows, data_report, provenance)
+
+
+def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
+    """Everything up to a ready trainer. Under ``accelerate launch`` every process runs this: process 0 alone
+    writes to the run directory (see ``grpo_audio.distributed``), the others build the same model and dataset from
+    the rows it loaded."""
+    from grpo_audio.trainer import AudioGRPOTrainer
+
+    args = grpo_config(recipe, Path(recipe.run.output_dir))
+    args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
+    judge_caches = [Path(t.options["cache_path"]) for t in recipe.rewards.terms if t.options.get("cache_path")]
+    prepared = share_from_main(lambda: prepare_run(recipe, judge_caches))
+    run, status, rows, data_report = prepared.run, prepared.status, prepared.rows, prepared.data_report
+    run_dir = run.path
+    template = load_template(recipe.prompt.template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
     dataset = build_dataset(rows, tokenizer, template, data_report.placeholders)
-    (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", encoding="utf-8")
     featurizer = AudioFeaturizer(
         reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter,
         ablation=recipe.model.audio_ablation,
     )
-    heldout = heldout_rows(recipe, run_dir, tokenizer, template)
-    if run.resume_checkpoint is None:
-        prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status)
+
+    def starting_point() -> list[dict]:
+        (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
+        heldout = heldout_rows(recipe, run_dir, tokenizer, template)
+        if run.resume_checkpoint is None:
+            prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status)
+        return heldout
+
+    heldout = share_from_main(starting_point)
+    if run.resume_checkpoint is None and recipe.coldstart.steps > 0:
+        broadcast_parameters(model)  # the cold start ran on process 0 only
     if recipe.model.source == "tiny":
         # TRL rebuilds the reference model (beta > 0 without LoRA) from the policy's directory: the starting point
         model.config._name_or_path = str(run_dir / "initial_model")
@@ -204,7 +241,6 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         recipe.rewards.combiner_options,
     )
     engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
-    args = grpo_config(recipe, run_dir)
     holder = {}
 
     def on_breakdown(breakdown, samples, seconds):
@@ -231,7 +267,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         ],
     )
     holder["trainer"] = trainer
-    record = {"provenance": provenance, "recipe": recipe_to_dict(recipe)}
+    record = {"provenance": prepared.provenance, "recipe": recipe_to_dict(recipe)}
     trainer.add_callback(RunRecordToTrackers(record, lambda: trainer.callback_handler.callbacks))
     # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
     trainer.remove_callback(PrinterCallback)
@@ -292,11 +328,15 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     setup = build_training(recipe, extra_callbacks)
     trainer = setup.trainer
     start = "a fresh run" if setup.resume_checkpoint is None else f"resuming from {setup.resume_checkpoint}"
-    print(
-        f"grpo-audio: {len(setup.dataset)} questions, G={recipe.rollout.num_generations}, "
-        f"engine={recipe.rollout.engine}, run directory {setup.run_dir} ({start})",
-        flush=True,
-    )
+    processes = trainer.accelerator.num_processes
+    if processes > 1:
+        start += f", {processes} processes"
+    if trainer.accelerator.is_main_process:
+        print(
+            f"grpo-audio: {len(setup.dataset)} questions, G={recipe.rollout.num_generations}, "
+            f"engine={recipe.rollout.engine}, run directory {setup.run_dir} ({start})",
+            flush=True,
+        )
     trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights

@@ -140,6 +140,8 @@ class RegisteredReward:
                 f"group-level reward {self.name!r} needs whole groups: {len(completions)} completions is not a "
                 f"multiple of group_size {context.group_size}"
             )
+        if self.group_level and context.group_size > 1:
+            check_whole_groups(self.name, samples, context.group_size)
         if self.batched:
             try:
                 values = list(self.fn(list(completions), list(samples), context, **options))
@@ -183,6 +185,17 @@ class RegisteredReward:
 
 
 _REGISTRY: dict[str, RegisteredReward] = {}
+
+
+def check_whole_groups(name: str, samples: Sequence[Mapping[str, Any]], group_size: int) -> None:
+    """Rows ``[i*G:(i+1)*G]`` must be one prompt's completions: they agree on the sample ``id`` when rows carry one."""
+    for start in range(0, len(samples), group_size):
+        ids = {sample.get("id") for sample in samples[start : start + group_size]}
+        if len(ids) > 1:
+            raise ValueError(
+                f"group-level reward {name!r} needs whole groups: rows {start}..{start + group_size - 1} mix the "
+                f"prompts {sorted(map(str, ids))}"
+            )
 
 
 def register_reward(

@@ -63,6 +63,17 @@ class RewardBreakdown:
     extra: dict[str, list[float | None]] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
 
+    def rows(self, start: int, end: int) -> RewardBreakdown:
+        """The per-completion values of rows ``start:end`` (batch-level ``weights``/``scalars`` kept whole)."""
+
+        def part(columns: dict[str, list]) -> dict[str, list]:
+            return {name: values[start:end] for name, values in columns.items()}
+
+        return RewardBreakdown(
+            part(self.terms), part(self.weighted), dict(self.weights), self.total[start:end], part(self.extra),
+            dict(self.scalars),
+        )
+
 
 class Rubric:
     """Resolves term specs against the registry once, then scores batches."""

@@ -1,0 +1,97 @@
+"""Process-group helpers for runs started with ``accelerate launch`` (one process per GPU, or gloo on CPU).
+
+The run directory has one writer: process 0 decides fresh-or-resume, prepares the data and the starting point,
+and writes every file; the other processes receive its decisions as Python objects (``share_from_main``) so that
+no two processes can decide differently, and its weights after a cold start (``broadcast_parameters``).
+
+Every helper is a no-op pass-through in a single process, so the same code path serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+class MainProcessError(RuntimeError):
+    """Raised on the other processes when process 0 failed while preparing something they wait for."""
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Process 0's ``value`` on every process (pickled; meant for small objects: decisions, rows, records)."""
+    if world_size() == 1:
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def share_from_main(compute: Callable[[], T]) -> T:
+    """Run ``compute`` on process 0 only and hand its result to every process.
+
+    If it raises, process 0 re-raises the error and every other process raises ``MainProcessError`` with the same
+    message, instead of waiting forever for a result that will not come.
+    """
+    if world_size() == 1:
+        return compute()
+    outcome: tuple[str, Any] = ("ok", None)
+    error: BaseException | None = None
+    if is_main():
+        try:
+            outcome = ("ok", compute())
+        except BaseException as err:  # noqa: BLE001  (re-raised below, after the others are told)
+            error = err
+            outcome = ("error", f"{type(err).__name__}: {err}")
+    outcome = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise MainProcessError(f"process 0 failed: {outcome[1]}")
+    return outcome[1]
+
+
+def gather_objects(values: list) -> list:
+    """Every process's ``values`` concatenated in rank order, on every process."""
+    if world_size() == 1:
+        return list(values)
+    parts: list[list | None] = [None] * world_size()
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Copy process 0's parameters and buffers into every process's model (after a cold start on process 0).
+
+    Tensors go one by one (bounded extra memory); on NCCL each is staged through the process's current device.
+    """
+    if world_size() == 1:
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            staged = tensor.data if device is None or tensor.device == device else tensor.data.to(device)
+            dist.broadcast(staged, src=0)
+            if staged is not tensor.data:
+                tensor.data.copy_(staged)
