@@ -16,6 +16,7 @@ import yaml
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
     from grpo_audio.data.manifest import DataError
+    from grpo_audio.distributed import LaunchError, MainProcessError
     from grpo_audio.model.checkpoint import CheckpointError
     from grpo_audio.recipe import RecipeError
     from grpo_audio.report import ReportError
@@ -26,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError,
-        CheckpointError, BackboneDirError, RolloutEngineError, VLLMServerError,
+        CheckpointError, BackboneDirError, RolloutEngineError, VLLMServerError, LaunchError, MainProcessError,
     )
 
 

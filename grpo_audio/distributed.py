@@ -95,3 +95,24 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
             dist.broadcast(staged, src=0)
             if staged is not tensor.data:
                 tensor.data.copy_(staged)
+
+
+class LaunchError(RuntimeError):
+    """The launch asked for something this machine cannot give (a clear one-line message, not a silent fallback)."""
+
+
+def check_sharding_backend(has_gpu: bool) -> None:
+    """Refuse a launch that asks for FSDP or DeepSpeed where accelerate would silently give neither.
+
+    ``accelerate launch`` with an FSDP or DeepSpeed config sets ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``;
+    accelerate 1.x enables those backends only on GPUs (and other accelerators) and on CPU trains unsharded (DDP
+    over gloo) without a word, which would make any memory figure of the run meaningless.
+    """
+    import os
+
+    for variable, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true" and not has_gpu:
+            raise LaunchError(
+                f"the launch asks for {wanted} ({variable}=true), which accelerate runs only on GPUs, and no GPU is "
+                "visible; on CPU launch with configs/accelerate/ddp.yaml (DDP over gloo)"
+            )

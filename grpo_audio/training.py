@@ -24,7 +24,7 @@ from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion, load_manifest
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
-from grpo_audio.distributed import broadcast_parameters, share_from_main
+from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
 from grpo_audio.heldout import heldout_accuracy
 from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
@@ -206,6 +206,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     the rows it loaded."""
     from grpo_audio.trainer import AudioGRPOTrainer
 
+    check_sharding_backend(torch.cuda.is_available())
     args = grpo_config(recipe, Path(recipe.run.output_dir))
     args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
     judge_caches = [Path(t.options["cache_path"]) for t in recipe.rewards.terms if t.options.get("cache_path")]
