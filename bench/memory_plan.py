@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from grpo_audio.model.capacity import (
+    HF_GENERATE_TOKENS_PER_S_PER_GPU,
+    STANDARD_TOPOLOGIES,
+    TRAIN_FLOPS_PER_S_PER_GPU,
+    VLLM_TOKENS_PER_S_PER_GPU,
+    estimate_topology,
+)
 from grpo_audio.model.memory_plan import (
     activation_bytes_per_token_layer,
     gib,
@@ -61,7 +68,28 @@ def main(argv: list[str] | None = None) -> int:
         f"fragmentation ({args.reserve_gib:g} GiB reserved for them in the last column), vLLM's own pool, multi-GPU "
         "sharding. Completions are taken at their full length."
     )
+    print_capacity(plan, args.gpu_gib, args.reserve_gib)
     return 0
+
+
+def print_capacity(plan, gpu_gib: float, reserve_gib: float) -> None:
+    """Per-GPU memory and rough step time of the standard topologies (``grpo_audio/model/capacity.py``)."""
+    print(
+        f"\n### Capacity per topology (H100 {gpu_gib:g} GiB; micro-batch 1, gradient checkpointing, G=8, prompt "
+        f"200 tokens; a step is 64 prompts x G; step time assumes, per GPU, {HF_GENERATE_TOKENS_PER_S_PER_GPU:,.0f} "
+        f"tok/s for HF-generate rollouts on the training GPUs, {VLLM_TOKENS_PER_S_PER_GPU:,.0f} tok/s per vLLM "
+        f"server GPU and {TRAIN_FLOPS_PER_S_PER_GPU / 1e12:.0f} TFLOP/s for the update: computed, not measured)\n"
+    )
+    print("| topology | completion tokens | weights + grads + optimizer | train peak | rollout peak | fits | step s |")
+    print("| --- | ---: | ---: | ---: | ---: | :---: | ---: |")
+    for topology in STANDARD_TOPOLOGIES:
+        est = estimate_topology(topology, plan.config, plan.counts, plan.lora_params)
+        fits = "yes" if gib(est.peak) + reserve_gib <= gpu_gib else "no"
+        rollout = f"{gib(est.rollout_peak):.1f}" if est.rollout_peak else "server"
+        print(
+            f"| {topology.name} | {topology.completion_tokens} | {gib(est.persistent):.1f} "
+            f"| {gib(est.train_peak):.1f} | {rollout} | {fits} | {est.step_seconds:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -176,3 +176,26 @@ def test_bench_prints_the_markdown_tables(capsys):
     assert "| total | 8,402,417,920 | 15.65 |" in out
     rows = [line for line in out.splitlines() if line.startswith(("| 1 |", "| 2 |", "| 4 |", "| 8 |"))]
     assert len(rows) == 8
+
+
+def test_capacity_per_topology_shards_what_each_backend_shards():
+    from grpo_audio.model.capacity import Topology, estimate_topology
+
+    plan = memory_plan((1,))
+    counts, n_lora = plan.counts, plan.lora_params
+    n_train = counts.backbone + counts.embeddings + counts.lm_head
+
+    def persistent(topology):
+        return estimate_topology(topology, plan.config, counts, n_lora).persistent
+
+    lora = estimate_topology(Topology("lora", 1, "ddp", True), plan.config, counts, n_lora)
+    assert lora.persistent == plan.estimates[0].persistent  # the one-GPU LoRA figure of the memory plan
+    full = persistent(Topology("ddp", 8, "ddp", False))
+    assert full == 2 * counts.total + 14 * n_train  # bf16 weights, bf16 grads + fp32 master, m, v: replicated
+    assert persistent(Topology("z2", 8, "zero2", False)) == int(2 * counts.total + 14 * n_train / 8)
+    assert persistent(Topology("z3", 8, "zero3", False)) == int((2 * counts.total + 14 * n_train) / 8)
+    # ZeRO-3 rollouts with HF generate gather the full weights; a vLLM server takes the rollout off these GPUs
+    z3 = estimate_topology(Topology("z3", 8, "zero3", False), plan.config, counts, n_lora)
+    assert z3.rollout_peak > 2 * counts.total > z3.train_peak
+    served = estimate_topology(Topology("z3+vllm", 8, "zero3", False, rollout_gpus=2), plan.config, counts, n_lora)
+    assert served.rollout_peak == 0 and served.peak == served.train_peak

@@ -97,6 +97,13 @@ def test_import_path_plugin(plugin):
     assert breakdown.total == [2.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="needs whole groups"):
         rubric.score(["a", "b", "c"], [{}] * 3, RewardContext(group_size=2))
+    # rows [i*G:(i+1)*G] must be one prompt's completions: a batch that interleaves prompts is refused
+    mixed = [{"id": "p1"}, {"id": "p2"}, {"id": "p1"}, {"id": "p2"}]
+    with pytest.raises(ValueError, match=r"rows 0\.\.1 mix the prompts \['p1', 'p2'\]"):
+        rubric.score(["a", "b", "c", "d"], mixed, RewardContext(group_size=2))
+    grouped = [{"id": "p1"}, {"id": "p1"}, {"id": "p2"}, {"id": "p2"}]
+    part = rubric.score(["audio", "no", "aa", "b"], grouped, RewardContext(group_size=2)).rows(2, 4)
+    assert part.terms["longest"] == [1.0, 0.0] and part.total == [1.0, 0.0] and part.weights == breakdown.weights
     with pytest.raises(ValueError, match=r"has no option\(s\) \['bonnus'\] \(did you mean \['bonus'\]\?\)"):
         Rubric([TermSpec(f"{module}:mentions_audio", options={"bonnus": 1})])
     with pytest.raises(UnknownRewardError, match="has no function 'missing'"):
