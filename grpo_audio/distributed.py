@@ -10,6 +10,7 @@ Every helper is a no-op pass-through in a single process, so the same code path 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -116,3 +117,26 @@ def check_sharding_backend(has_gpu: bool) -> None:
                 f"the launch asks for {wanted} ({variable}=true), which accelerate runs only on GPUs, and no GPU is "
                 "visible; on CPU launch with configs/accelerate/ddp.yaml (DDP over gloo)"
             )
+
+
+@contextmanager
+def root_parameters_unsharded(model: torch.nn.Module):
+    """Make an FSDP2 model's root parameters whole for calls made outside its ``forward``.
+
+    FSDP2 (``fully_shard``) keeps every parameter as a sharded DTensor between forwards and gathers a module's
+    parameters in that module's forward hook. The audio path calls the model outside ``forward``: the featurizer
+    runs the encoder and adapter (``encode_segments``) and the rollout engines embed the prompt
+    (``prompt_embeddings``); those weights (embeddings, encoder, adapter, LM head) belong to the root shard unit, so
+    the root is unsharded around such calls. Decoder layers keep gathering themselves in their own hooks. Any other
+    model: a no-op.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()

@@ -41,7 +41,7 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
-from grpo_audio.distributed import gather_objects, share_from_main
+from grpo_audio.distributed import gather_objects, root_parameters_unsharded, share_from_main
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.run_dir import replace_dir_atomic
 
@@ -108,7 +108,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             raise ValueError(f"batch rows {missing} have no 'audio' path; every training row needs a clip")
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
-        self._current_audio = self.featurizer.rows([row["audio"] for row in inputs], model, self.accelerator.device)
+        paths = [row["audio"] for row in inputs]
+        with root_parameters_unsharded(model):
+            self._current_audio = self.featurizer.rows(paths, model, self.accelerator.device)
         self.record_time("audio_features_s", time.perf_counter() - start)
         try:
             output = super()._generate_and_score_completions(inputs)
@@ -276,7 +278,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
                 mode = "train" if self.model.training else "eval"
                 self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
-            result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
+            with root_parameters_unsharded(unwrapped):
+                result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
             self.record_time("rollout_s", time.perf_counter() - start)  # weight sync included
         self.last_rollout = result
         return result.completion_ids, result.logprobs

@@ -177,3 +177,21 @@ def test_resuming_with_another_process_count_is_refused(tmp_path):
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "trained with 2 process(es) and is resumed with 1" in done.stderr
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_model_hears_and_generates_like_the_unsharded_one(tmp_path):
+    """FSDP2 shards the embeddings, encoder and adapter with the root; the audio path calls them outside forward."""
+    out = tmp_path / "result.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(HELPERS / "fsdp2_audio_path.py"), str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert result["world"] == 2
+    assert "mixed torch.Tensor and DTensor" in result["without_context"]  # what root_parameters_unsharded prevents
+    assert result["audio_equal"] and result["tokens_equal"]
+    assert result["embedding_param_after"] == "DTensor"  # sharded again afterwards: no memory kept gathered
