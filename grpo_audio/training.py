@@ -72,6 +72,7 @@ class TrainingSetup:
     featurizer: AudioFeaturizer
     resume_checkpoint: Path | None = None
     heldout: list[dict] | None = None
+    rows: list[AudioQuestion] | None = None
 
 
 def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
@@ -275,7 +276,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     trainer.run_status = status
     trainer.data_report = data_report
     return TrainingSetup(
-        run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout
+        run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout, rows
     )
 
 
@@ -320,6 +321,46 @@ def prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurize
         save_model_atomic(model, tokenizer, run_dir / "initial_model")
 
 
+def weights_are_sharded(trainer) -> bool:
+    """FSDP, or DeepSpeed ZeRO-3: no process holds the whole model between forwards."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def trained_model(recipe: Recipe, setup: TrainingSetup):
+    """The trained model, whole and unwrapped, on process 0 (LoRA merged); None on the other processes when sharded.
+
+    Sharded runs (FSDP, ZeRO-3) gather the full state dict (a collective: every process calls this) and load it
+    into a fresh, unsharded copy of the starting model built on process 0 (with the same LoRA wrapping, so the
+    names match); ZeRO-3 needs ``zero3_save_16bit_model`` (set in configs/accelerate/zero3.yaml).
+    """
+    trainer = setup.trainer
+    if weights_are_sharded(trainer):
+        state = trainer.accelerator.get_state_dict(trainer.model)
+        if not trainer.accelerator.is_main_process:
+            return None
+        model = unsharded_copy(recipe, setup.rows, setup.template, state)
+    else:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights
+        model = model.merge_and_unload()
+    return model
+
+
+def unsharded_copy(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate, state: dict):
+    """A fresh model of the recipe's architecture (and LoRA wrapping) holding ``state``; every key must match."""
+    _, model = build_tokenizer_and_model(recipe, rows, template)
+    config = lora_config(recipe)
+    if config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def checkpoint_step(checkpoint: Path) -> int:
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     return int(state["global_step"])
@@ -339,9 +380,7 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
             flush=True,
         )
     trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):  # LoRA: the final model carries the merged weights
-        model = model.merge_and_unload()
+    model = trained_model(recipe, setup)
     if trainer.accelerator.is_main_process:
         save_final_model(model, setup.tokenizer, setup.run_dir / "final_model", recipe.run.final_model_format)
         report = trainer.data_report

@@ -63,8 +63,22 @@ def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
     lora = [n for n, p in model.named_parameters() if p.requires_grad]
     assert lora and all("lora_" in n and "language_model" in n for n in lora)
     assert not any("lm_head" in n or "encoder" in n for n in lora)
+    # what a sharded run (FSDP, ZeRO-3) does with the gathered full state dict: load it into a fresh LoRA-wrapped
+    # copy of the starting model, so the final model it writes equals the one trained
+    from grpo_audio.training import unsharded_copy
+
+    recipe = tiny_recipe("model.lora={r: 4, alpha: 8}", "trainer.max_steps=2")
+    with torch.no_grad():  # an adapter far from its zero start, so that merging it changes the weights
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = unsharded_copy(recipe, setup.rows, setup.template, state).merge_and_unload().state_dict()
     merged = model.merge_and_unload().state_dict()
     assert torch.equal(merged["model.encoder.conv1.weight"], before["model.encoder.conv1.weight"])
+    assert copy.keys() == merged.keys() and all(torch.equal(copy[k], merged[k]) for k in merged)
+    q = "model.language_model.layers.0.self_attn.q_proj"
+    assert not torch.equal(merged[f"{q}.weight"], before[f"{q}.base_layer.weight"])  # the LoRA update was merged
 
 
 def test_rerun_into_a_foreign_directory_is_refused(tmp_path, capsys):
