@@ -7,6 +7,10 @@ recipe's weights) and the function reports every raw term, every weighted term a
 values (``rewards/combiner/...``), the rewards' counters (judge requests, failures, ...) and TRL's own
 ``rewards/R_total/mean``. A term that is None for a completion (not applicable) is left out of its mean and counted
 in ``none_frac``; a completion with no applicable term is unscorable (TRL gives it zero advantage).
+
+With several training processes the trainer calls ``R_total`` once per step, on process 0, with the global batch
+(``AudioGRPOTrainer._calculate_rewards``): group-level rewards see whole groups, an LLM judge is asked once per
+completion, and the logged means are over the global batch.
 """
 
 from __future__ import annotations
