@@ -278,6 +278,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
                 mode = "train" if self.model.training else "eval"
                 self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
+            position = getattr(self.rollout_engine, "set_batch_position", None)
+            if position is not None:  # per-row random streams keyed by the rows' place in the global batch
+                position(self.state.global_step, self.accelerator.process_index * len(prompt_ids))
             with root_parameters_unsharded(unwrapped):
                 result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
             self.record_time("rollout_s", time.perf_counter() - start)  # weight sync included

@@ -57,6 +57,64 @@ def test_hf_engine_logprobs_are_the_processed_distribution(tokenizer, model):
         torch.testing.assert_close(torch.tensor(result.logprobs[i]), torch.tensor(reference), atol=1e-4, rtol=1e-4)
 
 
+def test_seeded_rows_log_probs_are_the_processed_distribution(tokenizer, model):
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    sampling = SamplingSettings(max_new_tokens=10, temperature=0.8, top_k=20, return_logprobs=True)
+    engine = HFRolloutEngine(sampling, [tokenizer.eos_token_id], tokenizer.pad_token_id, markers, seed=3)
+    p = model.config.audio_placeholder_token_id
+    prompts = [[1, 2, p, p, 5, 6], [9, p, p, 5]]
+    audio = AudioRows(audio_embeds=torch.randn(2, 2, 64, generator=torch.Generator().manual_seed(0)))
+    result = engine.generate(model, prompts, audio)
+    for i, (prompt, completion) in enumerate(zip(prompts, result.completion_ids, strict=True)):
+        embeds = model.prompt_embeddings(torch.tensor([prompt]), audio_embeds=audio.audio_embeds[i : i + 1])[0]
+        reference = teacher_forced_logprobs(
+            model, embeds, completion, temperature=0.8, top_k=20,
+            first_banned=model.config.audio_token_index, banned=markers,
+        )
+        torch.testing.assert_close(torch.tensor(result.logprobs[i]), torch.tensor(reference), atol=1e-4, rtol=1e-4)
+
+
+def test_a_seeded_row_samples_the_same_whatever_batch_it_is_in(tokenizer, model):
+    """Row r of the global batch draws from its own stream: alone, or after other rows, it gets the same tokens."""
+    p = model.config.audio_placeholder_token_id
+    prompts = [[1, 2, p, p, 5, 6], [9, p, p, 5], [3, p, p, 7, 8, 2]]
+    audio = AudioRows(audio_embeds=torch.randn(3, 2, 64, generator=torch.Generator().manual_seed(1)))
+
+    def engine():
+        sampling = SamplingSettings(max_new_tokens=12)
+        return HFRolloutEngine(sampling, [tokenizer.eos_token_id], tokenizer.pad_token_id, [], seed=7)
+
+    whole = engine()
+    whole.set_batch_position(step=4, first_row=10)
+    together = whole.generate(model, prompts, audio).completion_ids
+    split = engine()
+    split.set_batch_position(step=4, first_row=12)  # as a second process holding only the last row would
+    alone = split.generate(model, prompts[2:], AudioRows(audio_embeds=audio.audio_embeds[2:])).completion_ids
+    assert alone[0] == together[2]
+    later = engine()
+    later.set_batch_position(step=5, first_row=10)  # the next optimizer step draws new numbers
+    assert later.generate(model, prompts, audio).completion_ids != together
+
+
+def test_seeded_sampling_draws_from_the_warped_distribution(tokenizer, model):
+    """Gumbel-max is exact sampling: first-token frequencies over many seeded rows match softmax(top-k(logits / T))."""
+    p = model.config.audio_placeholder_token_id
+    n, top_k, temperature = 3000, 5, 0.7
+    sampling = SamplingSettings(max_new_tokens=1, temperature=temperature, top_k=top_k)
+    engine = HFRolloutEngine(sampling, [tokenizer.eos_token_id], tokenizer.pad_token_id, [], seed=0)
+    audio_row = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(2))
+    first = engine.generate(model, [[1, 2, p, p, 5]] * n, AudioRows(audio_embeds=audio_row.expand(n, -1, -1)))
+    first_tokens = torch.tensor([c[0] for c in first.completion_ids])
+    counts = torch.bincount(first_tokens, minlength=model.config.llm_config.vocab_size)
+    embeds = model.prompt_embeddings(torch.tensor([[1, 2, p, p, 5]]), audio_embeds=audio_row)
+    logits = model(inputs_embeds=embeds).logits[0, -1] / temperature
+    kept = logits.topk(top_k)
+    probs = torch.zeros_like(logits).scatter_(0, kept.indices, kept.values.softmax(-1))
+    total_variation = 0.5 * (counts[: probs.numel()] / n - probs).abs().sum().item()
+    assert set(counts.nonzero().flatten().tolist()) <= set(kept.indices.tolist())
+    assert total_variation < 0.04  # sampling noise at n=3000 over 5 outcomes is about 0.015
+
+
 class ShiftedLogprobEngine:
     """Named 'vllm'; samples with the HF engine and reports its log-probs minus ``shift``, so the importance ratio
     TRL computes must come out as exp(shift) times the (mask-only) HF/trainer ratio."""

@@ -140,6 +140,20 @@ def test_two_processes_see_the_same_data_as_one(runs):
         ids_two = collections.Counter(r["prompt_id"] for r in jsonl(two / "rollouts.jsonl") if r["step"] == step)
         ids_one = collections.Counter(r["prompt_id"] for r in jsonl(one / "rollouts.jsonl") if r["step"] == step)
         assert ids_two == ids_one and set(ids_two.values()) == {G}
+    # the same completions: each row samples from its own stream, keyed by its place in the global batch
+    def completions(run):
+        rows = jsonl(run / "rollouts.jsonl")
+        return sorted((r["step"], r["prompt_id"], r["completion"], r["R_total"]) for r in rows)
+
+    assert completions(two) == completions(one)
+    # so the same rewards, advantages and update: DDP's mean over 2 processes equals the 1-process gradient
+    steps_two = [m for m in jsonl(two / "metrics.jsonl") if "reward" in m]
+    steps_one = [m for m in jsonl(one / "metrics.jsonl") if "reward" in m]
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["reward"] == b["reward"] and a["reward_std"] == b["reward_std"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    a, b = final_weights(two), final_weights(one)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -51,6 +51,7 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
             stop_token_ids=stop_token_ids,
             pad_token_id=tokenizer.pad_token_id,
             audio_marker_ids=audio_marker_ids,
+            seed=recipe.run.seed,
         )
     if spec.engine == "vllm":
         from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine

@@ -5,6 +5,14 @@ would receive, then decoded with ``generate(inputs_embeds=...)``; the encoder ne
 Text-only rollouts mask every id >= ``config.audio_token_index`` (the discrete speech tokens) and the audio
 marker tokens before sampling: a sampled ``<|cAUDIO|>`` would otherwise ask for audio frames that do not exist.
 
+Seeded rows (``seed`` given, as the trainer does): each row draws from its own random stream, keyed by (run seed,
+optimizer step, call within the step, the row's index in the global batch), so a row's completion does not depend
+on which other rows share its batch or on how many processes split the batch: a 2-process run samples what the
+1-process run samples. The draw is the Gumbel-max trick, exact sampling from the processed distribution:
+``argmax_v(log p_v + g_v)`` with ``g_v = -log(-log u_v)``, ``u`` uniform from the row's generator, ``log p`` the
+log-softmax of the scores after the text-only mask, temperature, top-k and top-p (transformers' own warpers). Without
+``seed`` sampling uses the process's global RNG through ``generate(do_sample=True)``.
+
 With ``SamplingSettings.return_logprobs`` the engine also returns each sampled token's log-probability under the
 distribution it was drawn from: log-softmax of the processed scores (text-only mask, then temperature, top-k and
 top-p), the same quantity the vLLM engine reports with ``logprobs_mode="processed_logprobs"``.
@@ -12,10 +20,18 @@ top-p), the same quantity the vLLM engine reports with ``logprobs_mode="processe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from grpo_audio.audio_rows import AudioRows
 from grpo_audio.rollout.base import RolloutResult
@@ -35,6 +51,39 @@ class TextOnlyLogitsProcessor(LogitsProcessor):
         return scores
 
 
+def row_seed(run_seed: int, step: int, call: int, row: int) -> int:
+    """The seed of one row's random stream: a hash of (run seed, optimizer step, call within the step, global row)."""
+    digest = hashlib.blake2b(f"grpo-audio-hf:{run_seed}:{step}:{call}:{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class GumbelMaxSampler(LogitsProcessor):
+    """Samples each row from its own generator (Gumbel-max over the warped log-probs) and hands ``generate`` a
+    one-hot score row, so its greedy step takes exactly that token. Records each step's chosen-token log-prob under
+    the warped distribution in ``chosen_logprobs``."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.warpers = LogitsProcessorList()
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.chosen_logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logp = self.warpers(input_ids, scores.float()).log_softmax(dim=-1)
+        uniform = torch.stack(
+            [torch.rand(scores.size(-1), generator=g, device=scores.device) for g in self.generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(torch.float32).tiny)))
+        choice = (logp + gumbel).argmax(dim=-1, keepdim=True)
+        self.chosen_logprobs.append(logp.gather(-1, choice).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
+
+
 @dataclass
 class SamplingSettings:
     max_new_tokens: int
@@ -50,12 +99,25 @@ class HFRolloutEngine:
     name = "hf"
 
     def __init__(
-        self, sampling: SamplingSettings, stop_token_ids: list[int], pad_token_id: int, audio_marker_ids: list[int]
+        self,
+        sampling: SamplingSettings,
+        stop_token_ids: list[int],
+        pad_token_id: int,
+        audio_marker_ids: list[int],
+        seed: int | None = None,
     ) -> None:
         self.sampling = sampling
         self.audio_marker_ids = list(audio_marker_ids)
         self.stop_token_ids = list(stop_token_ids)
         self.pad_token_id = pad_token_id
+        self.seed = seed  # None: the global RNG; an int: one seeded stream per row (module docstring)
+        self.step, self.first_row, self._calls_this_step = 0, 0, 0
+
+    def set_batch_position(self, step: int, first_row: int) -> None:
+        """Where the next call's rows sit: the optimizer step and the global index of its first row."""
+        if step != self.step:
+            self.step, self._calls_this_step = step, 0
+        self.first_row = first_row
 
     def generation_config(self) -> GenerationConfig:
         s = self.sampling
@@ -87,10 +149,20 @@ class HFRolloutEngine:
         if self.sampling.text_only:
             processors.append(TextOnlyLogitsProcessor(model.config.audio_token_index, self.audio_marker_ids))
         want_logprobs = self.sampling.return_logprobs
+        config, sampler = self.generation_config(), None
+        if self.seed is not None and self.sampling.do_sample:
+            call = self._calls_this_step
+            self._calls_this_step += 1
+            seeds = [row_seed(self.seed, self.step, call, self.first_row + i) for i in range(len(prompt_ids))]
+            s = self.sampling
+            sampler = GumbelMaxSampler(seeds, s.temperature, s.top_k, s.top_p, device)
+            processors.append(sampler)
+            greedy = replace(s, do_sample=False)
+            config = HFRolloutEngine(greedy, self.stop_token_ids, self.pad_token_id, []).generation_config()
         out = model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
-            generation_config=self.generation_config(),
+            generation_config=config,
             logits_processor=processors,
         )
         sequences = out.sequences if want_logprobs else out
@@ -104,7 +176,10 @@ class HFRolloutEngine:
                 completions.append(row[: stop_at + 1])
                 reasons.append("stop")
         logprobs = None
-        if want_logprobs:
+        if want_logprobs and sampler is not None:
+            chosen = torch.stack(sampler.chosen_logprobs, dim=1)
+            logprobs = [chosen[i, : len(c)].tolist() for i, c in enumerate(completions)]
+        elif want_logprobs:
             # scores[t] (B, V): the processed scores token t was drawn from; one step at a time (V is ~168k)
             chosen = torch.stack(
                 [
