@@ -197,12 +197,6 @@ def test_bad_backbone_dir_in_the_recipe_is_reported_before_vllm_starts(model, to
         build_rollout_engine(recipe, model, tokenizer, tmp_path)
 
 
-def test_colocate_refuses_several_processes(model, tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RolloutEngineError, match="use mode 'server'"):
-        build_rollout_engine(_vllm_recipe(), model, tokenizer, tmp_path)
-
-
 def test_server_mode_needs_a_backbone_dir_and_a_server(model, tokenizer, tmp_path):
     with pytest.raises(RolloutEngineError, match="needs rollout.vllm.backbone_dir"):
         build_rollout_engine(_vllm_recipe("rollout.vllm.mode=server"), model, tokenizer, tmp_path)
@@ -337,8 +331,12 @@ def test_seeds_depend_on_run_seed_step_call_and_row(model):
     assert seeds(engine) == first
     assert seeds(engine) != first  # a second call in the same step gets fresh seeds
     engine.sync_weights(model, 1)
-    assert seeds(engine)[0] == seed_base(11, 0, 1, 0)
-    assert seed_base(11, 0, 1, 0) != seed_base(11, 1, 1, 0) != seed_base(12, 0, 1, 0)
+    assert seeds(engine)[0] == seed_base(11, 1, 0)
+    assert seed_base(11, 1, 0) != seed_base(11, 2, 0) != seed_base(12, 1, 0)
+    # rows further into the global batch (a second process's share): the same seeds as those rows in one process
+    engine = _engine(model, FakeBackend())
+    engine.set_batch_position(step=0, first_row=2)
+    assert seeds(engine) == [first[0] + 2, first[1] + 2]
 
 
 def test_weights_are_pushed_once_per_optimizer_step(model):

@@ -288,6 +288,47 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
     assert len(rollouts) == 2 * 8 and all(r["finish_reason"] in ("stop", "length") for r in rollouts)
 
 
+@pytest.mark.slow
+def test_two_processes_each_with_a_colocated_engine(tmp_path):
+    """accelerate launch with 2 CPU processes and rollout.vllm.mode colocate: one engine per process (vLLM's
+    external_launcher), one backbone export written by process 0, weights pushed into both engines each step."""
+    run = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run}",
+        "data.synthetic.num_questions=8",
+        "rollout.engine=vllm",
+        "rollout.vllm.dtype=float32",
+        "rollout.vllm.enforce_eager=true",
+        "rollout.vllm.max_model_len=1024",
+        "rollout.max_completion_length=12",
+        "trainer.per_device_train_batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.learning_rate=1e-3",
+        *TINY_OVERRIDES,
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(repo / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+        "--main_process_port", "0", "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)],
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=1200, env=env)
+    print(f"\ngrpo-audio train (2 processes, 2 steps, colocated engines) took {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["processes"] == 2
+    assert (run / "vllm_backbone" / "config.json").is_file()
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted({(r["step"], r["rank"]) for r in rollouts}) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "reward" in m]
+    assert "time/weight_sync_s" not in steps[0] and steps[1]["time/weight_sync_s"] > 0
+    for m in steps:
+        assert 0.0 < m["sampling/importance_sampling_ratio/min"] <= m["sampling/importance_sampling_ratio/max"]
+
+
 # ---- server mode: a separate `vllm serve` process ----------------------------------------------------------------
 
 

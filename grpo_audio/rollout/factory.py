@@ -11,11 +11,11 @@ size the CPU attention backend lacks.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from grpo_audio.distributed import share_from_main, world_size
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.backbone_export import check_backbone_dir, covo_base, export_backbone
@@ -65,7 +65,6 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
             audio_marker_ids=audio_marker_ids,
             text_vocab_size=covo_base(model).config.audio_token_index,
             seed=recipe.run.seed,
-            rank=int(os.environ.get("RANK", "0")),
             synced_step=synced_step,
         )
     raise ValueError(f"unknown rollout.engine {spec.engine!r} (expected 'hf' or 'vllm')")
@@ -88,17 +87,15 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
     if options.mode != "colocate":
         raise ValueError(f"unknown rollout.vllm.mode {options.mode!r} (expected 'colocate' or 'server')")
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RolloutEngineError(
-            "rollout.vllm.mode 'colocate' runs one in-process engine and supports a single training process; with "
-            "several processes use mode 'server'"
-        )
     given = None if options.backbone_dir is None else check_backbone_dir(options.backbone_dir, model)
     require_vllm()
     check_head_size(model)
     dtype = engine_dtype(options.dtype, model)
+    processes = world_size()
     if given is None:
-        backbone = export_backbone(model, run_dir / BACKBONE_SUBDIR, dtype=getattr(torch, dtype))
+        # One export for all processes (they hold the same weights): process 0 writes it, the others wait
+        target = run_dir / BACKBONE_SUBDIR
+        backbone = share_from_main(lambda: export_backbone(model, target, dtype=getattr(torch, dtype)))
         synced_step = 0  # exported from the model as it is now, before any optimizer step
     else:
         backbone = given
@@ -114,6 +111,7 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
             max_model_len=options.max_model_len,
             enforce_eager=options.enforce_eager,
             sleep_between_rollouts=options.sleep_between_rollouts,
+            external_launcher=processes > 1,
         )
     except (ValueError, RuntimeError, torch.OutOfMemoryError) as err:
         advice = explain_start_failure(err)

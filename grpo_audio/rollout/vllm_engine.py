@@ -14,12 +14,13 @@ audio. Per call:
 * log-probs: each sampled token's log-probability under the distribution it was drawn from (text-only mask,
   temperature, top-k, top-p applied: the engine runs with ``logprobs_mode="processed_logprobs"``), which TRL's
   importance-sampling correction compares with the trainer's own log-probs.
-* seeds: request i of a call gets seed ``base + i`` with ``base`` derived from (run seed, process rank, optimizer
-  step, call number within the step); vLLM gives the k-th of its n samples ``seed + k``, so each completion has its
-  own generator. What that makes reproducible: with the same recipe, the same weights and the same batch order, a
-  rerun (or a resume from a checkpoint) draws the same random numbers for every completion, independently of how
-  vLLM batches requests. Bitwise-identical tokens additionally need bitwise-identical logits, which vLLM does not
-  promise across batch compositions, devices or kernel versions (a near-tie can flip).
+* seeds: the group starting at row r of the global batch gets seed ``base + r`` with ``base`` derived from (run
+  seed, optimizer step, call number within the step); vLLM gives the k-th of its n samples ``seed + k``, so each
+  completion has its own generator, the same whichever process samples it. What that makes reproducible: with the
+  same recipe, the same weights and the same batch order, a rerun (or a resume from a checkpoint) draws the same
+  random numbers for every completion, independently of how vLLM batches requests. Bitwise-identical tokens
+  additionally need bitwise-identical logits, which vLLM does not promise across batch compositions, devices or
+  kernel versions (a near-tie can flip).
 
 Weight sync: ``sync_weights(model, step)`` is called by the trainer before each rollout; when the optimizer step
 differs from the one last synced it pushes the backbone weights (``backbone_export.backbone_weights``: LoRA merged,
@@ -94,9 +95,9 @@ def consecutive_groups(prompt_ids: list[list[int]], audio: AudioRows) -> list[tu
     return groups
 
 
-def seed_base(run_seed: int, rank: int, step: int, call: int) -> int:
-    """A per-call seed base: a hash of (run seed, process rank, optimizer step, call number within the step)."""
-    digest = hashlib.blake2b(f"grpo-audio:{run_seed}:{rank}:{step}:{call}".encode(), digest_size=8).digest()
+def seed_base(run_seed: int, step: int, call: int) -> int:
+    """A per-call seed base: a hash of (run seed, optimizer step, call number within the step)."""
+    digest = hashlib.blake2b(f"grpo-audio:{run_seed}:{step}:{call}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & SEED_MASK
 
 
@@ -147,7 +148,11 @@ class InProcessVLLM:
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         sleep_between_rollouts: bool = False,
+        external_launcher: bool = False,
     ) -> InProcessVLLM:
+        """``external_launcher``: this is one of several training processes (``accelerate launch``); each holds its
+        own engine (tensor parallel size 1) on its own device, built inside the existing process group, as vLLM's
+        ``external_launcher`` executor does for torchrun-style launches."""
         if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise RuntimeError(
                 "rollout.vllm.mode 'colocate' pushes weights into the engine's model runner in this process: unset "
@@ -173,6 +178,7 @@ class InProcessVLLM:
             # vLLM 0.32 on CPU: a seeded request whose prefill is split over scheduler steps crashes the runner
             # ("CPU Generator does not use offset"); whole-prompt prefill avoids the split
             enable_chunked_prefill=not current_platform.is_cpu(),
+            **({"distributed_executor_backend": "external_launcher"} if external_launcher else {}),
         )
         if not current_platform.is_cpu():
             # vLLM drops torch to 1 thread for serving; the trainer's CPU work (audio features) wants them back. On
@@ -358,7 +364,6 @@ class VLLMRolloutEngine:
         audio_marker_ids: list[int],
         text_vocab_size: int,
         seed: int,
-        rank: int = 0,
         synced_step: int | None = 0,
     ) -> None:
         """``synced_step``: the optimizer step whose weights the backend holds (0: exported from the model at
@@ -370,13 +375,19 @@ class VLLMRolloutEngine:
         self.audio_marker_ids = list(audio_marker_ids)
         self.text_vocab_size = text_vocab_size
         self.seed = seed
-        self.rank = rank
         self.synced_step = synced_step
         self.step = synced_step or 0
         self._calls_this_step = 0
+        self.first_row = 0  # global index of the next call's first row (set_batch_position)
         self.last_sync_s: float | None = None
         banned = set(self.audio_marker_ids)
         self.allowed_token_ids = [t for t in range(text_vocab_size) if t not in banned]
+
+    def set_batch_position(self, step: int, first_row: int) -> None:
+        """Where the next call's rows sit: the optimizer step and the global index of its first row."""
+        if step != self.step:
+            self.step, self._calls_this_step = step, 0
+        self.first_row = first_row
 
     def sync_weights(self, model, step: int) -> bool:
         """Push the backbone weights unless the backend already holds those of optimizer step ``step``."""
@@ -408,10 +419,10 @@ class VLLMRolloutEngine:
     def generate(self, model, prompt_ids: list[list[int]], audio: AudioRows) -> RolloutResult:
         groups = consecutive_groups(prompt_ids, audio)
         embeds = self.prompt_embeds(model, prompt_ids, audio, [first for first, _ in groups])
-        base = seed_base(self.seed, self.rank, self.step, self._calls_this_step)
+        base = seed_base(self.seed, self.step, self._calls_this_step) + self.first_row
         self._calls_this_step += 1
         allowed = self.allowed_token_ids if self.sampling.text_only else None
-        # seed of a group = base + its first row, so the k-th sample (seed + k) of every group is distinct
+        # seed of a group = base + its first global row, so the k-th sample (seed + k) of every group is distinct
         requests = [
             sampling_fields(self.sampling, count, (base + first) & SEED_MASK, self.stop_token_ids, allowed)
             for first, count in groups
