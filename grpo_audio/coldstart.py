@@ -1,9 +1,15 @@
 """Cold start: a short supervised warm-up on format-correct completions, before GRPO.
 
 The Covo-Audio paper runs chain-of-thought SFT before its GRPO stage. Here the warm-up teaches only the output
-format: each target is ``<think>{reasoning}</think><answer>{choice}</answer><|endoftext|>`` with the choice drawn
-uniformly at random from the row's choices (``random.Random(seed)``), so the warmed-up model writes well-formed
-answers at chance accuracy and any later gain in accuracy is GRPO's.
+format: each target is ``<think>{reasoning}</think><answer>{choice}</answer><|endoftext|>`` with a random choice,
+so the warmed-up model writes well-formed answers at chance accuracy and any later gain in accuracy is GRPO's.
+
+The random answers are balanced within each batch: rows are drawn at random (``random.Random(seed)``) and the i-th
+row of a batch gets option ``(offset + i) mod k`` of its choices in sorted order, ``offset`` random per batch. The
+answer a row gets is thus independent of its true answer (chance accuracy), and every batch holds each option
+equally often (when its size is a multiple of k), so no step pushes the model towards one option: the warm-up
+ends with its answers near 50/50 instead of at whatever bias the last random batches left, which GRPO would then
+have to undo first.
 
 Loss: mean token cross-entropy over the target tokens (prompt tokens are masked with -100), with the rows' audio
 spliced in exactly as in GRPO (the same ``AudioFeaturizer``), AdamW on the trainable parameters.
@@ -24,6 +30,14 @@ def coldstart_target(reasoning: str, answer: str) -> str:
     return f"<think>{reasoning}</think><answer>{answer}</answer>"
 
 
+def draw_batch(rows: list[dict], rng: random.Random, batch_size: int, reasoning: str) -> tuple[list[dict], list[str]]:
+    """``batch_size`` random rows and their targets, the answers balanced over the batch (see the module doc)."""
+    batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
+    offset = rng.randrange(batch_size)
+    answers = [sorted(r["choices"])[(offset + i) % len(r["choices"])] for i, r in enumerate(batch)]
+    return batch, [coldstart_target(reasoning, a) for a in answers]
+
+
 def run_coldstart(
     model, tokenizer, rows: list[dict], featurizer: AudioFeaturizer, spec: ColdStartSection, seed: int, log=print
 ) -> list[dict]:
@@ -36,8 +50,7 @@ def run_coldstart(
     model.train()
     start = time.perf_counter()
     for step in range(1, spec.steps + 1):
-        batch = [rows[rng.randrange(len(rows))] for _ in range(spec.batch_size)]
-        targets = [coldstart_target(spec.reasoning, rng.choice(r["choices"])) for r in batch]
+        batch, targets = draw_batch(rows, rng, spec.batch_size, spec.reasoning)
         input_ids, labels, mask = _pack(tokenizer, [r["prompt"] for r in batch], targets)
         audio = featurizer.rows([r["audio"] for r in batch], model, device)
         loss = model(

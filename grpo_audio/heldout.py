@@ -1,8 +1,15 @@
-"""Held-out accuracy: greedy answers on questions never trained on, scored with the accuracy reward.
+"""Held-out accuracy: answers on questions never trained on, scored with the accuracy reward.
 
-accuracy = (1/N) * sum_i accuracy(completion_i, row_i), with the recipe's accuracy options when it has an
-``accuracy`` term (else the default MMAU token rule); format = the share of completions that pass the paper's
-format rule. Decoding is greedy with the same rollout engine settings (text-only vocabulary, stop tokens).
+accuracy = (1/N) * sum_i accuracy(completion_i, row_i) over greedy completions, with the recipe's accuracy options
+when it has an ``accuracy`` term (else the default MMAU token rule); format = the share of greedy completions that
+pass the paper's format rule. Decoding uses the HF engine's settings (text-only vocabulary, stop tokens).
+
+sampled_accuracy = (1/(N k)) * sum_i sum_j accuracy(sample_ij, row_i) over k completions sampled per question at
+temperature 1 (the model's own distribution; seeded, and the caller's random state is left untouched): the
+expected accuracy of the policy, and the sampled format share likewise. Greedy decoding of a model at chance is a
+knife edge: when every clip of a class sounds alike, a 51/49 preference that happens to depend on the audio turns
+into a whole class right or wrong, so a model at chance can score far from 1/k greedily; its sampled accuracy
+stays near chance.
 """
 
 from __future__ import annotations
@@ -23,9 +30,17 @@ def heldout_accuracy(
     audio_marker_ids: list[int],
     accuracy_options=None,
     batch_size: int = 32,
+    samples: int = 8,
+    seed: int = 0,
 ) -> dict:
     greedy = HFRolloutEngine(
         SamplingSettings(max_new_tokens=max_new_tokens, do_sample=False),
+        list(model.generation_config.eos_token_id),
+        tokenizer.pad_token_id,
+        audio_marker_ids,
+    )
+    sampler = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=max_new_tokens, temperature=1.0, do_sample=True),
         list(model.generation_config.eos_token_id),
         tokenizer.pad_token_id,
         audio_marker_ids,
@@ -36,7 +51,9 @@ def heldout_accuracy(
     was_training = model.training
     model.eval()
     correct, formatted, examples = 0.0, 0.0, []
-    with torch.no_grad():
+    sampled_correct, sampled_formatted = 0.0, 0.0
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             prompts = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in batch]
@@ -50,6 +67,21 @@ def heldout_accuracy(
             examples += [
                 {"id": r["id"], "answer": r["answer"], "completion": t} for r, t in zip(batch, texts, strict=True)
             ]
+            if samples > 0:
+                repeated = [r for r in batch for _ in range(samples)]
+                audio = featurizer.rows([r["audio"] for r in repeated], model, device)
+                result = sampler.generate(model, [p for p in prompts for _ in range(samples)], audio)
+                texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
+                scores = accuracy.score_batch(texts, repeated, context, **(accuracy_options or {}))
+                sampled_correct += sum(v or 0.0 for v in scores)
+                sampled_formatted += sum(v or 0.0 for v in fmt.score_batch(texts, repeated, context))
     if was_training:
         model.train()
-    return {"accuracy": correct / len(rows), "format": formatted / len(rows), "n": len(rows), "examples": examples[:4]}
+    result = {"accuracy": correct / len(rows), "format": formatted / len(rows), "n": len(rows)}
+    if samples > 0:
+        result.update(
+            sampled_accuracy=sampled_correct / (len(rows) * samples),
+            sampled_format=sampled_formatted / (len(rows) * samples),
+            samples_per_question=samples,
+        )
+    return {**result, "examples": examples[:4]}

@@ -304,6 +304,12 @@ def measure_heldout(recipe: Recipe, model, tokenizer, rows: list[dict], featuriz
     )
 
 
+def heldout_summary(score: dict) -> str:
+    """One line of held-out scores: greedy accuracy, sampled accuracy when measured, greedy format, n."""
+    sampled = f", {score['sampled_accuracy']:.3f} sampled" if "sampled_accuracy" in score else ""
+    return f"{score['accuracy']:.3f} greedy{sampled} (format {score['format']:.3f}, n={score['n']})"
+
+
 def prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status) -> None:
     """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights."""
     if recipe.coldstart.steps > 0:
@@ -314,8 +320,7 @@ def prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurize
     if before is not None:
         status["heldout_before"] = before
         write_json_atomic(run_dir / MARKER, status)
-        print(f"grpo-audio: held-out accuracy before GRPO {before['accuracy']:.3f} "
-              f"(format {before['format']:.3f}, n={before['n']})", flush=True)
+        print(f"grpo-audio: held-out accuracy before GRPO {heldout_summary(before)}", flush=True)
     if recipe.model.source == "tiny":
         # The initial weights (after the cold start): the run can be reproduced from them
         save_model_atomic(model, tokenizer, run_dir / "initial_model")
@@ -387,8 +392,7 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         after = measure_heldout(recipe, model, setup.tokenizer, setup.heldout, setup.featurizer)
         if after is not None:
             trainer.run_status["heldout_after"] = after
-            print(f"grpo-audio: held-out accuracy after GRPO {after['accuracy']:.3f} "
-                  f"(format {after['format']:.3f}, n={after['n']})", flush=True)
+            print(f"grpo-audio: held-out accuracy after GRPO {heldout_summary(after)}", flush=True)
         finish_run_record(
             setup.run_dir,
             trainer.run_status,

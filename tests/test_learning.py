@@ -1,16 +1,21 @@
 """Cold start, held-out split and the silence control used by the proof-of-learning recipe."""
 
 import json
+import random
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from grpo_audio.audio_rows import AudioFeaturizer
-from grpo_audio.coldstart import coldstart_target
+from grpo_audio.coldstart import coldstart_target, draw_batch
 from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
+
+LEARN_PITCH = Path(__file__).resolve().parents[1] / "configs" / "learn_pitch.yaml"
 
 
 def test_silence_control_keeps_the_placeholders_and_removes_the_content(tmp_path):
@@ -52,3 +57,38 @@ def test_coldstart_teaches_the_format_and_heldout_is_measured(tiny_recipe):
         (run_dir / "data" / "heldout" / n).read_bytes() != (run_dir / "data" / n).read_bytes()
         for n in heldout_clips & train_clips
     )
+
+
+def test_coldstart_answers_are_balanced_per_batch_and_independent_of_the_truth():
+    rows = [{"choices": ["low", "high"] if i % 3 else ["high", "low"], "answer": "high" if i % 2 else "low"}
+            for i in range(40)]
+    rng, agree = random.Random(0), 0
+    for _ in range(50):
+        batch, targets = draw_batch(rows, rng, 16, "tone")
+        answers = [t.split("<answer>")[1].split("</answer>")[0] for t in targets]
+        assert Counter(answers) == {"high": 8, "low": 8}  # no batch pushes towards one option
+        agree += sum(a == r["answer"] for a, r in zip(answers, batch, strict=True))
+    assert 0.4 < agree / (50 * 16) < 0.6  # and the answers are at chance
+
+
+@pytest.mark.slow
+def test_grpo_learns_pitch_from_audio_and_not_from_silence(tmp_path):
+    """The proof-of-learning recipe, shortened: held-out accuracy rises well above the cold start's with audio,
+    and stays at chance when every clip is silence (same prompts, no content)."""
+    from grpo_audio.recipe import load_recipe
+    from grpo_audio.training import train
+
+    short = ["trainer.max_steps=50", "trainer.save_steps=1000", "data.synthetic.heldout_questions=16"]
+    results = {}
+    for name, extra in (("audio", []), ("silence", ["model.audio_ablation=silence"])):
+        recipe = load_recipe(LEARN_PITCH, [f"run.output_dir={tmp_path / name}", *short, *extra])
+        status = json.loads((train(recipe) / "run.json").read_text())
+        results[name] = status["heldout_before"], status["heldout_after"]
+    before, after = results["audio"]
+    assert before["sampled_accuracy"] < 0.6  # the cold start answers at chance ...
+    assert after["sampled_accuracy"] >= before["sampled_accuracy"] + 0.25  # ... GRPO teaches it to listen
+    assert after["accuracy"] >= 0.85 and after["format"] >= 0.9
+    # Silence: the prompts differ only in the order of the options, which says nothing about the answer
+    _, silent_after = results["silence"]
+    assert silent_after["sampled_accuracy"] < 0.6
+    assert silent_after["accuracy"] < 0.75

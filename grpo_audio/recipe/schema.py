@@ -98,9 +98,9 @@ class SyntheticDataSpec:
 class ColdStartSection:
     """Supervised format warm-up before GRPO (the paper's cold start, reduced to the output format).
 
-    The targets are ``<think>{reasoning}</think><answer>{choice}</answer>`` with the choice drawn uniformly at
-    random (seeded), so the model learns the format while its answers stay at chance: any accuracy gained later
-    comes from GRPO.
+    The targets are ``<think>{reasoning}</think><answer>{choice}</answer>`` with a random choice (seeded, each
+    option equally often within a batch, independent of the true answer), so the model learns the format while
+    its answers stay at chance: any accuracy gained later comes from GRPO.
     """
 
     steps: int = _help("Optimizer steps of the warm-up; 0 = no warm-up.", 0)

@@ -1,0 +1,157 @@
+"""Audio-feature reuse: encoder calls and step time of ``AudioGRPOTrainer`` with and without it.
+
+    python bench/bench_feature_reuse.py [--clips 16] [--prompts 8] [--G 4] [--steps 8] [--encoder-layers 1]
+
+Three ways the trainer can get a batch's audio (``grpo_audio.audio_rows.AudioFeaturizer``), same model, data and
+config otherwise:
+
+* ``reuse + cache``: the harness default while the encoder and adapter are frozen: adapter features computed once
+  per clip (one encoder call for all new clips of a batch) and kept in an LRU cache across steps, so a clip seen
+  before costs no encoder call at all;
+* ``reuse, no cache`` (``embed_cache_mb=0``): features computed once per generation batch (one encoder call) and
+  shared by the rollout and every log-prob pass, recomputed the next step;
+* ``no reuse`` (the ``mel`` form, what the harness uses when the encoder or adapter trains): log-mels go into every
+  forward and the encoder and adapter run inside it: in the rollout's prompt embedding and in each log-prob pass.
+
+Encoder calls and segments are counted by a forward hook on the encoder, so every call is seen whichever path
+made it. The trainer runs ``--steps`` optimizer steps per mode on ``--clips`` synthetic clips (pitch, count,
+longer); with ``--prompts`` clips per step the cache is warm after ``clips / prompts`` steps. Reported per mode:
+encoder calls and 30 s segments encoded per step (mean over all steps), the median step time (wall, and CPU time
+of this process: less disturbed by other jobs on a shared machine) and the median
+``time/audio_features_s`` (the feature step the harness times on its own), the first ``--warmup`` steps (one-off
+kernel and allocator warm-up) left out of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (bench/ is the script's directory)
+from trl import GRPOConfig  # noqa: E402
+
+import rewards  # noqa: E402
+from grpo_audio.audio_rows import AudioFeaturizer, covo_core  # noqa: E402
+from grpo_audio.data.dataset import build_dataset  # noqa: E402
+from grpo_audio.data.manifest import load_manifest  # noqa: E402
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
+from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
+from grpo_audio.prompting import load_template  # noqa: E402
+from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
+from grpo_audio.reward_bridge import make_trl_reward  # noqa: E402
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
+from grpo_audio.trainer import AudioGRPOTrainer  # noqa: E402
+
+MODES = {
+    "reuse + cache (default)": dict(reuse_embeddings=True),
+    "reuse, no cache": dict(reuse_embeddings=True, embed_cache_mb=0),
+    "no reuse (mel in every forward)": dict(reuse_embeddings=False),
+}
+
+
+class EncoderCounter:
+    def __init__(self, encoder) -> None:
+        self.calls = 0
+        self.segments = 0
+        encoder.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output) -> None:
+        self.calls += 1
+        self.segments += int(inputs[0].size(0))
+
+
+def build(args, workdir: Path):
+    manifest = write_synthetic_set(workdir / "data", args.clips, list(QUESTIONS), seed=0)
+    rows = load_manifest(manifest)
+    template = load_template("audio_cot_v1")
+    texts = [template.system, template.user] + [r.question for r in rows] + [c for r in rows for c in r.choices]
+    tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(texts), 384)
+    spec = TinyModelSpec(encoder_layers=args.encoder_layers, encoder_d_model=args.encoder_d_model)
+    model = build_tiny_model(spec, tokenizer, seed=0)
+    model.model.encoder.requires_grad_(False)
+    model.model.audio_adapter.requires_grad_(False)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model, build_dataset(rows, tokenizer, template)
+
+
+def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Path) -> dict:
+    counter = EncoderCounter(covo_core(model).encoder)
+    timer = StepTimer()
+    rubric = rewards.Rubric([rewards.TermSpec("accuracy", 1.0), rewards.TermSpec("format", 1.0)], "sum")
+    config = GRPOConfig(
+        output_dir=str(out), use_cpu=True, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.G,
+        num_generations=args.G, max_completion_length=args.max_new_tokens, temperature=1.0, learning_rate=1e-4,
+        beta=args.beta, logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False,
+        remove_unused_columns=False, disable_tqdm=True, seed=0,
+    )
+    engine = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=1.0),
+        list(model.generation_config.eos_token_id),
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    trainer = AudioGRPOTrainer(
+        model=model, reward_funcs=[make_trl_reward(rubric, args.G)], args=config, train_dataset=dataset,
+        processing_class=tokenizer, rollout_engine=engine, featurizer=AudioFeaturizer(**featurizer_options),
+        callbacks=[timer],
+    )
+    trainer.train()
+    features = [e["time/audio_features_s"] for e in trainer.state.log_history if "time/audio_features_s" in e]
+    return {
+        "calls": counter.calls / args.steps,
+        "segments": counter.segments / args.steps,
+        "step": statistics.median(timer.seconds[args.warmup :]),
+        "cpu": statistics.median(timer.cpu_seconds[args.warmup :]),
+        "features": statistics.median(features[args.warmup :]),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=16, help="distinct clips in the data set")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts (clips) per step")
+    parser.add_argument("--G", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
+    parser.add_argument("--beta", type=float, default=0.0, help="KL coefficient (> 0 adds the reference pass)")
+    parser.add_argument("--encoder-layers", type=int, default=1, help="tiny Whisper encoder layers")
+    parser.add_argument("--encoder-d-model", type=int, default=32, help="tiny Whisper encoder width")
+    args = parser.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, model, dataset = build(args, Path(tmp))
+        for index, (name, options) in enumerate(MODES.items()):
+            results[name] = run_mode(args, options, copy.deepcopy(model), tokenizer, dataset, Path(tmp) / str(index))
+            print(f"{name}: {results[name]}", flush=True)
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+          f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU" if not torch.cuda.is_available()
+          else f"machine: {torch.cuda.get_device_name()}")
+    print(f"tiny Covo-Audio, encoder {args.encoder_layers} layer(s) x d_model {args.encoder_d_model}; {args.clips} "
+          f"clips, {args.prompts} prompts x G={args.G}, up to {args.max_new_tokens} new tokens, beta {args.beta}, "
+          f"{args.steps} steps per mode, first {args.warmup} not timed")
+    print()
+    print("| audio features | encoder calls / step | segments encoded / step | median wall s/step | "
+          "median CPU s/step | median feature time s/step |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(f"| {name} | {r['calls']:.2f} | {r['segments']:.1f} | {r['step']:.3f} | {r['cpu']:.3f} | "
+              f"{r['features']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

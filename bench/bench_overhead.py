@@ -1,0 +1,199 @@
+"""Harness overhead: ``AudioGRPOTrainer`` vs TRL's plain ``GRPOTrainer``, same text-only model, config and data.
+
+    python bench/bench_overhead.py [--prompts 8] [--G 4] [--max-new-tokens 32] [--steps 8] [--rounds 3]
+
+Both trainers get a copy of the same tiny Covo-Audio model (built in process, seed 0), the same ``GRPOConfig``
+(CPU, fp32, beta 0, no gradient checkpointing, one generation per optimizer step), the same prompts, the same
+reward function (the harness's rubric, accuracy + format, through the TRL reward bridge) and the same sampling
+vocabulary (plain TRL gets the speech tokens and audio markers as ``suppress_tokens``; the harness engine masks
+them itself). The prompts carry no audio placeholders, so the model computes the same thing under both trainers;
+what differs is the harness around it: the audio features of each row's clip (computed once, then cached, and
+ignored by a prompt without placeholders), rollouts through the harness's HF engine from prompt embeddings, the
+audio-aware log-prob passes, the step-time split, ``rollouts.jsonl`` and ``metrics.jsonl``.
+
+Timing: a callback times each optimizer step (``on_step_begin`` to ``on_step_end``). Each round builds both
+trainers afresh and trains each for ``--steps`` steps, the order alternating between rounds so that background
+load falls on both alike; the first ``--warmup`` steps of every run (one-off kernel and allocator warm-up) are
+dropped. Reported: median wall and CPU seconds per step over all rounds (CPU = this process's CPU time, all
+threads: on a shared machine it is far less disturbed by other jobs than wall time; run with OMP_NUM_THREADS=1
+there, so that no thread spins waiting for a core), the mean completion length (the sampled lengths differ
+between the two, and step time grows with them), and the harness/plain ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (bench/ is the script's directory)
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+import rewards  # noqa: E402
+from grpo_audio.audio_rows import AudioFeaturizer  # noqa: E402
+from grpo_audio.callbacks import MetricsFileCallback  # noqa: E402
+from grpo_audio.data.manifest import load_manifest  # noqa: E402
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
+from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
+from grpo_audio.prompting import load_template  # noqa: E402
+from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
+from grpo_audio.reward_bridge import make_trl_reward  # noqa: E402
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
+from grpo_audio.trainer import AudioGRPOTrainer  # noqa: E402
+from grpo_audio.training import RolloutLogWriter  # noqa: E402
+
+
+def build(args, workdir: Path):
+    manifest = write_synthetic_set(workdir / "data", args.prompts, list(QUESTIONS), seed=0)
+    rows = load_manifest(manifest)
+    template = load_template("audio_cot_v1")
+    texts = [template.system, template.user] + [r.question for r in rows] + [c for r in rows for c in r.choices]
+    tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(texts), 384)
+    spec = TinyModelSpec(hidden_size=args.hidden_size, num_layers=args.num_layers)
+    model = build_tiny_model(spec, tokenizer, seed=0)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    records = []
+    for r in rows:  # text only: no audio block in the prompt; the row still names its clip (the harness needs one)
+        messages = [
+            {"role": "system", "content": template.system},
+            {"role": "user", "content": template.user_text(r.question, r.choices)},
+        ]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        records.append(
+            {"prompt": prompt, "audio": r.audio, "id": r.id, "question": r.question, "choices": r.choices,
+             "answer": r.answer}
+        )
+    return tokenizer, model, Dataset.from_list(records)
+
+
+def config(args, out: Path, **extra) -> GRPOConfig:
+    return GRPOConfig(
+        output_dir=str(out),
+        use_cpu=True,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.prompts * args.G,
+        num_generations=args.G,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        learning_rate=1e-4,
+        beta=0.0,
+        logging_steps=1,
+        report_to="none",
+        gradient_checkpointing=False,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
+        **extra,
+    )
+
+
+def rubric() -> rewards.Rubric:
+    return rewards.Rubric([rewards.TermSpec("accuracy", 1.0), rewards.TermSpec("format", 1.0)], "sum")
+
+
+def run_plain(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
+    timer = StepTimer()
+    # The same text-only vocabulary as the harness engine: no speech tokens, no audio markers (a sampled
+    # <|cAUDIO|> would ask the model for audio that does not exist)
+    banned = list(range(model.config.audio_token_index, model.config.llm_config.vocab_size))
+    banned += tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[make_trl_reward(rubric(), args.G)], train_dataset=dataset,
+        args=config(args, out, generation_kwargs={"suppress_tokens": banned}), processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    trainer.train()
+    return timer, mean_length(trainer)
+
+
+def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
+    timer = StepTimer()
+    engine = HFRolloutEngine(
+        SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=1.0),
+        list(model.generation_config.eos_token_id),
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    holder = {}
+
+    def on_breakdown(breakdown, samples, seconds):  # as the harness wires it (rollouts.jsonl shows the terms)
+        holder["trainer"].last_breakdown = breakdown
+        holder["trainer"].record_time("scoring_s", seconds)
+
+    trainer = AudioGRPOTrainer(
+        model=model, reward_funcs=[make_trl_reward(rubric(), args.G, on_breakdown)], args=config(args, out),
+        train_dataset=dataset, processing_class=tokenizer, rollout_engine=engine,
+        featurizer=AudioFeaturizer(reuse_embeddings=True), rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
+        callbacks=[timer, MetricsFileCallback(out / "metrics.jsonl")],
+    )
+    holder["trainer"] = trainer
+    trainer.train()
+    return timer, mean_length(trainer)
+
+
+def mean_length(trainer) -> float:
+    lengths = [e["completions/mean_length"] for e in trainer.state.log_history if "completions/mean_length" in e]
+    return sum(lengths) / max(1, len(lengths))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--G", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps of each run left out")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    names = ["plain TRL GRPOTrainer", "AudioGRPOTrainer (harness)"]
+    wall, cpu, lengths = ({name: [] for name in names} for _ in range(3))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        tokenizer, model, dataset = build(args, workdir)
+        runners = list(zip(names, (run_plain, run_harness), strict=True))
+        for round_index in range(args.rounds):
+            order = runners if round_index % 2 == 0 else runners[::-1]
+            for name, runner in order:
+                out = workdir / f"{round_index}-{name[:5]}"
+                timer, length = runner(args, copy.deepcopy(model), tokenizer, dataset, out)
+                wall[name] += timer.seconds[args.warmup :]
+                cpu[name] += timer.cpu_seconds[args.warmup :]
+                lengths[name].append(length)
+                print(f"round {round_index + 1}/{args.rounds} {name}: median {statistics.median(wall[name]):.3f} "
+                      f"s/step wall, {statistics.median(cpu[name]):.3f} s/step CPU", flush=True)
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+          f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU" if not torch.cuda.is_available()
+          else f"machine: {torch.cuda.get_device_name()}")
+    print(f"model: tiny Covo-Audio, hidden {args.hidden_size}, {args.num_layers} layers; {args.prompts} prompts x "
+          f"G={args.G}, up to {args.max_new_tokens} new tokens; {args.rounds} rounds x {args.steps} steps (first "
+          f"{args.warmup} of each run dropped)")
+    print()
+    print("| trainer | median wall s/step | median CPU s/step | mean completion length | steps timed |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in names:
+        print(f"| {name} | {statistics.median(wall[name]):.3f} | {statistics.median(cpu[name]):.3f} | "
+              f"{sum(lengths[name]) / len(lengths[name]):.1f} | {len(wall[name])} |")
+    ratio = [statistics.median(v[names[1]]) / statistics.median(v[names[0]]) for v in (wall, cpu)]
+    print(f"\nratio harness / plain: {ratio[0]:.3f} wall, {ratio[1]:.3f} CPU")
+
+if __name__ == "__main__":
+    main()
