@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from step_timer import StepTimer  # noqa: E402  (bench/ is the script's directory)
+from common import StepTimer, harness_model  # noqa: E402  (bench/ is the script's directory)
 from trl import GRPOConfig  # noqa: E402
 
 import rewards  # noqa: E402
@@ -46,10 +46,8 @@ from grpo_audio.audio_rows import AudioFeaturizer, covo_core  # noqa: E402
 from grpo_audio.data.dataset import build_dataset  # noqa: E402
 from grpo_audio.data.manifest import load_manifest  # noqa: E402
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
 from grpo_audio.prompting import load_template  # noqa: E402
-from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
 from grpo_audio.reward_bridge import make_trl_reward  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
 from grpo_audio.trainer import AudioGRPOTrainer  # noqa: E402
@@ -76,14 +74,10 @@ def build(args, workdir: Path):
     manifest = write_synthetic_set(workdir / "data", args.clips, list(QUESTIONS), seed=0)
     rows = load_manifest(manifest)
     template = load_template("audio_cot_v1")
-    texts = [template.system, template.user] + [r.question for r in rows] + [c for r in rows for c in r.choices]
-    tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(texts), 384)
-    spec = TinyModelSpec(encoder_layers=args.encoder_layers, encoder_d_model=args.encoder_d_model)
-    model = build_tiny_model(spec, tokenizer, seed=0)
-    model.model.encoder.requires_grad_(False)
-    model.model.audio_adapter.requires_grad_(False)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer, model = harness_model(
+        rows, template, f"model.tiny.encoder_layers={args.encoder_layers}",
+        f"model.tiny.encoder_d_model={args.encoder_d_model}",
+    )
     return tokenizer, model, build_dataset(rows, tokenizer, template)
 
 

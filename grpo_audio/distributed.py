@@ -9,6 +9,7 @@ Every helper is a no-op pass-through in a single process, so the same code path 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -31,24 +32,6 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def broadcast_object(value: Any) -> Any:
-    """Process 0's ``value`` on every process (pickled; meant for small objects: decisions, rows, records)."""
-    if world_size() == 1:
-        return value
-    box = [value if is_main() else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def share_from_main(compute: Callable[[], T]) -> T:
     """Run ``compute`` on process 0 only and hand its result to every process.
 
@@ -57,29 +40,21 @@ def share_from_main(compute: Callable[[], T]) -> T:
     """
     if world_size() == 1:
         return compute()
-    outcome: tuple[str, Any] = ("ok", None)
+    box: list[tuple[str, Any] | None] = [None]
     error: BaseException | None = None
-    if is_main():
+    if rank() == 0:
         try:
-            outcome = ("ok", compute())
+            box[0] = ("ok", compute())
         except BaseException as err:  # noqa: BLE001  (re-raised below, after the others are told)
             error = err
-            outcome = ("error", f"{type(err).__name__}: {err}")
-    outcome = broadcast_object(outcome)
+            box[0] = ("error", f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(box, src=0)  # pickled: meant for small objects (decisions, rows, paths)
+    outcome = box[0]
     if error is not None:
         raise error
     if outcome[0] == "error":
         raise MainProcessError(f"process 0 failed: {outcome[1]}")
     return outcome[1]
-
-
-def gather_objects(values: list) -> list:
-    """Every process's ``values`` concatenated in rank order, on every process."""
-    if world_size() == 1:
-        return list(values)
-    parts: list[list | None] = [None] * world_size()
-    dist.all_gather_object(parts, list(values))
-    return [v for part in parts for v in part]
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
@@ -109,8 +84,6 @@ def check_sharding_backend(has_gpu: bool) -> None:
     accelerate 1.x enables those backends only on GPUs (and other accelerators) and on CPU trains unsharded (DDP
     over gloo) without a word, which would make any memory figure of the run meaningless.
     """
-    import os
-
     for variable, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if os.environ.get(variable, "false").lower() == "true" and not has_gpu:
             raise LaunchError(

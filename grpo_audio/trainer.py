@@ -35,13 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
-from grpo_audio.distributed import gather_objects, root_parameters_unsharded, share_from_main
+from grpo_audio.distributed import root_parameters_unsharded, share_from_main
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.run_dir import replace_dir_atomic
 
@@ -124,7 +124,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if self.rollout_log is not None:
             records = self._rollout_records(inputs, output)
             if self.accelerator.num_processes > 1:
-                records = gather_objects(records)
+                records = gather_object(records)
             if self.accelerator.is_main_process:
                 self.rollout_log(records)
         return output
@@ -227,9 +227,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         """
         if self.accelerator.num_processes == 1:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        sizes = gather_objects([len(prompts)])
+        sizes = gather_object([len(prompts)])
         start = sum(sizes[: self.accelerator.process_index])
-        batch = gather_objects(list(zip(inputs, prompts, completions, completion_ids_list, strict=True)))
+        batch = gather_object(list(zip(inputs, prompts, completions, completion_ids_list, strict=True)))
 
         def score_everything():
             all_inputs, all_prompts, all_completions, all_ids = (list(column) for column in zip(*batch, strict=True))

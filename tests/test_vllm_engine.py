@@ -43,6 +43,15 @@ pytestmark = pytest.mark.vllm
 
 SPEC = TinyModelSpec(hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=256)
 TINY_OVERRIDES = ["model.tiny.hidden_size=128", "model.tiny.num_heads=4", "model.tiny.intermediate_size=256"]
+# A short training run on the CPU engine (float32 like the trainer, eager: no compile time)
+VLLM_TRAIN = [
+    "data.synthetic.num_questions=8",
+    "rollout.engine=vllm",
+    "rollout.vllm.dtype=float32",
+    "rollout.vllm.enforce_eager=true",
+    "rollout.vllm.max_model_len=1024",
+    "rollout.max_completion_length=12",
+]
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 ATOL = 2e-4  # float32 on both sides; vLLM's CPU kernels sum in another order than torch's
 
@@ -257,12 +266,7 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
     run = tmp_path / "run"
     overrides = [
         f"run.output_dir={run}",
-        "data.synthetic.num_questions=8",
-        "rollout.engine=vllm",
-        "rollout.vllm.dtype=float32",
-        "rollout.vllm.enforce_eager=true",
-        "rollout.vllm.max_model_len=1024",
-        "rollout.max_completion_length=12",
+        *VLLM_TRAIN,
         "trainer.max_steps=2",
         "trainer.learning_rate=1e-3",
         *TINY_OVERRIDES,
@@ -295,12 +299,7 @@ def test_two_processes_each_with_a_colocated_engine(tmp_path):
     run = tmp_path / "run"
     overrides = [
         f"run.output_dir={run}",
-        "data.synthetic.num_questions=8",
-        "rollout.engine=vllm",
-        "rollout.vllm.dtype=float32",
-        "rollout.vllm.enforce_eager=true",
-        "rollout.vllm.max_model_len=1024",
-        "rollout.max_completion_length=12",
+        *VLLM_TRAIN,
         "trainer.per_device_train_batch_size=4",
         "trainer.max_steps=2",
         "trainer.learning_rate=1e-3",

@@ -119,8 +119,8 @@ class HFRolloutEngine:
             self.step, self._calls_this_step = step, 0
         self.first_row = first_row
 
-    def generation_config(self) -> GenerationConfig:
-        s = self.sampling
+    def generation_config(self, sampling: SamplingSettings | None = None) -> GenerationConfig:
+        s = sampling or self.sampling
         return GenerationConfig(
             max_new_tokens=s.max_new_tokens,
             do_sample=s.do_sample,
@@ -157,8 +157,7 @@ class HFRolloutEngine:
             s = self.sampling
             sampler = GumbelMaxSampler(seeds, s.temperature, s.top_k, s.top_p, device)
             processors.append(sampler)
-            greedy = replace(s, do_sample=False)
-            config = HFRolloutEngine(greedy, self.stop_token_ids, self.pad_token_id, []).generation_config()
+            config = self.generation_config(replace(s, do_sample=False))  # greedy over the sampler's one-hot
         out = model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
