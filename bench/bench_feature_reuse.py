@@ -100,6 +100,7 @@ def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Pat
     trainer = AudioGRPOTrainer(
         model=model, reward_funcs=[make_trl_reward(rubric, args.G)], args=config, train_dataset=dataset,
         processing_class=tokenizer, rollout_engine=engine, featurizer=AudioFeaturizer(**featurizer_options),
+        sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
         callbacks=[timer],
     )
     trainer.train()

@@ -133,6 +133,7 @@ def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float]
     trainer = AudioGRPOTrainer(
         model=model, reward_funcs=[make_trl_reward(rubric(), args.G, on_breakdown)], args=config(args, out),
         train_dataset=dataset, processing_class=tokenizer, rollout_engine=engine,
+        sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
         featurizer=AudioFeaturizer(reuse_embeddings=True), rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
         callbacks=[timer, MetricsFileCallback(out / "metrics.jsonl")],
     )

@@ -148,7 +148,8 @@ def bench_judge(completions: list[str], samples: list[dict]) -> tuple[float, int
         started = time.perf_counter()
         values = reward.score_batch(batch, samples, RewardContext(), url=url, model="bench", max_concurrency=16)
         elapsed = time.perf_counter() - started
-        return sum(v is not None for v in values) / elapsed, sum(v is not None for v in values)
+        verdicts = sum(isinstance(v, float) for v in values)  # not None (no reasoning), not a RewardFailure
+        return verdicts / elapsed, verdicts
     finally:
         server.shutdown()
         server.server_close()

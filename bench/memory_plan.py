@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n### GPU memory of one LoRA GRPO step (G={shape.num_generations}, prompt {shape.prompt_tokens} + "
         f"completion {shape.completion_tokens} tokens, bf16 weights, LoRA r={args.lora_rank}, Adam fp32, "
-        "TRL fused log-prob head, HF generate rollouts), GiB\n"
+        "chunked sampled-token log-prob head, HF generate rollouts), GiB\n"
     )
     print(
         "| micro-batch | grad. ckpt | weights | LoRA + Adam | saved activations | backward working set | train peak "

@@ -35,7 +35,8 @@ class MetricsFileCallback(TrainerCallback):
 
 
 class ProgressLineCallback(TrainerCallback):
-    """Prints ``step i/N | R_total | every reward term | KL | s/step | ETA`` after each logged step."""
+    """Prints ``step i/N | R_total | every reward term | KL | s/step | ETA`` after each logged step, with
+    ``unscored n (x%)`` before the timing when some completions got no R_total because a reward term failed."""
 
     def __init__(self, term_names: list[str], printer=print) -> None:
         self.term_names = term_names
@@ -63,6 +64,10 @@ class ProgressLineCallback(TrainerCallback):
         for key in _SHOWN[1:]:
             if key in logs and logs[key] is not None:
                 parts.append(f"{key.split('/')[-1]} {logs[key]:.3g}")
+        if logs.get("rewards/unscored_frac"):  # completions left without R_total because a reward term failed
+            count = logs.get("rewards/unscored")
+            counted = f"{count:g} " if count is not None else ""
+            parts.append(f"unscored {counted}({logs['rewards/unscored_frac']:.0%})")
         parts.append(f"{per_step:.1f} s/step")
         parts.append(f"ETA {per_step * max(total - step, 0):.0f} s")
         self.printer(" | ".join(parts), flush=True)

@@ -23,11 +23,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.rollout.backbone_export import BackboneDirError
     from grpo_audio.rollout.factory import RolloutEngineError
     from grpo_audio.rollout.vllm_engine import VLLMServerError
-    from rewards import DuplicateRewardError, UnknownRewardError
+    from rewards import DuplicateRewardError, RewardProbeError, UnknownRewardError, UnscoredRowsError
 
     return (
         RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError,
         CheckpointError, BackboneDirError, RolloutEngineError, VLLMServerError, LaunchError, MainProcessError,
+        RewardProbeError, UnscoredRowsError,
     )
 
 

@@ -9,7 +9,7 @@ row of a batch gets option ``(offset + i) mod k`` of its choices in sorted order
 answer a row gets is thus independent of its true answer (chance accuracy), and every batch holds each option
 equally often (when its size is a multiple of k), so no step pushes the model towards one option: the warm-up
 ends with its answers near 50/50 instead of at whatever bias the last random batches left, which GRPO would then
-have to undo first.
+have to undo first. ``answers: random`` draws each row's answer independently instead (for ablations).
 
 Loss: mean token cross-entropy over the target tokens (prompt tokens are masked with -100), with the rows' audio
 spliced in exactly as in GRPO (the same ``AudioFeaturizer``), AdamW on the trainable parameters.
@@ -30,11 +30,17 @@ def coldstart_target(reasoning: str, answer: str) -> str:
     return f"<think>{reasoning}</think><answer>{answer}</answer>"
 
 
-def draw_batch(rows: list[dict], rng: random.Random, batch_size: int, reasoning: str) -> tuple[list[dict], list[str]]:
-    """``batch_size`` random rows and their targets, the answers balanced over the batch (see the module doc)."""
+def draw_batch(
+    rows: list[dict], rng: random.Random, batch_size: int, reasoning: str, balanced: bool = True
+) -> tuple[list[dict], list[str]]:
+    """``batch_size`` random rows and their targets, the answers balanced over the batch (see the module doc) or,
+    with ``balanced=False``, each drawn uniformly and independently from the row's choices."""
     batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
-    offset = rng.randrange(batch_size)
-    answers = [sorted(r["choices"])[(offset + i) % len(r["choices"])] for i, r in enumerate(batch)]
+    if balanced:
+        offset = rng.randrange(batch_size)
+        answers = [sorted(r["choices"])[(offset + i) % len(r["choices"])] for i, r in enumerate(batch)]
+    else:
+        answers = [rng.choice(sorted(r["choices"])) for r in batch]
     return batch, [coldstart_target(reasoning, a) for a in answers]
 
 
@@ -50,7 +56,7 @@ def run_coldstart(
     model.train()
     start = time.perf_counter()
     for step in range(1, spec.steps + 1):
-        batch, targets = draw_batch(rows, rng, spec.batch_size, spec.reasoning)
+        batch, targets = draw_batch(rows, rng, spec.batch_size, spec.reasoning, spec.answers == "balanced")
         input_ids, labels, mask = _pack(tokenizer, [r["prompt"] for r in batch], targets)
         audio = featurizer.rows([r["audio"] for r in batch], model, device)
         loss = model(

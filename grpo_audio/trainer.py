@@ -1,15 +1,18 @@
 """``AudioGRPOTrainer``: TRL's GRPOTrainer with audio in generation and in every log-prob pass.
 
 Stock TRL has no audio path: a model given placeholder tokens but no audio trains without error while never
-hearing anything. This subclass overrides four extension points of TRL 1.16 (pinned exactly; the signatures are
+hearing anything. This subclass overrides these extension points of TRL 1.16 (pinned exactly; the signatures are
 checked by a contract test):
 
 * ``_generate_and_score_completions``: computes the batch's ``AudioRows`` once (from the rows' ``audio`` paths),
   keeps them for the calls below, and returns them in the output dict so TRL shuffles and splits them with the
   other per-row tensors;
 * ``_generate_single_turn``: rollouts through the recipe's engine from audio-merged prompt embeddings;
-* ``_get_per_token_logps_and_entropies``: passes each chunk's audio to the (fused-head) forward; serves the
-  old-policy, reference and policy passes alike;
+* ``_get_per_token_logps_and_entropies``: passes each chunk's audio to the forward and scores the completion tokens
+  under the distribution the rollouts were sampled from (``sampling``: text-only mask, temperature, top-k, top-p;
+  ``grpo_audio.model.sampling``), not the full-vocabulary one TRL's fused head would use; serves the old-policy,
+  reference and policy passes alike, so the importance ratios, the entropies (logged, and used by
+  ``top_entropy_quantile``) and the gradient are those of the sampled policy, and banned ids get no gradient;
 * ``_compute_loss``: makes the micro-batch's audio (from its inputs) current for the policy pass;
 * ``_calculate_rewards`` (several processes only): scores the global batch once, on process 0, so group-level
   rewards see whole groups and an LLM judge is asked once per completion (see the method).
@@ -17,13 +20,15 @@ checked by a contract test):
 Audio is handed to the log-prob method through ``self._current_audio`` because TRL's callers do not forward
 unknown keyword arguments; the method checks that the audio rows match the token rows and fails otherwise.
 
-Also here: the step-time split logged with TRL's metrics (``time/audio_features_s``, ``time/rollout_s``,
-``time/scoring_s``, ``time/logprob_s`` for the old/reference passes, ``time/update_s`` for the policy forward,
-backward and optimizer), one ``rollouts.jsonl`` record per completion, and crash-safe checkpoints: each
-checkpoint is written under ``<output_dir>/.staging/`` and renamed into place only when complete, so a crash
-mid-write leaves the previous checkpoint as the last complete one. With several processes, process 0 alone writes
-``rollouts.jsonl`` (every process's records, gathered; each carries its ``rank``) and renames checkpoints, after
-every process has written its share (its RNG state).
+Also here: ``text_only/outside_mass``, per step, the mean over the sampled completion positions of the probability
+the policy (unmasked, at the sampling temperature) puts on the ids text-only rollouts never sample: how large an
+intervention text-only decoding is for this model. The step-time split logged with TRL's metrics
+(``time/audio_features_s``, ``time/rollout_s``, ``time/scoring_s``, ``time/logprob_s`` for the old/reference passes,
+``time/update_s`` for the policy forward, backward and optimizer), one ``rollouts.jsonl`` record per completion, and
+crash-safe checkpoints: each checkpoint is written under ``<output_dir>/.staging/`` and renamed into place only when
+complete, so a crash mid-write leaves the previous checkpoint as the last complete one. With several processes,
+process 0 alone writes ``rollouts.jsonl`` (every process's records, gathered; each carries its ``rank``) and renames
+checkpoints, after every process has written its share (its RNG state).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import root_parameters_unsharded, share_from_main
+from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.run_dir import replace_dir_atomic
 
@@ -76,6 +82,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         *args,
         rollout_engine: RolloutEngine,
         featurizer: AudioFeaturizer,
+        sampling: SamplingDistribution,
         rollout_log: Callable[[list[dict]], None] | None = None,
         adapter_learning_rate: float | None = None,
         judge_cache_files: list[Path] = (),
@@ -85,6 +92,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.judge_cache_files = [Path(p) for p in judge_cache_files]
         self.rollout_engine = rollout_engine
         self.featurizer = featurizer
+        self.sampling = sampling
+        self._policy_pass = False
         self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
         self.last_rollout: RolloutResult | None = None
@@ -92,6 +101,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._timings: dict[str, float] = {}
         self._staging_save = False
         super().__init__(*args, **kwargs)
+        if sampling.temperature != self.temperature:
+            raise ValueError(
+                f"the log-prob passes' temperature {sampling.temperature} differs from GRPOConfig.temperature "
+                f"{self.temperature}: both come from rollout.temperature"
+            )
         if getattr(rollout_engine, "name", None) == "vllm":
             # TRL's importance-sampling correction (vllm_importance_sampling_* in GRPOConfig) is gated on use_vllm.
             # Our vLLM engine is not TRL's (args.use_vllm stays False, so TRL builds no engine of its own), but its
@@ -117,6 +131,16 @@ class AudioGRPOTrainer(GRPOTrainer):
         finally:
             audio, self._current_audio = self._current_audio, None
         output.update(audio.as_dict())
+        breakdown = self.last_breakdown  # this process's rows (the reward bridge, or _calculate_rewards)
+        if breakdown is not None and len(breakdown.unscored) == len(inputs):
+            # An unscored row (a weighted reward term failed) has R_total None, so TRL already gives it advantage 0;
+            # zeroing its completion mask also keeps it out of the KL term, the entropy and the token count the loss
+            # is divided by. Recounted on every process alike: the count is a collective (gather).
+            mask = output["completion_mask"]
+            scored = torch.tensor([reason is None for reason in breakdown.unscored], device=mask.device)
+            mask = output["completion_mask"] = mask * scored.unsqueeze(1).to(mask.dtype)
+            loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
+            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         elapsed = time.perf_counter() - start
         self.record_time("generate_and_score_s", elapsed)
         parts = ("audio_features_s", "rollout_s", "scoring_s")
@@ -143,6 +167,9 @@ class AudioGRPOTrainer(GRPOTrainer):
                 "completion": texts[i],
                 "rewards": {name: values[i] for name, values in breakdown.terms.items()} if breakdown else {},
                 "R_total": breakdown.total[i] if breakdown else None,
+                # why R_total is None here: "term: reason" of each weighted term that failed (None when scored)
+                "unscored": breakdown.unscored[i] if breakdown and breakdown.unscored else None,
+                "failed": {k: v[i] for k, v in breakdown.failed.items() if v[i] is not None} if breakdown else {},
                 "advantage": advantages[i],
                 "length": len(result.completion_ids[i]),
                 "finish_reason": result.finish_reasons[i],
@@ -289,10 +316,19 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         self._current_audio = AudioRows.from_inputs(inputs)
+        self._policy_pass = True
         try:
             return super()._compute_loss(model, inputs)
         finally:
             self._current_audio = None
+            self._policy_pass = False
+
+    def _log_outside_mass(self, outside: torch.Tensor, mask: torch.Tensor) -> None:
+        """Append the mean of ``outside`` over the scored positions of every process to the step's metrics."""
+        totals = torch.stack([(outside * mask).sum(), mask.sum()]).float().unsqueeze(0)
+        totals = self.accelerator.gather(totals).sum(dim=0)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["text_only/outside_mass"].append((totals[0] / totals[1].clamp(min=1)).item())
 
     def _require_audio(self, rows: int) -> AudioRows:
         audio = self._current_audio
@@ -312,17 +348,19 @@ class AudioGRPOTrainer(GRPOTrainer):
         compute_aux_loss=False,
         **multimodal_kwargs,
     ):
-        """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, with each row's audio.
+        """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, with each row's audio, under
+        the sampling distribution (``self.sampling``; see the module docstring).
 
         Same contract as TRL's method; image arguments must be absent. Chunks of ``batch_size`` rows bound the
-        activation memory; each chunk carries its own rows of audio.
+        activation memory; each chunk carries its own rows of audio. The policy pass (from ``_compute_loss``) also
+        logs ``text_only/outside_mass``.
         """
         images = {k: v for k, v in multimodal_kwargs.items() if v is not None and k not in AUDIO_KEYS}
         if images:
             raise ValueError(f"unexpected image inputs {sorted(images)} for an audio model")
         audio = self._require_audio(input_ids.size(0))
         batch_size = batch_size or input_ids.size(0)
-        all_logps, all_entropies, all_aux = [], [], []
+        all_logps, all_entropies, all_aux, all_outside, all_masks = [], [], [], [], []
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
             ids, mask = input_ids[start:end], attention_mask[start:end]
@@ -333,12 +371,18 @@ class AudioGRPOTrainer(GRPOTrainer):
             if compute_aux_loss:
                 model_inputs["output_router_logits"] = True
             with self.accelerator.autocast():
-                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+                outputs = model(
+                    **model_inputs, logprob_labels=labels, sampling=self.sampling, logprob_entropy=compute_entropy
+                )
             all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            all_outside.append(outputs.outside_mass[:, -logits_to_keep:])
+            all_masks.append(outputs.label_mask[:, -logits_to_keep:])
             if compute_entropy:
                 all_entropies.append(outputs.entropy[:, -logits_to_keep:])
             if compute_aux_loss:
                 all_aux.append(outputs.aux_loss)
+        if self._policy_pass and self.sampling.restricts_vocabulary:
+            self._log_outside_mass(torch.cat(all_outside).detach(), torch.cat(all_masks))
         logps = torch.cat(all_logps, dim=0)
         entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
         aux = torch.stack(all_aux).mean() if compute_aux_loss else None

@@ -31,7 +31,7 @@ from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_
 from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
 from grpo_audio.reward_bridge import make_trl_reward
-from grpo_audio.rollout.factory import build_rollout_engine
+from grpo_audio.rollout.factory import build_rollout_engine, sampling_distribution
 from grpo_audio.run_dir import (
     MARKER,
     finish_run_record,
@@ -214,6 +214,15 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     prepared = share_from_main(lambda: prepare_run(recipe, judge_caches))
     run, status, rows, data_report = prepared.run, prepared.status, prepared.rows, prepared.data_report
     run_dir = run.path
+    # Built after prepare_run (a resume restores the judge caches first) and before anything costly: an unreachable
+    # judge stops the run now, not after the model build and cold start, nor with every row unscored at step 1.
+    rubric = rewards.Rubric(
+        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
+        recipe.rewards.combiner,
+        recipe.rewards.combiner_options,
+        recipe.rewards.max_unscored_fraction,
+    )
+    share_from_main(lambda: probe_rewards(rubric))  # process 0 asks; the others learn only whether it worked
     template = load_template(recipe.prompt.template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
     apply_freezing(model, recipe)
@@ -237,11 +246,6 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         # TRL rebuilds the reference model (beta > 0 without LoRA) from the policy's directory: the starting point
         model.config._name_or_path = str(run_dir / "initial_model")
 
-    rubric = rewards.Rubric(
-        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
-        recipe.rewards.combiner,
-        recipe.rewards.combiner_options,
-    )
     engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
     holder = {}
 
@@ -259,6 +263,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         peft_config=lora_config(recipe),
         rollout_engine=engine,
         featurizer=featurizer,
+        sampling=sampling_distribution(recipe, model, tokenizer),
         rollout_log=RolloutLogWriter(run_dir / "rollouts.jsonl"),
         adapter_learning_rate=recipe.model.adapter_learning_rate,
         judge_cache_files=judge_caches,
@@ -278,6 +283,12 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     return TrainingSetup(
         run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout, rows
     )
+
+
+def probe_rewards(rubric: rewards.Rubric) -> None:
+    """One made-up request to each LLM judge before training (``Rubric.probe``); raises ``RewardProbeError``."""
+    for key, outcome in rubric.probe().items():
+        print(f"grpo-audio: reward {key!r}: {outcome}", flush=True)
 
 
 def heldout_rows(recipe: Recipe, run_dir: Path, tokenizer, template: PromptTemplate) -> list[dict]:

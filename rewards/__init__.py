@@ -2,7 +2,9 @@
 
 A reward is a pure function ``score(completion: str, sample: Mapping) -> float | None``: it sees the completion
 text and the dataset row (answer, choices, question, metadata), never waveforms. ``None`` means "not applicable"
-(for example no gold answer) and is never the same as 0.
+(for example no gold answer) and is never the same as 0. A reward that applies but cannot score a row (an LLM
+judge that never answered) returns ``RewardFailure(reason)``: never a number, it leaves the row unscored (R_total
+None, no advantage, no loss) when the term's weight is non-zero; see ``rewards.rubric``.
 
 Built-in rewards (importing this package registers them; it needs no torch):
 
@@ -28,13 +30,21 @@ from rewards.registry import (
     DuplicateRewardError,
     RewardContext,
     RewardError,
+    RewardFailure,
     RewardOutputError,
     UnknownRewardError,
     get_reward,
     register_reward,
     registered_names,
 )
-from rewards.rubric import RewardBreakdown, Rubric, TermSpec, rubric_from_config
+from rewards.rubric import (
+    RewardBreakdown,
+    RewardProbeError,
+    Rubric,
+    TermSpec,
+    UnscoredRowsError,
+    rubric_from_config,
+)
 
 # Importing the built-in modules registers them.
 from rewards import (  # noqa: E402,F401  isort: skip
@@ -54,10 +64,13 @@ __all__ = [
     "RewardBreakdown",
     "RewardContext",
     "RewardError",
+    "RewardFailure",
     "RewardOutputError",
+    "RewardProbeError",
     "Rubric",
     "TermSpec",
     "UnknownRewardError",
+    "UnscoredRowsError",
     "get_reward",
     "register_reward",
     "registered_names",

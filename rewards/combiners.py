@@ -20,8 +20,12 @@ role when its key equals the role (a rule-based reward can take a role through i
 ``{name: consistency_rule, label: consistency}``) or through ``combiner_options: {roles: {consistency: my_key}}``.
 
 None policy (``combiner_options: {none: skip|propagate}``, not for audio_thinker): ``skip`` (default) leaves a term
-that is None out of the sum (it does not apply); ``propagate`` makes R_total None (row unscorable, zero advantage)
-when any term with a non-zero weight is None, e.g. to keep a judge failure from lowering a row's reward.
+that is None (not applicable) out of the sum; ``propagate`` makes R_total None (row unscorable, zero advantage)
+when any term with a non-zero weight is None, for recipes where every weighted term must apply to every row.
+
+Failures are not the combiners' business: a term that could not score a row (``RewardFailure``, e.g. a judge that
+never answered) reaches the combiner as None, and ``Rubric.score`` then sets R_total to None for that row whatever the
+combiner computed (see ``rewards.rubric``), so a user combiner needs no failure handling of its own.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def weighted_sum(
     With every weight 1 this is the Covo-Audio paper's R_total = R_accuracy + R_format + R_consistency +
     R_thinking. A weight of 0 keeps a term in the logs without training on it. A completion for which no term
     applies gets ``None`` (it is unscorable and receives zero advantage), never 0; with ``options={"none":
-    "propagate"}`` so does a completion for which any weighted term is None.
+    "propagate"}`` so does a completion for which any weighted term is None. (A term that *failed* also arrives
+    here as None; the rubric unscores such rows afterwards, so skipping it here never reaches the advantage.)
 
     Example: terms {acc: [1, 0], fmt: [1, None]}, weights {acc: 2, fmt: 1} -> [3.0, 0.0].
     """
@@ -230,7 +235,8 @@ def audio_thinker(
     ``weight: 0`` on consistency/thinking gives its ablations. Logged weighted terms: accuracy w_a R_a, consistency
     the bonus w_a R_a 0.5 w_c R_c, format 0.5 w_f R_f, thinking w_t R_t (they add up to R); weights used: w_a,
     0.5 w_c, 0.5 w_f, w_t. Other terms are added as w_i r_i. A row whose accuracy or format is None, or a thinking
-    row whose consistency/thinking (with non-zero weight) is None (a judge failure), gets R = None (unscorable).
+    row whose consistency/thinking (with non-zero weight) is None, gets R = None (unscorable); a row on which a
+    judge failed is unscored by the rubric in any case.
 
     Audio-Thinker's R_f also accepts a bare ``<answer>`` (no-think rollouts): use ``{name: format, options: {mode:
     adaptive}}`` for the format term, as the paper's prompt lets the model skip reasoning.

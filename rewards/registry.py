@@ -2,11 +2,11 @@
 
 Two kinds of entry:
 
-* per-completion rewards: ``score(completion: str, sample: Mapping, **options) -> float | None``;
+* per-completion rewards: ``score(completion: str, sample: Mapping, **options) -> float | None | RewardFailure``;
 * batched rewards (``batched=True``): ``score(completions: list[str], samples: list[Mapping], context:
-  RewardContext, **options) -> list[float | None]``, for rewards that need the whole batch or group (an LLM
-  judge batching its requests, a batch-balanced adaptive accuracy). ``group_level=True`` (implies batched) declares
-  a reward that needs all G completions of each prompt: the batch it receives must hold whole groups
+  RewardContext, **options) -> list[float | None | RewardFailure]``, for rewards that need the whole batch or group
+  (an LLM judge batching its requests, a batch-balanced adaptive accuracy). ``group_level=True`` (implies batched)
+  declares a reward that needs all G completions of each prompt: the batch it receives must hold whole groups
   (rows ``[i*G:(i+1)*G]`` share a prompt, ``G = context.group_size``), which is checked.
 
 A recipe names a registered reward (``accuracy``) or a user function by import path (``my_pkg.my_mod:my_reward``);
@@ -20,11 +20,19 @@ Optional hooks a reward function may carry (``@register_reward`` sets the first)
 
 * ``validate_options(options)``: raise ``ValueError`` on bad option values, called once when the rubric is built;
 * ``metrics(**options) -> dict[str, float]``: counters the trainer can log (the LLM judges report requests, cache
-  hits, failures and retries this way).
+  hits, failures and retries this way);
+* ``probe(**options) -> str``: one cheap live check (an LLM judge asks one made-up question) run before training;
+  raise ``ValueError``/``RuntimeError`` with a one-line reason when the reward cannot work, return a short
+  description of what answered otherwise.
+
+Three kinds of value per row: a finite real number (the reward), ``None`` (not applicable: the reward does not
+apply to this row, e.g. no gold answer, and is left out of R_total), and ``RewardFailure(reason)`` (the reward
+applies but could not be computed, e.g. the judge never answered). A failure is never a number: the rubric leaves
+a row on which a weighted term failed unscored (R_total None, no advantage, no loss).
 
 ``score_batch`` is the adapter every caller goes through. It enforces the contract: one value per completion,
-each a finite real number or None. A reward that raises, miscounts or returns NaN/inf stops the run with an error
-naming the reward (and the row, where known); nothing is turned into a silent 0.
+each a finite real number, None or a ``RewardFailure``. A reward that raises, miscounts or returns NaN/inf stops the
+run with an error naming the reward (and the row, where known); nothing is turned into a silent 0.
 """
 
 from __future__ import annotations
@@ -67,6 +75,25 @@ class RewardOutputError(ValueError):
     def __init__(self, reward: str, message: str) -> None:
         super().__init__(message)
         self.reward = reward
+
+
+@dataclass(frozen=True)
+class RewardFailure:
+    """A row the reward applies to but could not score; ``reason`` says why (one line, e.g. ``"timeout: no reply
+    within 60s"``).
+
+    Distinct from ``None`` ("not applicable"): the rubric never treats it as a value, it makes the row unscored when
+    the term's weight is non-zero (see ``rewards.rubric``).
+    """
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            raise TypeError(f"RewardFailure needs a non-empty reason string, got {self.reason!r}")
+
+
+Value = float | None | RewardFailure
 
 
 @dataclass(frozen=True)
@@ -129,10 +156,16 @@ class RegisteredReward:
         hook = getattr(self.fn, "metrics", None)
         return dict(hook(**options)) if hook is not None else {}
 
+    def probe(self, options: Mapping[str, Any]) -> str | None:
+        """The function's ``probe`` hook (a live check before training); None when it has none."""
+        hook = getattr(self.fn, "probe", None)
+        return str(hook(**options)) if hook is not None else None
+
     def score_batch(
         self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]], context: RewardContext, **options
-    ) -> list[float | None]:
-        """Score a batch; per-completion rewards are applied row by row. Enforces the reward contract."""
+    ) -> list[Value]:
+        """Score a batch; per-completion rewards are applied row by row. Enforces the reward contract: each value is a
+        finite float, None (not applicable) or a ``RewardFailure`` (could not score), passed through as such."""
         if len(completions) != len(samples):
             raise ValueError(f"reward {self.name!r}: {len(completions)} completions but {len(samples)} samples")
         if self.group_level and context.group_size > 1 and len(completions) % context.group_size:
@@ -163,15 +196,16 @@ class RegisteredReward:
             raise RewardOutputError(
                 self.name, f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions"
             )
-        out: list[float | None] = []
+        out: list[Value] = []
         for i, value in enumerate(values):
-            if value is None:
-                out.append(None)
+            if value is None or isinstance(value, RewardFailure):
+                out.append(value)
                 continue
             # bool is an int; numbers.Real also admits numpy scalars.
             if not isinstance(value, numbers.Real):
                 raise TypeError(
-                    f"reward {self.name!r} returned {value!r} on {_row_label(samples, i)}; expected a float or None"
+                    f"reward {self.name!r} returned {value!r} on {_row_label(samples, i)}; expected a float, None "
+                    "or a RewardFailure"
                 )
             value = float(value)
             if not math.isfinite(value):

@@ -14,9 +14,11 @@ sample's fields at the top level (everything except ``completion``). Blank lines
 error naming its line number. With ``--group-size G`` the rows are read as consecutive groups of G completions of
 the same prompt (as the trainer scores them), so the row count must be a multiple of G.
 
-Prints one line per term: weight used, mean, std (population), count of None, min, max over the non-None values,
-then R_total, the combiner's batch scalars and the judge counters. ``--output`` writes per-row scores as JSONL
-(``line``, ``id``, ``terms``, ``weighted``, ``total``, ``extra``).
+Prints one line per term: weight used, mean, std (population), count of None (not applicable or failed), min, max
+over the non-None values, then R_total, each failed term's count and first reason, the unscored rows, the
+combiner's batch scalars and the judge counters. ``--output`` writes per-row scores as JSONL (``line``, ``id``,
+``terms``, ``weighted``, ``total``, ``extra``, ``failed``: reasons per failed term, ``unscored``: why the row has no
+total, or null).
 
 Exit status: 0 on success, 1 when a reward fails (its traceback and the error on stderr), 2 on a usage or input
 error (message on stderr).
@@ -135,6 +137,12 @@ def print_table(breakdown: RewardBreakdown, rubric: Rubric, group_size: int, out
             present = [v for v in group if v is not None]
             flat += len(set(present)) <= 1
         print(f"groups with zero reward variance: {flat}/{n // group_size}", file=out)
+    for key, reasons in breakdown.failed.items():
+        failures = [r for r in reasons if r is not None]
+        if failures:
+            print(f"{key} failed on {len(failures)} rows (first: {failures[0]})", file=out)
+    if breakdown.unscored_count():
+        print(f"unscored rows (a weighted term failed; no R_total): {breakdown.unscored_count()}/{n}", file=out)
     for name, value in breakdown.scalars.items():
         print(f"{name}: {value:.4f}", file=out)
     for name, value in rubric.metrics().items():
@@ -152,6 +160,8 @@ def write_rows(path: Path, lines: list[int], samples: list[dict[str, Any]], brea
                 "weighted": {k: v[j] for k, v in breakdown.weighted.items()},
                 "total": breakdown.total[j],
                 "extra": {k: v[j] for k, v in breakdown.extra.items()},
+                "failed": {k: v[j] for k, v in breakdown.failed.items() if v[j] is not None},
+                "unscored": breakdown.unscored[j],
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 

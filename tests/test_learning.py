@@ -71,6 +71,18 @@ def test_coldstart_answers_are_balanced_per_batch_and_independent_of_the_truth()
     assert 0.4 < agree / (50 * 16) < 0.6  # and the answers are at chance
 
 
+def test_coldstart_random_answers_are_independent_draws():
+    rows = [{"choices": ["low", "high"], "answer": "high" if i % 2 else "low"} for i in range(40)]
+    rng, counts, agree = random.Random(0), Counter(), 0
+    for _ in range(50):
+        batch, targets = draw_batch(rows, rng, 16, "tone", balanced=False)
+        answers = [t.split("<answer>")[1].split("</answer>")[0] for t in targets]
+        counts[Counter(answers)["high"]] += 1
+        agree += sum(a == r["answer"] for a, r in zip(answers, batch, strict=True))
+    assert len(counts) > 3  # batches are not held at 8/8: the share of "high" varies as independent draws do
+    assert 0.4 < agree / (50 * 16) < 0.6
+
+
 @pytest.mark.slow
 def test_grpo_learns_pitch_from_audio_and_not_from_silence(tmp_path):
     """The proof-of-learning recipe, shortened: held-out accuracy rises well above the cold start's with audio,

@@ -23,6 +23,7 @@ from grpo_audio.model.memory_plan import (
     lora_parameter_count,
     memory_plan,
 )
+from grpo_audio.model.sampling import CHUNK_WORKING_SET_COPIES, SamplingDistribution, token_logprobs
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
 
@@ -148,6 +149,23 @@ def test_kv_cache_formula_matches_a_real_cache():
 # --- the 7B numbers ---------------------------------------------------------------------------------------------
 
 
+def test_head_working_set_matches_the_constant():
+    """The chunked sampled-token head (mask + temperature + entropies, as in the policy pass) holds at most
+    CHUNK_WORKING_SET_COPIES float32 (chunk, V) tensors at its peak, forward and backward together."""
+    vocab, hidden_size, rows, chunk = 4096, 64, 512, 128
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, hidden_size, generator=gen, dtype=torch.bfloat16).requires_grad_()
+    weight = torch.randn(vocab, hidden_size, generator=gen, dtype=torch.bfloat16)  # frozen head, as with LoRA
+    labels = torch.randint(0, 3000, (rows,), generator=gen)
+    dist = SamplingDistribution(0.7, first_banned_id=3000, banned_ids=(1, 2))
+    exclude = {hidden.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()}
+    with _LiveTensors(exclude) as live:
+        out = token_logprobs(hidden, weight, labels, dist, with_entropy=True, chunk_rows=chunk)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+    copies = live.peak / (4 * chunk * vocab)
+    assert CHUNK_WORKING_SET_COPIES - 1.5 < copies <= CHUNK_WORKING_SET_COPIES
+
+
 def test_step_estimate_for_the_7b():
     plan = memory_plan((1, 2, 4, 8))
     assert activation_bytes_per_token_layer(plan.config.llm_config) == 239_848
@@ -196,6 +214,6 @@ def test_capacity_per_topology_shards_what_each_backend_shards():
     assert persistent(Topology("z3", 8, "zero3", False)) == int((2 * counts.total + 14 * n_train) / 8)
     # ZeRO-3 rollouts with HF generate gather the full weights; a vLLM server takes the rollout off these GPUs
     z3 = estimate_topology(Topology("z3", 8, "zero3", False), plan.config, counts, n_lora)
-    assert z3.rollout_peak > 2 * counts.total > z3.train_peak
+    assert z3.rollout_peak > 2 * counts.total and z3.rollout_peak > z3.train_peak
     served = estimate_topology(Topology("z3+vllm", 8, "zero3", False, rollout_gpus=2), plan.config, counts, n_lora)
     assert served.rollout_peak == 0 and served.peak == served.train_peak

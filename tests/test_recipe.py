@@ -106,6 +106,25 @@ def test_trainer_keys_owned_by_other_sections_are_redirected():
         load_recipe(None, ["trainer.temperature=0.7"])
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.repetition_penalty=1.1", "trainer.repetition_penalty is not supported: a repetition penalty"),
+        ("trainer.min_p=0.05", "trainer.min_p is not supported"),
+        ("trainer.generation_kwargs={suppress_tokens: [5]}", "trainer.generation_kwargs is not supported"),
+        ("rollout.temperature=0", r"rollout.temperature=0.0: GRPO samples, so it must be > 0"),
+        ("rollout.temperature=-0.5", r"rollout.temperature=-0.5"),
+        ("rollout.top_p=1.5", r"rollout.top_p=1.5: must be in \(0, 1\]"),
+        ("rollout.top_p=0", r"rollout.top_p=0.0"),
+        ("rollout.top_k=-1", r"rollout.top_k=-1: must be >= 0"),
+        ("rollout.max_completion_length=-3", r"rollout.max_completion_length=-3: must be at least 1"),
+    ],
+)
+def test_sampling_the_log_prob_pass_could_not_reproduce_is_refused(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, [override])
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found: .*nope.yaml"):
         load_recipe(tmp_path / "nope.yaml")
@@ -113,6 +132,20 @@ def test_missing_files_are_named(tmp_path):
         load_recipe(None, ["data.source=jsonl", f"data.path={tmp_path / 'missing.jsonl'}"])
     with pytest.raises(RecipeError, match="no template 'nope'"):
         load_recipe(None, ["prompt.template=nope"])
+
+
+def test_cold_start_on_a_pretrained_model_needs_an_explicit_opt_in(tmp_path):
+    # The warm-up's answers are random: on a model that already answers it would train them back to chance.
+    pretrained = ["model.source=pretrained", f"model.path={tmp_path}", "coldstart.steps=5"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, pretrained)
+    message = str(info.value)
+    assert "coldstart.steps=5 with model.source 'pretrained'" in message and "random answers" in message
+    assert "set coldstart.steps=0, or coldstart.allow_pretrained=true" in message and "\n" not in message
+    assert load_recipe(None, [*pretrained, "coldstart.allow_pretrained=true"]).coldstart.steps == 5
+    assert load_recipe(None, [*pretrained, "coldstart.steps=0"]).coldstart.steps == 0
+    # the tiny model starts at chance, so its cold start needs no opt-in
+    assert load_recipe(None, ["coldstart.steps=5"]).coldstart.allow_pretrained is False
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):

@@ -33,9 +33,11 @@ Assumptions (each one changes a term below):
   layer's input RMSNorm saves nothing (its input, the spliced embeddings, needs no gradient), so they cancel;
 * gradient checkpointing (non-reentrant, TRL's default) keeps only each layer's bf16 input, ``2h`` per token per
   layer (plus the final RMSNorm's ``4h + 4``), and recomputes one layer at a time in the backward;
-* log-probs through TRL's fused LM head (``add_fused_lm_head``): no ``B x T x V`` logits (that tensor alone would be
+* log-probs through the harness's chunked head (``grpo_audio.model.sampling.token_logprobs``, the sampling
+  distribution's mask, temperature and truncation applied): no ``B x T x V`` logits (that tensor alone would be
   ``4 B C V`` = 0.64 GiB per sequence in fp32). It saves a bf16 copy of the completion positions' hidden states
-  and fp32 statistics, ``(2h + 16)`` per completion token, and its backward allocates one ``4096 x 32768`` bf16 tile
+  and fp32 per-position outputs, ``(2h + 16)`` per completion token; each chunk of ``DEFAULT_CHUNK_ROWS`` positions
+  is recomputed in the backward, which holds ``CHUNK_WORKING_SET_COPIES`` float32 ``(chunk, V)`` tensors (measured)
   plus an fp32 gradient of those hidden states, ``4h`` per completion token;
 * backward working set: gradients and temporaries of the layer being differentiated. Measured on small Qwen2s with
   the 7B's proportions (``tests/test_memory_plan.py``): 0.56 ``a_layer`` per token above the saved activations, and
@@ -69,6 +71,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from grpo_audio.model.configuration import CovoAudioConfig
+from grpo_audio.model.sampling import CHUNK_WORKING_SET_COPIES, DEFAULT_CHUNK_ROWS
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -76,9 +79,6 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BACKWARD_FACTOR = 0.6
 BACKWARD_FACTOR_CHECKPOINTING = 1.7
 
-# TRL 1.16's fused log-prob head: token and vocabulary tile of its logits buffer (trl/kernels/chunked_logprob.py)
-FUSED_HEAD_TOKEN_TILE = 4096
-FUSED_HEAD_VOCAB_TILE = 32768
 
 BF16 = 2
 FP32 = 4
@@ -225,7 +225,8 @@ def estimate_step_memory(
     saved = b * t * (n_layers * per_layer + outside_layers) + head_saved
     factor = BACKWARD_FACTOR_CHECKPOINTING if shape.gradient_checkpointing else BACKWARD_FACTOR
     layer_ws = int(factor * b * t * a_layer)
-    head_ws = BF16 * min(b * c, FUSED_HEAD_TOKEN_TILE) * FUSED_HEAD_VOCAB_TILE + FP32 * h * b * c + BF16 * h * b * t
+    chunk = min(b * c, DEFAULT_CHUNK_ROWS)
+    head_ws = int(CHUNK_WORKING_SET_COPIES * FP32 * chunk * vocab) + FP32 * h * b * c + BF16 * h * b * t
     r = shape.num_generations
     kv = kv_cache_bytes_per_token(llm) * r * t
     rollout_ws = r * p * (6 * i + 8 * h) + FP32 * r * vocab

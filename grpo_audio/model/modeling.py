@@ -7,9 +7,9 @@
           .language_model Qwen2Model
       .lm_head                           (untied from the input embeddings, as released)
 
-TRL's fused log-prob head calls ``model.model(...)`` directly and projects ``last_hidden_state`` through
-``get_output_embeddings()``, so the audio splice lives in ``CovoAudioModel.forward``: every log-prob pass (policy,
-old, reference) sees the audio, not only generation.
+The audio splice lives in ``CovoAudioModel.forward`` (the ``base_model_prefix`` module), so every path that runs the
+backbone sees the audio: generation, the trainer's log-prob passes (policy, old, reference), and TRL's fused head,
+which calls ``model.model(...)`` directly.
 
 Audio arrives per batch row in one of two forms:
 * ``input_features`` (B, S_max, 128, 3000) with ``audio_segment_counts`` (B,): log-mels of up to S_max 30 s
@@ -17,17 +17,26 @@ Audio arrives per batch row in one of two forms:
 * ``audio_embeds`` (B, N_max, H): adapter outputs computed once and reused (frozen encoder and adapter).
 Row b's first n_b frames fill its n_b ``<|cAUDIO|>`` rows in order (n_b counted from ``input_ids``); a row without
 placeholders ignores its audio. Fewer frames than placeholders is an error.
+
+The trainer's log-prob passes call the forward with ``logprob_labels`` (and the rollouts' ``sampling``
+distribution): it then returns the sampled tokens' log-probs under that processed distribution
+(``grpo_audio.model.sampling``: text-only mask, temperature, top-k, top-p), their entropies and the mass outside the
+allowed ids, never materialising (B, T, V) logits. Going through ``forward`` keeps the DDP/FSDP/PEFT wrappers' hooks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen2Model
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import ModelOutput
 
 from grpo_audio.model.configuration import CovoAudioConfig
+from grpo_audio.model.sampling import SamplingDistribution, token_logprobs
 
 
 class CovoAudioDownsampleLayer(nn.Module):
@@ -63,6 +72,18 @@ class CovoAudioAdapter(nn.Module):
         for layer in self.downsample_layers:
             frames = layer(frames)
         return frames
+
+
+@dataclass
+class SampledTokenOutput(ModelOutput):
+    """Per next-token label (B, T - 1), zero where the label is -100: ``log_probs`` under the processed sampling
+    distribution, ``entropy`` of it (None unless asked for), ``outside_mass`` (no gradient) the probability the
+    unmasked distribution puts on the banned ids; ``label_mask`` marks the scored positions."""
+
+    log_probs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    outside_mass: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
 
 
 class CovoAudioPreTrainedModel(PreTrainedModel):
@@ -220,8 +241,16 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        logprob_labels: torch.LongTensor | None = None,
+        sampling: SamplingDistribution | None = None,
+        logprob_entropy: bool = False,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | SampledTokenOutput:
+        """The usual causal-LM forward; with ``logprob_labels`` (B, T) (token ids, -100 where not scored) the
+        sampled-token log-probs under ``sampling`` instead (``SampledTokenOutput``; ``logprob_entropy`` adds the
+        entropies)."""
+        if logprob_labels is not None:
+            use_cache = False
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -235,6 +264,8 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
             **kwargs,
         )
         hidden = outputs.last_hidden_state
+        if logprob_labels is not None:
+            return self._sampled_token_logprobs(hidden, logprob_labels, sampling, logprob_entropy)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
@@ -242,6 +273,32 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.llm_config.vocab_size)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+    def _sampled_token_logprobs(
+        self, hidden: torch.Tensor, labels: torch.Tensor, sampling: SamplingDistribution | None, entropy: bool
+    ) -> SampledTokenOutput:
+        hidden, labels = hidden[:, :-1], labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+        mask = labels != -100
+        weight = self.lm_head.weight
+        if hasattr(weight, "full_tensor"):  # an FSDP2-sharded head (DTensor): the projection needs every vocab row
+            weight = weight.full_tensor()
+        # The head runs in its own dtype, outside autocast: bf16 weights give generate's bf16 logits, and a head
+        # cast to float32 (TRL's cast_lm_head_to_fp32) stays float32
+        with torch.autocast(hidden.device.type, enabled=False):
+            scored = token_logprobs(
+                hidden[mask], weight, labels[mask], sampling or SamplingDistribution(), with_entropy=entropy
+            )
+
+        def spread(values: torch.Tensor | None) -> torch.Tensor | None:
+            # masked_scatter keeps an all-masked micro-batch connected to the graph (a differentiable zero)
+            return None if values is None else values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        return SampledTokenOutput(
+            log_probs=spread(scored.log_probs),
+            entropy=spread(scored.entropy),
+            outside_mass=spread(scored.outside_mass),
+            label_mask=mask,
         )
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from grpo_audio.recipe.errors import RecipeError
-from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, Recipe
+from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, TRAINER_KEYS_REFUSED, Recipe
 from grpo_audio.recipe.typed import build_dataclass, convert, suggest
 from grpo_audio.recipe.yaml_loader import load_yaml
 
@@ -92,6 +92,11 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
     for key, value in trainer.items():
         if key in TRAINER_KEYS_OWNED_ELSEWHERE:
             raise RecipeError(f"trainer.{key} is set in {TRAINER_KEYS_OWNED_ELSEWHERE[key]} instead")
+        if key in TRAINER_KEYS_REFUSED:
+            raise RecipeError(
+                f"trainer.{key} is not supported: {TRAINER_KEYS_REFUSED[key]} (what is sampled must be what is "
+                "optimized); sampling is set by rollout.temperature, rollout.top_k and rollout.top_p"
+            )
         if key not in fields:
             hint = suggest(key, list(fields), "trainer.")
             raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){hint}")
@@ -109,7 +114,23 @@ def generation_batch_size(recipe: Recipe, world_size: int = 1) -> int:
     return per_device * world_size * steps
 
 
+def check_sampling(recipe: Recipe) -> None:
+    """Rollout sampling settings the sampler and the log-prob passes can both apply (``SamplingDistribution``)."""
+    spec = recipe.rollout
+    if not spec.temperature > 0:
+        raise RecipeError(
+            f"rollout.temperature={spec.temperature}: GRPO samples, so it must be > 0 (1.0 = the model's distribution)"
+        )
+    if spec.top_k < 0:
+        raise RecipeError(f"rollout.top_k={spec.top_k}: must be >= 0 (0 = off)")
+    if not 0 < spec.top_p <= 1:
+        raise RecipeError(f"rollout.top_p={spec.top_p}: must be in (0, 1] (1.0 = off)")
+    if spec.max_completion_length < 1:
+        raise RecipeError(f"rollout.max_completion_length={spec.max_completion_length}: must be at least 1")
+
+
 def check_cross_section(recipe: Recipe) -> None:
+    check_sampling(recipe)
     if recipe.model.adapter_learning_rate is not None and recipe.model.freeze_adapter:
         raise RecipeError(
             "model.adapter_learning_rate is set but model.freeze_adapter is true: the adapter never trains"
@@ -153,6 +174,14 @@ def check_cross_section(recipe: Recipe) -> None:
             raise RecipeError("model.source is 'pretrained' but model.path is not set")
         if not Path(recipe.model.path).is_dir():
             raise RecipeError(f"model.path: directory not found: {recipe.model.path}")
+        if recipe.coldstart.steps > 0 and not recipe.coldstart.allow_pretrained:
+            # The warm-up's targets carry random answers (format only): on a model that already answers, it
+            # trains the answers back to chance before GRPO starts.
+            raise RecipeError(
+                f"coldstart.steps={recipe.coldstart.steps} with model.source 'pretrained': the cold start trains on "
+                "random answers and would bring a pretrained model's accuracy down to chance; set coldstart.steps=0, "
+                "or coldstart.allow_pretrained=true to run it anyway"
+            )
     from grpo_audio.prompting import find_template
 
     find_template(recipe.prompt.template)
@@ -162,11 +191,15 @@ def check_cross_section(recipe: Recipe) -> None:
 def check_rewards(recipe: Recipe) -> None:
     import rewards
 
+    fraction = recipe.rewards.max_unscored_fraction
+    if not 0.0 <= fraction <= 1.0:
+        raise RecipeError(f"rewards.max_unscored_fraction={fraction}: must be between 0 and 1")
     try:
         rewards.Rubric(
             [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
             recipe.rewards.combiner,
             recipe.rewards.combiner_options,
+            fraction,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RecipeError(f"rewards: {exc}") from None

@@ -107,6 +107,18 @@ class ColdStartSection:
     batch_size: int = _help("Questions per warm-up step.", 16)
     learning_rate: float = _help("AdamW learning rate of the warm-up.", 2e-3)
     reasoning: str = _help("The reasoning text of the warm-up targets.", "I listen to the clip.")
+    answers: Literal["balanced", "random"] = _help(
+        "How the random target answers are drawn: 'balanced' (each option equally often within a batch, so the "
+        "warm-up leaves no answer bias) or 'random' (each row's answer uniform and independent, the plain version, "
+        "for ablations).",
+        "balanced",
+    )
+    allow_pretrained: bool = _help(
+        "Run the warm-up on a model.source 'pretrained' model too. Its targets carry random answers, so it trains a "
+        "pretrained model to answer at chance and can wipe out the accuracy GRPO would start from; without this the "
+        "recipe is refused.",
+        False,
+    )
 
 
 @dataclass
@@ -181,6 +193,12 @@ class RewardsSection:
         "sum",
     )
     combiner_options: dict[str, Any] = _help("Keyword options of the combiner (e.g. role mappings).", factory=dict)
+    max_unscored_fraction: float = _help(
+        "In [0, 1]. A completion is unscored (no R_total, advantage 0, left out of the loss) when a term of non-zero "
+        "weight failed on it (e.g. the LLM judge never answered). When more than this share of a step's completions "
+        "are unscored, training stops with an error naming the failed terms and their reasons; 1 never stops.",
+        0.2,
+    )
     terms: list[RewardTermSection] = _help(
         "Reward terms.",
         factory=lambda: [RewardTermSection("accuracy", 1.0), RewardTermSection("format", 1.0)],
@@ -288,6 +306,15 @@ class Recipe:
     run: RunSection = field(default_factory=RunSection)
     source_path: str | None = field(default=None, metadata={"help": "The recipe file (set by the loader)."})
 
+
+# GRPOConfig fields for TRL's own generation, which the harness replaces by its rollout engines: the engines would
+# ignore them and the log-prob passes could not reproduce them, so a recipe setting one is refused (value: why).
+TRAINER_KEYS_REFUSED = {
+    "repetition_penalty": "a repetition penalty depends on the tokens so far, which the log-prob pass cannot apply",
+    "min_p": "min-p truncation is not applied by the rollout engines or the log-prob pass",
+    "generation_kwargs": "the rollout engines take their settings from the rollout section only",
+    "cache_implementation": "the HF rollout engine manages its own cache",
+}
 
 # GRPOConfig fields that another section owns, and where to set them instead.
 TRAINER_KEYS_OWNED_ELSEWHERE = {

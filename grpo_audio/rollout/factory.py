@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from grpo_audio.distributed import share_from_main, world_size
+from grpo_audio.distributed import rank, share_from_main, world_size
+from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.backbone_export import check_backbone_dir, covo_base, export_backbone
 from grpo_audio.rollout.base import RolloutEngine
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_generation_fields
 
 SUPPORTED_VLLM = "0.32"
 INSTALL_HINT = (
@@ -34,17 +35,36 @@ class RolloutEngineError(RuntimeError):
     """The rollout engine cannot start as configured; the message says what to change."""
 
 
-def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) -> RolloutEngine:
+def sampling_settings(recipe: Recipe) -> SamplingSettings:
     spec = recipe.rollout
-    sampling = SamplingSettings(
+    return SamplingSettings(
         max_new_tokens=spec.max_completion_length,
         temperature=spec.temperature,
         top_p=spec.top_p,
         top_k=spec.top_k,
         text_only=spec.text_only,
     )
+
+
+def sampling_distribution(recipe: Recipe, model, tokenizer) -> SamplingDistribution:
+    """The distribution the recipe's rollouts sample from: what the trainer's log-prob passes must score under."""
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    return sampling_settings(recipe).distribution(covo_base(model).config.audio_token_index, markers)
+
+
+def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) -> RolloutEngine:
+    spec = recipe.rollout
+    sampling = sampling_settings(recipe)
     stop_token_ids = list(model.generation_config.eos_token_id)
     audio_marker_ids = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    ignored = ignored_generation_fields(covo_base(model).generation_config)
+    if ignored and rank() == 0:
+        fields = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))
+        print(
+            f"grpo-audio: note: the model's generation config sets {fields}; rollouts do not apply these (the "
+            "log-prob pass could not reproduce them): they sample with rollout.temperature, top_k and top_p only",
+            flush=True,
+        )
     if spec.engine == "hf":
         return HFRolloutEngine(
             sampling,

@@ -2,53 +2,81 @@
 
 The prompt is embedded once with the audio spliced in (``prompt_embeddings``), exactly what a vLLM engine
 would receive, then decoded with ``generate(inputs_embeds=...)``; the encoder never runs inside the decode loop.
-Text-only rollouts mask every id >= ``config.audio_token_index`` (the discrete speech tokens) and the audio
-marker tokens before sampling: a sampled ``<|cAUDIO|>`` would otherwise ask for audio frames that do not exist.
+
+Every token is drawn by ``DistributionSampler`` from ``SamplingDistribution.process`` (``grpo_audio.model.sampling``):
+the text-only mask (every id >= ``config.audio_token_index``, the discrete speech tokens, and the audio markers,
+which only a prompt may carry: a sampled ``<|cAUDIO|>`` would ask for audio frames that do not exist), then
+temperature, top-k and top-p. It is the same function the trainer's log-prob passes apply, so the trainer scores
+each token under the distribution it was drawn from. ``generate`` itself only takes the sampler's one-hot choice
+(greedy over it) and runs with a generation config of our own: the model's ``generation_config`` (a checkpoint's
+``generation_config.json``: repetition penalty, top-p, ...) is set aside for the call, since the log-prob pass could
+not reproduce its processors (``ignored_generation_fields`` lists what a checkpoint sets; the factory logs it).
 
 Seeded rows (``seed`` given, as the trainer does): each row draws from its own random stream, keyed by (run seed,
 optimizer step, call within the step, the row's index in the global batch), so a row's completion does not depend
 on which other rows share its batch or on how many processes split the batch: a 2-process run samples what the
 1-process run samples. The draw is the Gumbel-max trick, exact sampling from the processed distribution:
-``argmax_v(log p_v + g_v)`` with ``g_v = -log(-log u_v)``, ``u`` uniform from the row's generator, ``log p`` the
-log-softmax of the scores after the text-only mask, temperature, top-k and top-p (transformers' own warpers). Without
-``seed`` sampling uses the process's global RNG through ``generate(do_sample=True)``.
+``argmax_v(log p_v + g_v)`` with ``g_v = -log(-log u_v)``, ``u`` uniform from the row's generator. Without ``seed``
+the uniforms come from the process's global RNG. Greedy decoding (``do_sample=False``) takes the argmax of the
+processed scores (the text-only mask is the only step that can change it).
 
 With ``SamplingSettings.return_logprobs`` the engine also returns each sampled token's log-probability under the
-distribution it was drawn from: log-softmax of the processed scores (text-only mask, then temperature, top-k and
-top-p), the same quantity the vLLM engine reports with ``logprobs_mode="processed_logprobs"``.
+distribution it was drawn from (log-softmax of the processed scores), the quantity the vLLM engine reports with
+``logprobs_mode="processed_logprobs"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from grpo_audio.audio_rows import AudioRows
+from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutResult
 
+# GenerationConfig fields that change which token is chosen; a checkpoint's value for any of them is set aside
+_TOKEN_CHOICE_FIELDS = (
+    "do_sample", "temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff",
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "bad_words_ids", "min_length", "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
+    "guidance_scale", "watermarking_config", "renormalize_logits", "remove_invalid_values", "num_beams",
+    "num_beam_groups", "diversity_penalty", "penalty_alpha", "low_memory",
+)  # fmt: skip
 
-class TextOnlyLogitsProcessor(LogitsProcessor):
-    """Sets the scores of ids >= ``first_speech_id`` (discrete speech tokens) and of ``banned_ids`` (the audio
-    markers ``<|begofcAUDIO|>``, ``<|cAUDIO|>``, ``<|endofcAUDIO|>``, which only a prompt may carry) to -inf."""
 
-    def __init__(self, first_speech_id: int, banned_ids: list[int]) -> None:
-        self.first_speech_id = first_speech_id
-        self.banned_ids = list(banned_ids)
+def ignored_generation_fields(generation_config: GenerationConfig | None) -> dict:
+    """The token-choice fields a model's generation config sets to something other than transformers' default:
+    what a checkpoint's ``generation_config.json`` asks for and the rollouts do not apply."""
+    if generation_config is None:
+        return {}
+    default = GenerationConfig()
+    ours = {}
+    for name in _TOKEN_CHOICE_FIELDS:
+        value = getattr(generation_config, name, None)
+        if value is not None and value != getattr(default, name, None):
+            ours[name] = value
+    return ours
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores[:, self.first_speech_id :] = float("-inf")
-        scores[:, self.banned_ids] = float("-inf")
-        return scores
+
+@contextlib.contextmanager
+def own_generation_config(model):
+    """Set the model's ``generation_config`` aside for one ``generate`` call.
+
+    transformers fills every field left unset in the config given to ``generate`` from the model's own (e.g. a
+    checkpoint's ``repetition_penalty``); with a blank one in its place nothing is filled in.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper generates with it
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 def row_seed(run_seed: int, step: int, call: int, row: int) -> int:
@@ -57,29 +85,36 @@ def row_seed(run_seed: int, step: int, call: int, row: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-class GumbelMaxSampler(LogitsProcessor):
-    """Samples each row from its own generator (Gumbel-max over the warped log-probs) and hands ``generate`` a
-    one-hot score row, so its greedy step takes exactly that token. Records each step's chosen-token log-prob under
-    the warped distribution in ``chosen_logprobs``."""
+class DistributionSampler(LogitsProcessor):
+    """Chooses each row's next token from ``distribution`` and hands ``generate`` a one-hot score row, so its greedy
+    step takes exactly that token. Sampling draws by Gumbel-max from each row's generator (``seeds``) or from the
+    global RNG (``seeds`` None); ``greedy`` takes the argmax. Records each step's chosen-token log-prob under the
+    processed distribution in ``chosen_logprobs``."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float, device: torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.warpers = LogitsProcessorList()
-        if temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            self.warpers.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+    def __init__(
+        self, distribution: SamplingDistribution, seeds: list[int] | None, device: torch.device, greedy: bool = False
+    ) -> None:
+        self.distribution = distribution
+        self.generators = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.greedy = greedy
+        self.banned: torch.Tensor | None = None
         self.chosen_logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logp = self.warpers(input_ids, scores.float()).log_softmax(dim=-1)
-        uniform = torch.stack(
-            [torch.rand(scores.size(-1), generator=g, device=scores.device) for g in self.generators]
-        )
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(torch.float32).tiny)))
-        choice = (logp + gumbel).argmax(dim=-1, keepdim=True)
+        if self.banned is None and self.distribution.restricts_vocabulary:
+            self.banned = self.distribution.banned_mask(scores.size(-1), scores.device)
+        logp = self.distribution.process(scores, self.banned).log_softmax(dim=-1)
+        if self.greedy:
+            choice = logp.argmax(dim=-1, keepdim=True)
+        else:
+            if self.generators is None:
+                uniform = torch.rand(scores.shape, device=scores.device)
+            else:
+                uniform = torch.stack(
+                    [torch.rand(scores.size(-1), generator=g, device=scores.device) for g in self.generators]
+                )
+            gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(torch.float32).tiny)))
+            choice = (logp + gumbel).argmax(dim=-1, keepdim=True)
         self.chosen_logprobs.append(logp.gather(-1, choice).squeeze(-1))
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
@@ -93,6 +128,13 @@ class SamplingSettings:
     do_sample: bool = True
     text_only: bool = True
     return_logprobs: bool = False  # per-token log-probs of the sampled tokens (processed scores, see module doc)
+
+    def distribution(self, first_speech_id: int, audio_marker_ids: list[int]) -> SamplingDistribution:
+        """The processed distribution these settings sample from (greedy: the text-only mask alone)."""
+        banned = {"first_banned_id": first_speech_id, "banned_ids": tuple(audio_marker_ids)} if self.text_only else {}
+        if not self.do_sample:
+            return SamplingDistribution(**banned)
+        return SamplingDistribution(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, **banned)
 
 
 class HFRolloutEngine:
@@ -119,19 +161,14 @@ class HFRolloutEngine:
             self.step, self._calls_this_step = step, 0
         self.first_row = first_row
 
-    def generation_config(self, sampling: SamplingSettings | None = None) -> GenerationConfig:
-        s = sampling or self.sampling
+    def generation_config(self) -> GenerationConfig:
+        """``generate``'s own settings: greedy over the sampler's one-hot rows, our stop and pad ids, nothing else."""
         return GenerationConfig(
-            max_new_tokens=s.max_new_tokens,
-            do_sample=s.do_sample,
-            temperature=s.temperature if s.do_sample else None,
-            top_p=s.top_p if s.do_sample else None,
-            top_k=s.top_k if s.do_sample else None,
+            max_new_tokens=self.sampling.max_new_tokens,
+            do_sample=False,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
             bos_token_id=None,
-            output_scores=s.return_logprobs,
-            return_dict_in_generate=s.return_logprobs,
         )
 
     @torch.no_grad()
@@ -145,26 +182,20 @@ class HFRolloutEngine:
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         embeds = model.prompt_embeddings(ids, **audio.as_dict())
-        processors = LogitsProcessorList()
-        if self.sampling.text_only:
-            processors.append(TextOnlyLogitsProcessor(model.config.audio_token_index, self.audio_marker_ids))
-        want_logprobs = self.sampling.return_logprobs
-        config, sampler = self.generation_config(), None
+        seeds = None
         if self.seed is not None and self.sampling.do_sample:
             call = self._calls_this_step
             self._calls_this_step += 1
             seeds = [row_seed(self.seed, self.step, call, self.first_row + i) for i in range(len(prompt_ids))]
-            s = self.sampling
-            sampler = GumbelMaxSampler(seeds, s.temperature, s.top_k, s.top_p, device)
-            processors.append(sampler)
-            config = self.generation_config(replace(s, do_sample=False))  # greedy over the sampler's one-hot
-        out = model.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            generation_config=config,
-            logits_processor=processors,
-        )
-        sequences = out.sequences if want_logprobs else out
+        distribution = self.sampling.distribution(model.config.audio_token_index, self.audio_marker_ids)
+        sampler = DistributionSampler(distribution, seeds, device, greedy=not self.sampling.do_sample)
+        with own_generation_config(model):
+            sequences = model.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                generation_config=self.generation_config(),
+                logits_processor=LogitsProcessorList([sampler]),
+            )
         completions, reasons = [], []
         for row in sequences.tolist():
             stop_at = next((i for i, t in enumerate(row) if t in self.stop_token_ids), None)
@@ -175,17 +206,7 @@ class HFRolloutEngine:
                 completions.append(row[: stop_at + 1])
                 reasons.append("stop")
         logprobs = None
-        if want_logprobs and sampler is not None:
+        if self.sampling.return_logprobs:
             chosen = torch.stack(sampler.chosen_logprobs, dim=1)
-            logprobs = [chosen[i, : len(c)].tolist() for i, c in enumerate(completions)]
-        elif want_logprobs:
-            # scores[t] (B, V): the processed scores token t was drawn from; one step at a time (V is ~168k)
-            chosen = torch.stack(
-                [
-                    scores.float().log_softmax(dim=-1).gather(-1, sequences[:, t, None]).squeeze(-1)
-                    for t, scores in enumerate(out.scores)
-                ],
-                dim=1,
-            )
             logprobs = [chosen[i, : len(c)].tolist() for i, c in enumerate(completions)]
         return RolloutResult(completion_ids=completions, finish_reasons=reasons, logprobs=logprobs)

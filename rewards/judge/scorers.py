@@ -15,8 +15,14 @@ Per row:
 * a ``<think>`` never closed (truncated): 0.0, no request (the reasoning reached no conclusion);
 * consistency only: reasoning but an empty answer: 0.0, no request (nothing to be consistent with);
 * otherwise the judge's parsed verdict; when the judge cannot give one (timeouts, HTTP errors, connection errors
-  after all retries, or a reply the strict parser rejects) ``on_failure`` decides: ``none`` (default) gives None
-  and counts it in the stats, ``error`` raises ``JudgeError`` naming the row. Never a silent 0.
+  after all retries, or a reply the strict parser rejects) ``on_failure`` decides: ``unscored`` (default) returns
+  ``RewardFailure(reason)`` for the row and counts it in the stats (the rubric then leaves the row unscored: no
+  R_total, no advantage, no loss), ``error`` raises ``JudgeError`` naming the row. Never a number, never None.
+
+Before training, ``probe`` (the reward's probe hook, run by ``Rubric.probe()``) sends one made-up question with
+reasoning and answer; an unreachable judge, or a reply the parser rejects, stops the run with a one-line error
+naming the URL and the reply or the connection error. The probe's verdict is not cached and its requests are not
+counted in the stats.
 
 Options (all rewards options in the recipe): ``url`` (OpenAI-compatible base or chat-completions URL, default
 ``http://127.0.0.1:8000/v1``), ``model`` (required: the served model name), ``api_key_env`` (name of the env var
@@ -24,7 +30,7 @@ holding a bearer token, default none), ``timeout_s`` (per attempt, 60), ``max_co
 ``backoff_s`` (0.5, doubled per retry), ``temperature`` (0), ``max_tokens`` (1024), ``extra_body`` (merged into
 the request, e.g. ``{chat_template_kwargs: {enable_thinking: false}}`` for Qwen3), ``prompt_version`` (``v1``),
 ``prompt_path`` (a custom template file), ``cache_path`` (JSONL file persisting verdicts; without it verdicts are
-cached in memory for the process), ``on_failure`` (``none`` | ``error``), ``think_prefilled``,
+cached in memory for the process), ``on_failure`` (``unscored`` | ``error``), ``think_prefilled``,
 ``max_reasoning_chars`` (12000; longer reasoning keeps head and tail).
 
 Not stated in the paper: the judge model and its prompts. Audio-Thinker uses Qwen3-8B-Base for both judges;
@@ -53,10 +59,15 @@ from rewards.judge.client import DEFAULT_URL, JudgeClient, JudgeConfig, JudgeReq
 from rewards.judge.prompts import load_template, render
 from rewards.judge.stats import JudgeStats
 from rewards.judge.verdicts import MalformedVerdictError, parse_consistency, parse_thinking
-from rewards.registry import RewardContext, register_reward
+from rewards.registry import RewardContext, RewardFailure, register_reward
 
 PARSERS: dict[str, Callable[[str], float]] = {"consistency": parse_consistency, "thinking": parse_thinking}
-ON_FAILURE = ("none", "error")
+ON_FAILURE = ("unscored", "error")
+
+# The probe's made-up row: short, unambiguous, and coherent, so any working judge gives a parseable verdict.
+PROBE_SAMPLE = {"question": "Which animal is barking in the clip?", "choices": ["a cat", "a dog"]}
+PROBE_REASONING = "The clip has short, loud barks, the sound a dog makes, so the answer is the dog."
+PROBE_ANSWER = "a dog"
 
 
 class JudgeError(RuntimeError):
@@ -85,8 +96,8 @@ class Judge:
         think_prefilled: bool,
         on_failure: str,
         max_reasoning_chars: int,
-    ) -> list[float | None]:
-        values: list[float | None] = [None] * len(completions)
+    ) -> list[float | None | RewardFailure]:
+        values: list[float | None | RewardFailure] = [None] * len(completions)
         # cache key -> (prompt, rows): identical prompts in a batch share one request
         pending: dict[str, tuple[str, list[int]]] = {}
         for i, (completion, sample) in enumerate(zip(completions, samples, strict=True)):
@@ -103,15 +114,7 @@ class Judge:
                 values[i] = 0.0
                 continue
             self.stats.rows += 1
-            choices = sample.get("choices")
-            prompt = render(
-                self.template,
-                question=str(sample.get("question") or ""),
-                choices=[str(c) for c in choices] if choices else None,
-                reasoning=parsed.think or "",
-                answer=parsed.answer,
-                max_reasoning_chars=max_reasoning_chars,
-            )
+            prompt = self.prompt(sample, parsed.think or "", parsed.answer, max_reasoning_chars)
             key = JudgeCache.key(self.config.model, self.version, prompt)
             cached = self.cache.get(key)
             if cached is not None:
@@ -149,7 +152,40 @@ class Judge:
                 f"{self.kind} judge {self.config.model!r} at {self.config.url} gave no verdict for row {row}{ident}: "
                 f"{reason}" + (f" ({len(failed) - 1} more rows failed)" if len(failed) > 1 else "")
             )
+        where = f" ({self.kind} judge {self.config.model!r} at {self.config.url})"
+        for row, reason in failed:
+            values[row] = RewardFailure(reason + where)
         return values
+
+    def prompt(self, sample: Mapping[str, Any], reasoning: str, answer: str, max_reasoning_chars: int) -> str:
+        choices = sample.get("choices")
+        return render(
+            self.template,
+            question=str(sample.get("question") or ""),
+            choices=[str(c) for c in choices] if choices else None,
+            reasoning=reasoning,
+            answer=answer,
+            max_reasoning_chars=max_reasoning_chars,
+        )
+
+    def probe(self) -> str:
+        """Ask the judge about one made-up row; raise ``JudgeError`` unless a parseable verdict comes back.
+
+        A separate client with its own counters sends it (same URL, model, timeout and retries), and the verdict is
+        not cached: the probe leaves the stats and the cache as they were.
+        """
+        where = f"{self.kind} judge {self.config.model!r} at {self.config.url}"
+        prompt = self.prompt(PROBE_SAMPLE, PROBE_REASONING, PROBE_ANSWER, max_reasoning_chars=12000)
+        (reply,) = JudgeClient(self.config, JudgeStats()).chat([prompt])
+        if isinstance(reply, JudgeRequestError):
+            raise JudgeError(f"{where} did not answer the probe request: {reply.kind}: {reply}")
+        try:
+            value = self.parse(reply)
+        except MalformedVerdictError as exc:
+            raise JudgeError(
+                f"{where} answered the probe with a reply that does not parse ({exc}): {reply[:300]!r}"
+            ) from None
+        return f"{where} answered the probe: {value:g}"
 
 
 _JUDGES: dict[tuple[Any, ...], Judge] = {}
@@ -199,6 +235,11 @@ def _validate(kind: str) -> Callable[[dict[str, Any]], None]:
         model = options.get("model")
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"the {kind} judge needs option 'model' (the served judge model name)")
+        if options.get("on_failure") == "none":
+            raise ValueError(
+                "option 'on_failure': 'none' is gone (a failed verdict is not 'not applicable'); use 'unscored' (the "
+                "default: the row gets no R_total and no advantage) or 'error'"
+            )
         _checks.choice(options, "on_failure", ON_FAILURE)
         _checks.number(options, "timeout_s", minimum=0.001)
         _checks.number(options, "max_concurrency", minimum=1, integer=True)
@@ -221,14 +262,14 @@ def _validate(kind: str) -> Callable[[dict[str, Any]], None]:
 
 def _score(
     kind: str, completions: Sequence[str], samples: Sequence[Mapping[str, Any]], options: dict[str, Any]
-) -> list[float | None]:
+) -> list[float | None | RewardFailure]:
     _validate(kind)(options)  # also when called directly, without a Rubric
     judge = get_judge(kind, options)
     return judge.score(
         completions,
         samples,
         think_prefilled=bool(options.get("think_prefilled", False)),
-        on_failure=str(options.get("on_failure", "none")),
+        on_failure=str(options.get("on_failure", "unscored")),
         max_reasoning_chars=int(options.get("max_reasoning_chars", 12000)),
     )
 
@@ -255,10 +296,10 @@ def consistency(
     prompt_version: str = "v1",
     prompt_path: str | None = None,
     cache_path: str | None = None,
-    on_failure: str = "none",
+    on_failure: str = "unscored",
     think_prefilled: bool = False,
     max_reasoning_chars: int = 12000,
-) -> list[float | None]:
+) -> list[float | None | RewardFailure]:
     """R_consistency in {0, 1} by LLM judge; see the module docstring."""
     options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context")}
     return _score("consistency", completions, samples, options)
@@ -283,10 +324,10 @@ def thinking(
     prompt_version: str = "v1",
     prompt_path: str | None = None,
     cache_path: str | None = None,
-    on_failure: str = "none",
+    on_failure: str = "unscored",
     think_prefilled: bool = False,
     max_reasoning_chars: int = 12000,
-) -> list[float | None]:
+) -> list[float | None | RewardFailure]:
     """R_thinking in [0, 1] (steps of 0.2) by LLM judge; see the module docstring."""
     options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context")}
     return _score("thinking", completions, samples, options)
@@ -299,5 +340,15 @@ def _metrics(kind: str) -> Callable[..., dict[str, float]]:
     return metrics
 
 
+def _probe(kind: str) -> Callable[..., str]:
+    def probe(**options: Any) -> str:
+        _validate(kind)(options)
+        return get_judge(kind, options).probe()
+
+    return probe
+
+
 consistency.metrics = _metrics("consistency")  # type: ignore[attr-defined]
 thinking.metrics = _metrics("thinking")  # type: ignore[attr-defined]
+consistency.probe = _probe("consistency")  # type: ignore[attr-defined]
+thinking.probe = _probe("thinking")  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ All counts are cumulative since the judge was first used in this process.
   ``timeouts``, ``http_errors`` (non-2xx), ``connection_errors``, ``bad_responses`` (2xx that is not a chat
   completion): failed attempts by cause;
 * ``malformed``: replies the verdict parser rejected;
-* ``failures``: rows left without a verdict (value None, or an error under ``on_failure: error``);
+* ``failures``: rows left without a verdict (``RewardFailure``: the row is unscored; or an error under
+  ``on_failure: error``). The probe before training is not counted here;
 * ``latency_s``: summed wall time of the HTTP attempts.
 """
 

@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from rewards import RewardContext, Rubric, TermSpec, register_reward, registered_names, rubric_from_config
+from rewards import (
+    RewardContext,
+    RewardFailure,
+    Rubric,
+    TermSpec,
+    UnscoredRowsError,
+    register_reward,
+    registered_names,
+    rubric_from_config,
+)
 from rewards.combiners import adaptive_accuracy, get_combiner, weighted_sum
 
 if "test_field" not in registered_names():
@@ -218,3 +227,91 @@ def test_rubric_from_config_forms_and_errors():
         rubric_from_config({"terms": [{"name": "accuracy", "wieght": 2}]})
     with pytest.raises(ValueError, match="non-empty"):
         rubric_from_config({"terms": []})
+
+
+# --- failed (RewardFailure) vs not applicable (None) vs a failed term of weight 0 ------------------------------------
+
+FAIL = RewardFailure("judge timed out")
+THINKS = "<think>r</think><answer>a</answer>"
+
+
+def term(key, weight=1.0):
+    return TermSpec("test_field", weight, {"field": key}, label=key)
+
+
+SUM = [term("a"), term("b"), term("c", 0.0)]
+CESAR = [term("accuracy"), term("format"), term("consistency"), term("other", 0.0)]
+THINKER = [term("accuracy"), term("format"), term("consistency"), term("thinking")]
+THINKER_W0 = [term("accuracy"), term("format"), term("consistency"), term("thinking", 0.0)]
+USER = [term("a"), term("b"), term("c", 0.0)]
+
+
+@pytest.mark.parametrize(
+    ("combiner", "specs", "values", "total", "unscored"),
+    [
+        # sum: None is left out, a failure unscores the row, a failure of weight 0 is only logged
+        ("sum", SUM, {"a": 1, "b": 0.5, "c": 1}, 1.5, None),
+        ("sum", SUM, {"a": 1, "b": None, "c": 1}, 1.0, None),
+        ("sum", SUM, {"a": 1, "b": FAIL, "c": 1}, None, "b: judge timed out"),
+        ("sum", SUM, {"a": 1, "b": 0.5, "c": FAIL}, 1.5, None),
+        ("sum", SUM, {"a": FAIL, "b": FAIL, "c": 1}, None, "a: judge timed out; b: judge timed out"),
+        ("sum", SUM, {"a": None, "b": None, "c": None}, None, None),  # nothing applies: no total, not a failure
+        # cesar: 5 acc + format + consistency (+ other at weight 0)
+        ("cesar", CESAR, {"accuracy": 1, "format": 1, "consistency": 0.5, "other": 1}, 6.5, None),
+        ("cesar", CESAR, {"accuracy": 1, "format": 1, "consistency": None, "other": 1}, 6.0, None),
+        ("cesar", CESAR, {"accuracy": 1, "format": 1, "consistency": FAIL, "other": 1}, None, "consistency: judge"),
+        ("cesar", CESAR, {"accuracy": 1, "format": 1, "consistency": 0.5, "other": FAIL}, 6.5, None),
+        # audio_thinker at p = 1 on a thinking rollout: R_a (1 + 0.5 R_c) + 0.5 R_f + R_t
+        ("audio_thinker", THINKER, {"accuracy": 1, "format": 1, "consistency": 1, "thinking": 0.8}, 2.8, None),
+        ("audio_thinker", THINKER, {"accuracy": 1, "format": 1, "consistency": FAIL, "thinking": 0.8}, None,
+         "consistency: judge"),
+        ("audio_thinker", THINKER, {"accuracy": 1, "format": 1, "consistency": 1, "thinking": FAIL}, None,
+         "thinking: judge"),
+        ("audio_thinker", THINKER_W0, {"accuracy": 1, "format": 1, "consistency": 1, "thinking": FAIL}, 2.0, None),
+        # a user combiner that ignores None and failures alike (always 7): the rubric still unscores the row
+        ("helpers.failing_rewards:always_seven", USER, {"a": 1, "b": 0.5, "c": 1}, 7.0, None),
+        ("helpers.failing_rewards:always_seven", USER, {"a": 1, "b": None, "c": 1}, 7.0, None),
+        ("helpers.failing_rewards:always_seven", USER, {"a": 1, "b": FAIL, "c": 1}, None, "b: judge timed out"),
+        ("helpers.failing_rewards:always_seven", USER, {"a": 1, "b": 0.5, "c": FAIL}, 7.0, None),
+    ],
+)  # fmt: skip
+def test_failed_is_not_none_for_every_combiner(combiner, specs, values, total, unscored):
+    rubric = Rubric(specs, combiner)
+    breakdown = rubric.score([THINKS], [values], RewardContext(step=1, total_steps=1))
+    assert breakdown.total == [pytest.approx(total) if total is not None else None]
+    assert (breakdown.unscored[0] or "").startswith(unscored or "") and (breakdown.unscored[0] is None) == (
+        unscored is None
+    )
+    for key, value in values.items():  # the failure's reason is kept; the combiner saw None
+        assert breakdown.failed[key] == [FAIL.reason if value is FAIL else None]
+        assert breakdown.terms[key] == [None if value is FAIL or value is None else float(value)]
+    if unscored is not None:
+        assert all(column == [None] for column in breakdown.weighted.values())
+
+
+def test_failures_survive_row_slicing_and_the_limit_names_them():
+    rubric = Rubric(SUM, max_unscored_fraction=0.25)
+    rows = [{"a": 1, "b": 1, "c": 1}, {"a": 1, "b": FAIL, "c": 1}, {"a": 1, "b": 0, "c": FAIL}, {"a": 1, "b": 1}]
+    breakdown = rubric.score(["x"] * 4, rows)
+    part = breakdown.rows(1, 3)
+    assert part.failed == {"a": [None, None], "b": ["judge timed out", None], "c": [None, "judge timed out"]}
+    assert part.unscored == ["b: judge timed out", None] and part.total == [None, 1.0]
+    rubric.check_unscored(breakdown)  # 1 of 4 = 25%: at the limit, allowed
+    failing = rows[:3] + [{"a": 1, "b": RewardFailure("HTTP 503"), "c": 1}]
+    with pytest.raises(UnscoredRowsError) as caught:
+        rubric.check_unscored(rubric.score(["x"] * 4, failing))
+    assert str(caught.value) == (
+        "2 of 4 completions (50%) are unscored, more than rewards.max_unscored_fraction=0.25 allows: b failed on 2 "
+        "(first: 'judge timed out'); c failed on 1 (weight 0: logged only) (first: 'judge timed out')"
+    )
+    with pytest.raises(ValueError, match=r"max_unscored_fraction must be a number in \[0, 1\]"):
+        Rubric(SUM, max_unscored_fraction=1.5)
+    assert rubric_from_config({"terms": ["accuracy"], "max_unscored_fraction": 0.5}).max_unscored_fraction == 0.5
+
+
+def test_a_per_completion_reward_may_fail_and_bad_values_still_stop():
+    assert Rubric([term("a")]).score(["x"], [{"a": FAIL}]).failed == {"a": ["judge timed out"]}
+    with pytest.raises(TypeError, match="expected a float, None or a RewardFailure"):
+        Rubric([term("a")]).score(["x"], [{"a": "judge timed out"}])
+    with pytest.raises(TypeError, match="non-empty reason"):
+        RewardFailure("")

@@ -3,7 +3,8 @@
 The fake judge reads directives that the test plants in the policy's reasoning (which the prompt carries):
 ``JUDGE=<x>`` picks the reply (``1``, ``4``, ``garbage``...), ``SLEEP=<s>`` delays it, ``FAIL=<n>`` answers 500 to
 the first n attempts of that prompt, ``STATUS=<code>`` always answers that status, ``HANG`` never answers in time,
-``BADJSON`` answers 200 with a body that is not a chat completion.
+``BADJSON`` answers 200 with a body that is not a chat completion. A prompt without ``JUDGE=`` (the probe's made-up
+row) gets ``FakeJudge.probe_reply``.
 """
 
 import asyncio
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rewards import RewardContext, RewardError, Rubric, TermSpec, get_reward
+from rewards import RewardContext, RewardError, RewardFailure, RewardProbeError, Rubric, TermSpec, get_reward
 from rewards.judge import (
     JudgeCache,
     JudgeError,
@@ -37,6 +38,7 @@ REPLIES = {
 
 class FakeJudge:
     def __init__(self):
+        self.probe_reply = "The answer follows from the reasoning.\n<score>1</score>"
         self.lock = threading.Lock()
         self.inflight = 0
         self.max_inflight = 0
@@ -84,8 +86,11 @@ class FakeJudge:
                 if "BADJSON" in prompt:
                     self.send(200, b"<html>proxy error</html>")
                     return
-                verdict = re.search(r"JUDGE=(\w+)", prompt).group(1)
-                content = REPLIES.get(verdict, f"Short justification.\n<score>{verdict}</score>")
+                verdict = re.search(r"JUDGE=(\w+)", prompt)
+                if verdict is None:
+                    content = judge.probe_reply
+                else:
+                    content = REPLIES.get(verdict.group(1), f"Short justification.\n<score>{verdict.group(1)}</score>")
                 self.send(
                     200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
                 )
@@ -135,6 +140,11 @@ def options(server, **extra):
 def score(name, server, completions, samples=None, **extra):
     samples = samples or [SAMPLE] * len(completions)
     return get_reward(name).fn(completions, samples, RewardContext(), **options(server, **extra))
+
+
+def reasons(values):
+    """Values with each ``RewardFailure`` replaced by its reason's first word (``"timeout:"``, ``"malformed"``...)."""
+    return [v.reason.split()[0] if isinstance(v, RewardFailure) else v for v in values]
 
 
 def stats_of(kind):
@@ -196,10 +206,11 @@ def test_verdict_parsers(reply, consistency, thinking):
             assert parse(reply) == expected
 
 
-def test_malformed_verdicts_are_none_and_counted(judge_server):
+def test_malformed_verdicts_are_failures_and_counted(judge_server):
     values = score("consistency", judge_server, [row("JUDGE=garbage"), row("JUDGE=two"), row("JUDGE=half"),
                                                  row("JUDGE=1")])  # fmt: skip
-    assert values == [None, None, None, 1.0]
+    assert reasons(values) == ["malformed", "malformed", "malformed", 1.0]
+    assert f"consistency judge 'judge-8b' at {judge_server.url}" in values[0].reason
     stats = stats_of("consistency")
     assert (stats.malformed, stats.failures, stats.requests, stats.retries) == (3, 3, 4, 0)
 
@@ -213,11 +224,11 @@ def test_malformed_verdict_with_on_failure_error_names_the_row(judge_server):
         rubric.score([row("JUDGE=1"), row("JUDGE=garbage")], samples)
 
 
-def test_timeouts_are_retried_then_none(judge_server):
+def test_timeouts_are_retried_then_failed(judge_server):
     started = time.monotonic()
     values = score("consistency", judge_server, [row("HANG"), row("JUDGE=1")], timeout_s=0.3, retries=1)
     elapsed = time.monotonic() - started
-    assert values == [None, 1.0]
+    assert reasons(values) == ["timeout:", 1.0]
     stats = stats_of("consistency")
     assert (stats.timeouts, stats.retries, stats.failures) == (2, 1, 1)
     assert elapsed < 2.0  # two 0.3 s attempts, not the server's 3 s hang
@@ -234,17 +245,18 @@ def test_5xx_then_success_counts_retries(judge_server):
 
 
 def test_5xx_beyond_retries_fails(judge_server):
-    assert score("thinking", judge_server, [row("FAIL=5 JUDGE=3")], retries=1) == [None]
+    assert reasons(score("thinking", judge_server, [row("FAIL=5 JUDGE=3")], retries=1)) == ["http:"]
     stats = stats_of("thinking")
     assert (stats.http_errors, stats.retries, stats.failures) == (2, 1, 1)
 
 
 def test_4xx_and_bad_bodies_are_not_retried(judge_server):
-    assert score("consistency", judge_server, [row("STATUS=404"), row("BADJSON")]) == [None, None]
+    values = score("consistency", judge_server, [row("STATUS=404"), row("BADJSON")])
+    assert reasons(values) == ["http:", "bad_response:"]
     stats = stats_of("consistency")
     assert (stats.http_errors, stats.bad_responses, stats.retries, stats.requests) == (1, 1, 0, 2)
     # 429 is retried
-    assert score("consistency", judge_server, [row("STATUS=429")], retries=1) == [None]
+    assert reasons(score("consistency", judge_server, [row("STATUS=429")], retries=1)) == ["http:"]
     assert judge_server.requests == 2 + 2
 
 
@@ -259,7 +271,7 @@ def test_connection_refused_is_retried():
         [row("JUDGE=1")], [SAMPLE], RewardContext(),
         url=f"http://127.0.0.1:{port}", model="m", retries=2, backoff_s=0.01, timeout_s=1.0,
     )  # fmt: skip
-    assert values == [None]
+    assert reasons(values) == ["connection:"] and f"at http://127.0.0.1:{port})" in values[0].reason
     stats = stats_of("consistency")
     assert (stats.connection_errors, stats.retries, stats.failures) == (3, 2, 1)
     reset_judges()
@@ -278,10 +290,12 @@ def test_slow_responses_overlap_within_the_limit(judge_server):
 def test_cache_avoids_requests_and_persists(judge_server, tmp_path):
     cache_path = tmp_path / "verdicts.jsonl"
     completions = [row("JUDGE=1 a"), row("JUDGE=0 b"), row("JUDGE=garbage c")]
-    assert score("consistency", judge_server, completions, cache_path=str(cache_path)) == [1.0, 0.0, None]
+    values = score("consistency", judge_server, completions, cache_path=str(cache_path))
+    assert reasons(values) == [1.0, 0.0, "malformed"]
     assert judge_server.requests == 3
     # same process: served from memory, failures are not cached
-    assert score("consistency", judge_server, completions, cache_path=str(cache_path)) == [1.0, 0.0, None]
+    values = score("consistency", judge_server, completions, cache_path=str(cache_path))
+    assert reasons(values) == [1.0, 0.0, "malformed"]
     assert judge_server.requests == 4
     assert stats_of("consistency").cache_hits == 2
     lines = [json.loads(x) for x in cache_path.read_text().splitlines()]
@@ -327,6 +341,8 @@ def test_rubric_metrics_and_validation(judge_server):
         Rubric([TermSpec("consistency", options={"url": judge_server.url})])
     with pytest.raises(ValueError, match="on_failure"):
         Rubric([TermSpec("consistency", options={"model": "m", "on_failure": "zero"})])
+    with pytest.raises(ValueError, match="'none' is gone.*'unscored'"):
+        Rubric([TermSpec("consistency", options={"model": "m", "on_failure": "none"})])
     with pytest.raises(ValueError, match="url"):
         Rubric([TermSpec("consistency", options={"model": "m", "url": "judge:8000"})])
     with pytest.raises(ValueError, match=r"no judge prompt.*available for 'thinking': \['thinking_v1'\]"):
@@ -360,3 +376,55 @@ def test_audio_thinker_with_judges(judge_server):
     assert breakdown.terms["consistency"] == [1.0, None] and breakdown.terms["thinking"] == [0.2, None]
     # think: 1 * 1.5 + 0.5 + 0.2; no-think: 2 * (1 + 0.5 * 1) + 0.5 + mean thinking 0.2
     assert breakdown.total == pytest.approx([2.2, 3.7])
+
+
+def test_a_failed_verdict_leaves_the_row_unscored(judge_server):
+    rubric = Rubric([TermSpec("accuracy"), TermSpec("consistency", options=options(judge_server))])
+    breakdown = rubric.score([row("JUDGE=1"), row("STATUS=404"), row("x", think=False)], [SAMPLE] * 3)
+    assert breakdown.terms["consistency"] == [1.0, None, None]  # failed and not applicable both reach sums as None
+    assert breakdown.failed["consistency"][0] is None and breakdown.failed["consistency"][2] is None
+    assert breakdown.failed["consistency"][1].startswith("http: HTTP 404")
+    assert breakdown.total == [2.0, None, 1.0]  # the no-reasoning row is scored on accuracy alone
+    assert breakdown.unscored[1].startswith("consistency: http: HTTP 404") and breakdown.unscored_count() == 1
+
+
+def test_probe_asks_once_and_leaves_counters_and_cache_alone(judge_server, tmp_path):
+    cache_path = tmp_path / "verdicts.jsonl"
+    judge = options(judge_server, cache_path=str(cache_path))
+    rubric = Rubric(
+        [TermSpec("accuracy"), TermSpec("consistency", options=judge), TermSpec("thinking", options=judge)]
+    )
+    outcome = rubric.probe()
+    assert sorted(outcome) == ["consistency", "thinking"]  # accuracy has no probe
+    assert judge_server.url in outcome["consistency"] and outcome["thinking"].endswith("answered the probe: 0.2")
+    assert judge_server.requests == 2
+    assert "Which animal is barking" in judge_server.bodies[0]["messages"][0]["content"]
+    metrics = rubric.metrics()
+    assert metrics["consistency/requests"] == 0 and metrics["thinking/failures"] == 0
+    assert not cache_path.exists() or cache_path.read_text() == ""
+
+
+def test_probe_reports_a_reply_that_does_not_parse(judge_server):
+    judge_server.probe_reply = "Looks coherent to me."
+    rubric = Rubric([TermSpec("consistency", options=options(judge_server))])
+    with pytest.raises(RewardProbeError) as caught:
+        rubric.probe()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("reward term 'consistency': probe failed: consistency judge 'judge-8b'")
+    assert judge_server.url in message and "'Looks coherent to me.'" in message
+    assert stats_of("consistency").failures == 0 and stats_of("consistency").malformed == 0
+
+
+def test_probe_reports_an_unreachable_judge():
+    reset_judges()
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    rubric = Rubric([TermSpec("thinking", options={"url": url, "model": "m", "retries": 0, "timeout_s": 1.0})])
+    with pytest.raises(RewardProbeError, match=rf"'thinking'.*at {url} did not answer the probe request: connection"):
+        rubric.probe()
+    reset_judges()

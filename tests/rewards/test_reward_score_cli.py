@@ -131,3 +131,22 @@ def test_list_and_python_dash_m(files):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "R_total" in result.stdout
+
+
+def test_score_reports_failed_terms_and_unscored_rows(files):
+    recipe, data, tmp = files
+    recipe.write_text(
+        "rewards:\n"
+        "  max_unscored_fraction: 0.5\n"
+        "  terms:\n"
+        "    - {name: accuracy}\n"
+        "    - {name: 'helpers.failing_rewards:by_row', label: flaky, options: {fail_rows: [1]}}\n"
+    )
+    output = tmp / "scores.jsonl"
+    code, text = run(["score", "--rewards", str(recipe), "--input", str(data), "--output", str(output)])
+    assert code == 0
+    assert "flaky failed on 1 rows (first: stub judge timed out)" in text
+    assert "unscored rows (a weighted term failed; no R_total): 1/4" in text
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert rows[1]["total"] is None and rows[1]["unscored"] == "flaky: stub judge timed out"
+    assert rows[1]["failed"] == {"flaky": "stub judge timed out"} and rows[0]["failed"] == {}

@@ -1,0 +1,166 @@
+"""The next-token distribution rollouts are sampled from, applied identically by the samplers and the log-prob passes.
+
+GRPO's update is only the update of the policy that produced the rollouts if the trainer scores each sampled token
+under the distribution it was drawn from. That distribution is the model's, after processing of the raw next-token
+logits ``z`` (one row of V values), in this order (the order of transformers' warpers and of vLLM's sampler):
+
+1. text-only mask: ``z_v = NEG`` for every banned id ``v`` (ids >= ``first_banned_id``, the discrete speech tokens,
+   and ``banned_ids``, the audio markers only a prompt may carry). ``NEG`` is a large finite negative number, not
+   -inf: ``exp(NEG - max z)`` underflows to exactly 0 in float32, so banned ids get probability 0 and zero gradient,
+   while entropies ``-sum p log p`` stay finite (``0 * -inf`` would be NaN);
+2. temperature: ``z / T``;
+3. top-k (``k > 0``): ids whose value is below the k-th largest are set to ``NEG`` (ties with the k-th are kept);
+4. top-p (``p < 1``): sort ascending, drop the ids whose cumulative probability is ``<= 1 - p`` (the largest is
+   always kept);
+5. ``log p = log_softmax(z)``.
+
+The truncation sets of steps 3 and 4 depend on the logits but are constants for the gradient (as in the sampler,
+which never differentiates through them): ``d log p_y / d z`` is the softmax gradient restricted to the kept ids.
+
+``token_logprobs`` evaluates this for sampled tokens from hidden states and the LM-head weight, in row chunks whose
+(rows, V) logits are recomputed in the backward pass (activation checkpointing), so memory stays at one chunk of
+logits whatever the completion length. It also reports, per position, the probability the unmasked
+temperature-scaled distribution puts on banned ids (``outside_mass``), the size of the text-only intervention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.utils.checkpoint import checkpoint
+
+NEG = -1.0e9  # the score of a removed id: finite (see the module docstring), and far below any real logit
+# Positions per chunk: one (rows, V) float32 tensor is 256 x 168,055 x 4 B = 172 MB for the 7B vocabulary
+DEFAULT_CHUNK_ROWS = 256
+# Peak of one chunk's forward + backward in (rows, V) float32 tensors, with the text-only mask and entropies (the
+# policy pass); measured 5.3 by tests/test_memory_plan.py (9.5 with top-k and top-p, which sort the row)
+CHUNK_WORKING_SET_COPIES = 5.5
+
+
+@dataclass(frozen=True)
+class SamplingDistribution:
+    """How raw logits become the sampling distribution (module docstring). Neutral values switch a step off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    first_banned_id: int | None = None
+    banned_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 to sample, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+
+    @property
+    def restricts_vocabulary(self) -> bool:
+        return self.first_banned_id is not None or bool(self.banned_ids)
+
+    def banned_mask(self, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(V,) bool, True for banned ids."""
+        banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        if self.first_banned_id is not None:
+            banned[self.first_banned_id :] = True
+        if self.banned_ids:
+            banned[list(self.banned_ids)] = True
+        return banned
+
+    def process(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw logits (..., V) -> processed float32 scores (steps 1-4); ``log_softmax`` of them is step 5.
+
+        ``banned``: the (V,) mask of ``banned_mask``, passed in by callers that process many rows.
+        """
+        z = logits.float()
+        if self.restricts_vocabulary:
+            if banned is None:
+                banned = self.banned_mask(z.size(-1), z.device)
+            z = z.masked_fill(banned, NEG)
+        if self.temperature != 1.0:
+            z = z / self.temperature
+        with torch.no_grad():  # the truncation sets are constants for the gradient
+            removed = self._truncated(z.detach())
+        return z if removed is None else z.masked_fill(removed, NEG)
+
+    def _truncated(self, z: torch.Tensor) -> torch.Tensor | None:
+        removed = None
+        if self.top_k and self.top_k < z.size(-1):
+            kth = z.topk(self.top_k, dim=-1).values[..., -1:]
+            removed = z < kth
+            z = z.masked_fill(removed, NEG)
+        if self.top_p < 1.0:
+            ascending, order = z.sort(dim=-1)
+            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative <= 1.0 - self.top_p
+            drop_sorted[..., -1] = False  # the most likely id always stays
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            removed = drop if removed is None else removed | drop
+        return removed
+
+
+@dataclass
+class TokenLogProbs:
+    """Per scored position: ``log_probs`` log p(label) under the processed distribution, ``entropy`` of that
+    distribution (nats; None when not asked for), ``outside_mass`` the unmasked temperature-scaled probability of
+    the banned ids (no gradient; zeros when nothing is banned)."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor | None
+    outside_mass: torch.Tensor
+
+
+def _chunk(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    banned: torch.Tensor | None,
+    distribution: SamplingDistribution,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, ...]:
+    logits = F.linear(hidden.to(weight.dtype), weight).float()  # (n, V), computed in the head's dtype as generate does
+    if banned is not None:
+        with torch.no_grad():
+            scaled = logits.detach() / distribution.temperature
+            outside = (scaled.masked_fill(~banned, float("-inf")).logsumexp(-1) - scaled.logsumexp(-1)).exp()
+    else:
+        outside = logits.new_zeros(logits.size(0))
+    logp = distribution.process(logits, banned).log_softmax(dim=-1)
+    chosen = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen, outside
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    return chosen, outside, entropy
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    distribution: SamplingDistribution,
+    *,
+    with_entropy: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> TokenLogProbs:
+    """Log-probs of ``labels`` (N,) given the hidden states (N, H) that predict them and the LM-head weight (V, H).
+
+    Each chunk of ``chunk_rows`` positions is checkpointed when a gradient is needed: its logits are recomputed in
+    the backward pass instead of being kept (V floats per position would dominate memory for long completions).
+    """
+    banned = distribution.banned_mask(weight.size(0), weight.device) if distribution.restricts_vocabulary else None
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, hidden.size(0), chunk_rows):
+        args = (hidden[start : start + chunk_rows], weight, labels[start : start + chunk_rows], banned)
+        if needs_grad:
+            parts.append(checkpoint(_chunk, *args, distribution, with_entropy, use_reentrant=False))
+        else:
+            parts.append(_chunk(*args, distribution, with_entropy))
+    if not parts:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return TokenLogProbs(empty, empty if with_entropy else None, empty)
+    columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+    return TokenLogProbs(columns[0], columns[2] if with_entropy else None, columns[1])

@@ -1,0 +1,19 @@
+"""Plugins for the failure tests, referenced by import path (``helpers.failing_rewards:...``) as a user's would be.
+
+* ``by_row``: a batched reward worth ``i`` on batch row i, and ``RewardFailure(reason)`` on the rows listed in
+  ``fail_rows`` (a judge that timed out on exactly those completions, deterministically);
+* ``always_seven``: a user combiner that ignores its inputs, so any None in R_total comes from the rubric.
+"""
+
+from rewards import RewardFailure
+
+
+def by_row(completions, samples, context, fail_rows=(), reason="stub judge timed out"):
+    return [RewardFailure(reason) if i in fail_rows else float(i) for i in range(len(completions))]
+
+
+by_row.batched = True
+
+
+def always_seven(terms, weights, context):
+    return [7.0] * len(next(iter(terms.values())))
