@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from grpo_audio.audio.covo import CovoAudioFeatures, prepare_file, prepare_waveform
+from grpo_audio.audio.resample import DEFAULT_RESAMPLER
 
 AUDIO_KEYS = ("audio_embeds", "input_features", "audio_segment_counts")
 
@@ -61,7 +62,8 @@ class AudioFeaturizer:
     features of each clip (``embed_cache_mb`` megabytes; 0 disables it). The second is valid because the form is
     only used while the encoder and adapter are frozen: a clip's features never change during the run, so a
     clip seen in an earlier step costs no encoder call at all. ``encoder_calls`` counts the encoder invocations
-    made here; tests and benchmarks read it.
+    made here; tests and benchmarks read it. ``resampler`` ("sinc", the release's, or "soxr"; recipe
+    ``data.resampler``) brings each clip to 24 kHz and each segment to 16 kHz.
     """
 
     def __init__(
@@ -70,11 +72,13 @@ class AudioFeaturizer:
         mel_cache_size: int = 256,
         embed_cache_mb: float = 512.0,
         ablation: str = "none",
+        resampler: str = DEFAULT_RESAMPLER,
     ) -> None:
         if ablation not in ("none", "silence"):
             raise ValueError(f"unknown audio ablation {ablation!r}")
         self.reuse_embeddings = reuse_embeddings
         self.ablation = ablation
+        self.resampler = resampler
         self.mel_cache_size = mel_cache_size
         self.embed_cache_bytes = int(embed_cache_mb * 2**20)
         self._mels: OrderedDict[str, CovoAudioFeatures] = OrderedDict()
@@ -87,10 +91,10 @@ class AudioFeaturizer:
         if path in self._mels:
             self._mels.move_to_end(path)
             return self._mels[path]
-        feats = prepare_file(path)
+        feats = prepare_file(path, resampler=self.resampler)
         if self.ablation == "silence":
             # Same length (so the same placeholders), no content: the control for "the gain comes from listening"
-            feats = prepare_waveform(np.zeros(feats.n_samples, dtype=np.float32))
+            feats = prepare_waveform(np.zeros(feats.n_samples, dtype=np.float32), resampler=self.resampler)
         self._mels[path] = feats
         if len(self._mels) > self.mel_cache_size:
             self._mels.popitem(last=False)

@@ -18,6 +18,7 @@ import torch
 
 import rewards
 from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.data.manifest import DataError
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 
 
@@ -33,6 +34,12 @@ def heldout_accuracy(
     samples: int = 8,
     seed: int = 0,
 ) -> dict:
+    # The rows come through load_manifest and its row rules; an unlabeled row here would count as wrong, silently
+    unlabeled = [r["id"] for r in rows if r.get("answer") is None]
+    if unlabeled:
+        raise DataError(
+            f"held-out accuracy needs a gold answer on every row; {len(unlabeled)} have none (first: {unlabeled[:3]})"
+        )
     greedy = HFRolloutEngine(
         SamplingSettings(max_new_tokens=max_new_tokens, do_sample=False),
         list(model.generation_config.eos_token_id),

@@ -7,10 +7,15 @@ Rendered prompt for one clip with n placeholder frames::
 
 where n comes from the clip's length (``grpo_audio.audio.covo.placeholder_count``) and ``{user}`` is the
 template's user text with the question and choices filled in.
+
+The layout comes from the tokenizer's chat template. A tokenizer without one (the released Covo-Audio tokenizer may
+ship none: the released inference code writes the ChatML string by hand) gets ``CHATML_TEMPLATE``, the ChatML layout
+above that Covo-Audio was trained with; this is logged once per process.
 """
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +23,14 @@ from pathlib import Path
 
 import yaml
 
-from grpo_audio.model.tokenizer import AUDIO_BEGIN, AUDIO_END, AUDIO_PLACEHOLDER
+from grpo_audio.model.tokenizer import AUDIO_BEGIN, AUDIO_END, AUDIO_PLACEHOLDER, CHATML_TEMPLATE
 from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.resources import shipped_dir
 
+logger = logging.getLogger("grpo_audio.prompting")
+
 _REQUIRED = ("name", "version", "system", "user", "choice_line")
+_warned_no_template = False
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,29 @@ def audio_block(n_placeholders: int) -> str:
     return AUDIO_BEGIN + AUDIO_PLACEHOLDER * n_placeholders + AUDIO_END
 
 
+def fallback_chat_template(tokenizer) -> str | None:
+    """None when the tokenizer has a chat template (it is used); else Covo-Audio's ChatML, ``CHATML_TEMPLATE``
+    (logged once per process)."""
+    global _warned_no_template
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    if not _warned_no_template:
+        _warned_no_template = True
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        logger.warning(
+            "tokenizer %s has no chat template; using the ChatML layout Covo-Audio was trained with "
+            "(<|im_start|>role\\n...<|im_end|>\\n, as the released inference code writes it)",
+            name,
+        )
+    return CHATML_TEMPLATE
+
+
 def render_prompt(tokenizer, template: PromptTemplate, question: str, choices: Sequence[str], n_placeholders: int):
-    """The full prompt text (chat template applied, generation prompt appended)."""
+    """The full prompt text (the tokenizer's chat template, else Covo-Audio's ChatML; generation prompt appended)."""
     messages = [
         {"role": "system", "content": template.system},
         {"role": "user", "content": audio_block(n_placeholders) + template.user_text(question, choices)},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=fallback_chat_template(tokenizer), tokenize=False, add_generation_prompt=True
+    )

@@ -26,7 +26,7 @@ from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
 from grpo_audio.heldout import heldout_accuracy
-from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint, save_covo_checkpoint
+from grpo_audio.model.checkpoint import load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
 from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
@@ -93,15 +93,10 @@ def build_tokenizer_and_model(recipe: Recipe, rows: list[AudioQuestion], templat
 
 
 def load_pretrained(directory: Path):
-    """A released-format Covo-Audio checkpoint (``llm.*`` names) or a ``save_pretrained`` directory of ours."""
-    if is_released_layout(directory):
-        model, tokenizer = load_covo_checkpoint(directory)
-        return tokenizer, model
-    from transformers import AutoTokenizer
-
-    from grpo_audio.model import CovoAudioForConditionalGeneration
-
-    return AutoTokenizer.from_pretrained(directory), CovoAudioForConditionalGeneration.from_pretrained(directory)
+    """``(tokenizer, model)`` from a Covo-Audio checkpoint directory, released layout (``llm.*`` names) or a
+    ``save_pretrained`` directory of ours: the checked loader decides which, and a bad directory is an error."""
+    model, tokenizer = load_covo_checkpoint(directory)
+    return tokenizer, model
 
 
 def save_final_model(model, tokenizer, target: Path, fmt: str) -> None:
@@ -230,6 +225,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     featurizer = AudioFeaturizer(
         reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter,
         ablation=recipe.model.audio_ablation,
+        resampler=recipe.data.resampler,
     )
 
     def starting_point() -> list[dict]:

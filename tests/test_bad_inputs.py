@@ -3,8 +3,9 @@
 Audio kinds (outcome with the default policy / with ``data.on_bad_audio=skip``, ``short_clips=skip``):
 an error naming the row and the file / a skip counted under its reason and logged in ``skipped.jsonl``; or accepted
 (6 channels, a FLAC or MP3 named .wav, a unicode path, digital silence, a 10 min clip without a length limit).
-Row kinds (malformed JSON line, answer not among the choices, empty choices, duplicate ids, ...) are always an error
-naming the file and line, whatever the audio policy. ``grpo-audio data check`` lists them all.
+Row kinds (malformed JSON line, answer not among the choices, empty choices, duplicate ids, ...) are an error naming
+the file and line, whatever the audio policy (``data.on_bad_row=skip`` skips them: tests/test_bad_recipes_and_rows.py).
+``grpo-audio data check`` lists them all.
 """
 
 import json

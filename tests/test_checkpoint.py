@@ -108,7 +108,11 @@ def test_save_writes_the_released_layout(saved, model, tokenizer):
     config = json.loads((saved / "config.json").read_text())
     assert config["model_type"] == "covo_audio" and config["dtype"] == "float32"
     assert config["llm_config"]["model_type"] == "qwen2" and config["encoder_config"]["model_type"] == "whisper"
-    assert config["_llm_config_type"] == "Qwen2Config" and config["_encoder_config_type"] == "WhisperConfig"
+    # as the released code writes them: sub-config tags are model types, architectures the released class
+    assert config["_llm_config_type"] == "qwen2" and config["_encoder_config_type"] == "whisper"
+    assert config["architectures"] == ["CovoAudioForCausalLM"]
+    assert config["llm_config"]["architectures"] == ["Qwen2ForCausalLM"]
+    assert config["encoder_config"]["architectures"] == ["WhisperForConditionalGeneration"]
     assert config["audio_token_index"] == len(tokenizer) and config["adapter_downsample"] == 8
     assert config["llm_config"]["rope_theta"] == 1e6  # for transformers-4 readers, beside rope_parameters
     assert config["encoder_config"]["num_mel_bins"] == 128 and config["llm_config"]["tie_word_embeddings"] is False
@@ -122,7 +126,9 @@ def test_round_trip_gives_identical_weights_names_and_tokenizer(saved, model, to
     assert not loaded.training and {p.device.type for p in loaded.parameters()} == {"cpu"}
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert loaded.config.audio_placeholder_token_id == tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
-    assert loaded.config.to_dict()["llm_config"] == model.config.to_dict()["llm_config"]
+    llm_config = loaded.config.to_dict()["llm_config"]
+    assert llm_config.pop("architectures") == ["Qwen2ForCausalLM"]  # written as the release has it
+    assert llm_config == {k: v for k, v in model.config.to_dict()["llm_config"].items() if k != "architectures"}
     assert not loaded.model.encoder.embed_positions.weight.requires_grad  # Whisper keeps its positions frozen
     with torch.no_grad():
         torch.testing.assert_close(loaded(**_inputs(loaded)).logits, model(**_inputs(model)).logits, rtol=0, atol=0)
@@ -293,12 +299,11 @@ def test_missing_shard_is_named(copy_of):
     assert str(err.value).startswith(f"{shard}: missing shard (named in model.safetensors.index.json for ")
 
 
-def test_no_weights_at_all_and_pickles_are_never_read(copy_of):
+def test_no_weights_at_all_names_what_was_found(copy_of):
     directory = copy_of()
     for path in directory.glob("model*"):
         path.unlink()
-    (directory / "pytorch_model.bin").write_bytes(b"not read")
-    with pytest.raises(CheckpointError, match=r"index\.json: missing, and no model\.safetensors .*pytorch_model\.bin"):
+    with pytest.raises(CheckpointError, match=r"copy: no weights, neither model\.safetensors\.index\.json .*config"):
         load_covo_checkpoint(directory)
 
 
@@ -333,11 +338,23 @@ def test_unexpected_and_missing_names_are_listed(copy_of):
         load_covo_checkpoint(directory)
 
 
-def test_a_save_pretrained_directory_is_recognised(model, tmp_path):
-    model.save_pretrained(tmp_path / "hf")  # our module names, not the released ones
+def test_a_save_pretrained_directory_loads_through_the_same_checked_loader(model, tmp_path):
+    hf = copy.deepcopy(model)
+    hf.save_pretrained(tmp_path / "hf", max_shard_size=SHARD)  # our module names, sharded with an index
     build_tiny_tokenizer(CORPUS, 300).save_pretrained(tmp_path / "hf")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ unexpected .* load such a directory with"):
-        load_covo_checkpoint(tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    loaded, _ = load_covo_checkpoint(tmp_path / "hf")
+    _assert_same_state(loaded, model)
+    assert not loaded.training
+
+
+def test_saving_back_keeps_the_loaded_checkpoints_architectures(saved, tmp_path):
+    source = shutil.copytree(saved, tmp_path / "source")
+    _edit_json(source / "config.json", lambda c: c.update(architectures=["SomeReleasedName"]))
+    loaded, tokenizer = load_covo_checkpoint(source)
+    loaded.save_pretrained(tmp_path / "trainer-checkpoint")  # transformers overwrites config.architectures
+    save_covo_checkpoint(loaded, tokenizer, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["architectures"] == ["SomeReleasedName"]
 
 
 def test_index_and_shard_must_agree(copy_of):

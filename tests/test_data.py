@@ -58,7 +58,8 @@ def test_duplicate_ids_and_index_answers(tmp_path):
 
 def test_an_undecodable_clip_names_the_row_and_file(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"RIFF not really a wav file")
-    rows = load_manifest(_manifest(tmp_path, [{"id": "q7", "audio": "x.wav", "question": "q", "choices": ["a", "b"]}]))
+    row = {"id": "q7", "audio": "x.wav", "question": "q", "choices": ["a", "b"], "answer": "a"}
+    rows = load_manifest(_manifest(tmp_path, [row]))
     tok = build_tiny_tokenizer(tiny_tokenizer_corpus(["q"]), 300)
     with pytest.raises(DataError, match="row 'q7': .*x.wav"):
         build_dataset(rows, tok, load_template("audio_cot_v1"))

@@ -102,7 +102,10 @@ def test_jsonl_rows_equal_the_manifest_loader_and_answers_resolve(tmp_path):
     assert [r.answer for r in rows] == ["Man", "Woman", None, "Woman"]  # index -> text; case/space-insensitive
     assert rows[0].metadata == {"task": "s"} and rows[1].id == "2"
     strict = write_jsonl(tmp_path / "strict.jsonl", [json.loads(x) for x in manifest.read_text().splitlines()[:3]])
-    assert load_jsonl(strict) == load_manifest(strict)  # the manifest loader rejects the case-folded answer
+    # the manifest loader rejects the case-folded answer, and row 3 (no answer) unless unlabeled rows are allowed
+    assert load_jsonl(strict) == load_manifest(strict, allow_unlabeled=True)
+    with pytest.raises(DataError, match=r"strict.jsonl:3: row '3': no gold answer"):
+        load_manifest(strict)
     assert rows[0].audio == str(tmp_path / "a.wav")
 
 
@@ -297,8 +300,8 @@ def test_hf_parquet_file_with_path_strings_and_a_custom_audio_column(tmp_path):
 
 def test_max_samples_counts_usable_rows(tmp_path):
     write_audio(tmp_path / "ok.wav")
-    rows = [{"id": f"r{i}", "audio": "ok.wav" if i % 2 else "missing.wav", "question": "q", "choices": ["a", "b"]}
-            for i in range(10)]  # fmt: skip
+    rows = [{"id": f"r{i}", "audio": "ok.wav" if i % 2 else "missing.wav", "question": "q", "choices": ["a", "b"],
+             "answer": "a"} for i in range(10)]  # fmt: skip
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     recipe = load_recipe(
         None, ["data.source=jsonl", f"data.path={manifest}", "data.max_samples=3", "data.on_bad_audio=skip"]
@@ -329,7 +332,8 @@ def test_read_rows_collects_every_row_problem(tmp_path):
     "overrides, message",
     [
         (["data.source=mmau"], "data.source is 'mmau' but data.path is not set"),
-        (["data.source=mmsu", "data.path=/nonexistent/x.json"], "data.path: file not found"),
+        (["data.source=mmsu", "data.path=/nonexistent/x.json"], "data.path: file or dataset directory not found"),
+        (["data.source=avqa", "data.path=/nonexistent/x.json"], "data.path: file not found"),
         (["data.source=hf", "data.path=/nonexistent/ds"], "data.path: dataset not found"),
         (["data.root=/nonexistent/root"], "data.root: directory not found"),
         (["data.min_duration_s=0.001"], "must be at least 0.01"),

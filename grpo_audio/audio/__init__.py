@@ -1,4 +1,4 @@
-"""Audio loading (`io`) and Covo-Audio's feature preprocessing (`covo`)."""
+"""Audio loading (`io`), resampling (`resample`) and Covo-Audio's feature preprocessing (`covo`)."""
 
 from .covo import (
     ENCODER_SAMPLE_RATE,
@@ -20,13 +20,16 @@ from .covo import (
     trim_and_pad,
 )
 from .io import RESAMPLE_QUALITY, AudioInfo, AudioLoadError, audio_info, load_audio
+from .resample import DEFAULT_RESAMPLER, RESAMPLERS, resample
 
 __all__ = [
+    "DEFAULT_RESAMPLER",
     "ENCODER_SAMPLE_RATE",
     "ENCODER_SEGMENT_SAMPLES",
     "N_MELS",
     "N_MEL_FRAMES",
     "PLACEHOLDERS_PER_SEGMENT",
+    "RESAMPLERS",
     "RESAMPLE_QUALITY",
     "SAMPLE_RATE",
     "SEGMENT_SAMPLES",
@@ -41,6 +44,7 @@ __all__ = [
     "placeholder_count",
     "prepare_file",
     "prepare_waveform",
+    "resample",
     "segment_count",
     "split_segments",
     "trim_and_pad",

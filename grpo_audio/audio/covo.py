@@ -17,12 +17,14 @@ frames always exist. With n_samples = 720000 (S - 1) + r, 0 < r <= 720000, the f
 3000 (S - 1) + r // 240 <= 3000 S; four ceil-halvings equal one ceil(x / 16); ceil(3000 S / 16) = ceil(187.5 S)
 <= 188 S. n = 188 S is reached only with S = 1 (clips of 29.92 s to 30 s); for S >= 2, n <= ceil(187.5 S) < 188 S.
 
+Resampling (file -> 24 kHz, and 24 -> 16 kHz per segment) is the release's: torchaudio's Hann-windowed sinc
+(6 zero crossings, rolloff 0.99), reimplemented in `grpo_audio.audio.resample` because torchaudio's PyPI wheels do
+not import on CPU-only torch. ``resampler="soxr"`` (recipe ``data.resampler``) selects soxr "HQ" instead, the
+harness's earlier choice: same output lengths (ceil(n * new / old); exactly 2/3 for our segments), so n_samples,
+placeholder counts and segment boundaries are the same, but the mel values are not (soxr's anti-aliasing filter
+starts cutting below the sinc's 7.92 kHz, so the 6-8 kHz mel bins differ by up to about 0.8).
+
 Deviations from the release (Tencent/Covo-Audio, covoaudio/modeling_covo_audio.py), all deliberate:
-- Resampling: the release uses torchaudio's windowed-sinc resampler (Hann, 6 zero crossings, rolloff 0.99) for
-  file -> 24 kHz and 24 -> 16 kHz; torchaudio's PyPI wheels do not import on CPU-only torch, so we use soxr "HQ".
-  Output lengths are the same (ceil(n * new / old); exactly 2/3 for our segments), so n_samples, placeholder counts
-  and segment boundaries match the release. Mel values do not match exactly: soxr's anti-aliasing filter starts
-  cutting below torchaudio's 7.92 kHz, so the top mel bins (about 7-8 kHz) differ most.
 - Channels: the release averages two-channel files only and mishandles other counts; we average any count.
 - Precision and batching: the release casts the log-mel to bfloat16 and handles one clip per call; we return
   float32 (cast at the model) and push the segments of any number of clips through one batched STFT.
@@ -33,11 +35,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
 import torch
 from transformers import WhisperFeatureExtractor
 
-from .io import RESAMPLE_QUALITY, AudioLoadError, load_audio
+from .io import AudioLoadError, load_audio
+from .resample import DEFAULT_RESAMPLER, RESAMPLERS, resample
 
 __all__ = [
     "ENCODER_SAMPLE_RATE",
@@ -156,12 +158,14 @@ def _whisper_feature_extractor() -> WhisperFeatureExtractor:
     )
 
 
-def log_mel_batch(segments: list[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
+def log_mel_batch(
+    segments: list[np.ndarray], device: str | torch.device = "cpu", resampler: str = DEFAULT_RESAMPLER
+) -> torch.Tensor:
     """Whisper log-mel features of several 24 kHz segments at once: float32 tensor (S, 128, 3000) on the CPU.
 
-    Per segment: resample 24 kHz -> 16 kHz (soxr "HQ"), zero-pad or trim to 480,000 samples, then
-    P = |STFT(x)|^2 (n_fft 400, hop 160, periodic Hann window, centered with reflect padding; 3001 frames, the last
-    dropped), M = F @ P with F the 128 x 201 Slaney mel filterbank, L = log10(max(M, 1e-10)),
+    Per segment: resample 24 kHz -> 16 kHz (``resampler``: "sinc", the release's, or "soxr"), zero-pad or trim to
+    480,000 samples, then P = |STFT(x)|^2 (n_fft 400, hop 160, periodic Hann window, centered with reflect padding;
+    3001 frames, the last dropped), M = F @ P with F the 128 x 201 Slaney mel filterbank, L = log10(max(M, 1e-10)),
     L = max(L, max(L) - 8) with max over that segment alone, out = (L + 4) / 4. Silence gives -1.5 everywhere;
     every segment's values span at most 2.0.
 
@@ -170,6 +174,8 @@ def log_mel_batch(segments: list[np.ndarray], device: str | torch.device = "cpu"
     """
     if len(segments) == 0:
         raise ValueError("log_mel_batch needs at least one segment")
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"unknown resampler {resampler!r}; choose one of {', '.join(RESAMPLERS)}")
     waves_16k = []
     for i, segment in enumerate(segments):
         segment = _as_mono(segment)
@@ -177,7 +183,7 @@ def log_mel_batch(segments: list[np.ndarray], device: str | torch.device = "cpu"
             raise ValueError(f"segment {i} is empty")
         # Each segment is resampled on its own, as the release does; segment lengths from `trim_and_pad` are
         # multiples of 480, so the 16 kHz length is exactly 2/3 of the 24 kHz length.
-        waves_16k.append(soxr.resample(segment, SAMPLE_RATE, ENCODER_SAMPLE_RATE, quality=RESAMPLE_QUALITY))
+        waves_16k.append(resample(segment, SAMPLE_RATE, ENCODER_SAMPLE_RATE, resampler))
     features = _whisper_feature_extractor()(
         waves_16k,
         sampling_rate=ENCODER_SAMPLE_RATE,
@@ -192,12 +198,14 @@ def log_mel_batch(segments: list[np.ndarray], device: str | torch.device = "cpu"
     return features.to(torch.float32)
 
 
-def log_mel(segment_24k: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+def log_mel(
+    segment_24k: np.ndarray, device: str | torch.device = "cpu", resampler: str = DEFAULT_RESAMPLER
+) -> torch.Tensor:
     """Whisper log-mel features of one 24 kHz segment (at most 30 s): float32 tensor (128, 3000).
 
     Same computation as `log_mel_batch`, which see for the formula.
     """
-    return log_mel_batch([segment_24k], device=device)[0]
+    return log_mel_batch([segment_24k], device=device, resampler=resampler)[0]
 
 
 @dataclass
@@ -220,8 +228,11 @@ class CovoAudioFeatures:
         return int(self.input_features.shape[0])
 
 
-def prepare_waveform(wave_24k: np.ndarray, device: str | torch.device = "cpu") -> CovoAudioFeatures:
-    """Features for a mono waveform already at 24 kHz: trim/pad, count placeholders, split, log-mel each segment.
+def prepare_waveform(
+    wave_24k: np.ndarray, device: str | torch.device = "cpu", resampler: str = DEFAULT_RESAMPLER
+) -> CovoAudioFeatures:
+    """Features for a mono waveform already at 24 kHz: trim/pad, count placeholders, split, log-mel each segment
+    (``resampler`` brings each segment to 16 kHz: "sinc", the release's, or "soxr").
 
     Raises ValueError for a waveform that is not 1-D, holds NaN/inf, or is shorter than 240 samples (10 ms).
     """
@@ -236,22 +247,24 @@ def prepare_waveform(wave_24k: np.ndarray, device: str | torch.device = "cpu") -
     # Holds for every length (module docstring); a failure here would mean the constants were edited.
     assert n_placeholders <= PLACEHOLDERS_PER_SEGMENT * len(segments)
     return CovoAudioFeatures(
-        input_features=log_mel_batch(segments, device=device),
+        input_features=log_mel_batch(segments, device=device, resampler=resampler),
         n_placeholders=n_placeholders,
         n_samples=int(padded.shape[0]),
         duration_s=wave.shape[0] / SAMPLE_RATE,
     )
 
 
-def prepare_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> CovoAudioFeatures:
-    """`load_audio(path, 24000)` then `prepare_waveform`. Raises AudioLoadError (naming the file) for a bad file,
-    including one too short to give a single 10 ms frame."""
-    wave = load_audio(path, SAMPLE_RATE)
+def prepare_file(
+    path: str | os.PathLike, device: str | torch.device = "cpu", resampler: str = DEFAULT_RESAMPLER
+) -> CovoAudioFeatures:
+    """`load_audio(path, 24000, resampler)` then `prepare_waveform` (same resampler for 24 -> 16 kHz). Raises
+    AudioLoadError (naming the file) for a bad file, including one too short to give a single 10 ms frame."""
+    wave = load_audio(path, SAMPLE_RATE, resampler)
     if wave.shape[0] < FRAME_SAMPLES:
         raise AudioLoadError(
             path, f"too short: {wave.shape[0]} samples at 24 kHz, under one 10 ms frame ({FRAME_SAMPLES} samples)"
         )
-    return prepare_waveform(wave, device=device)
+    return prepare_waveform(wave, device=device, resampler=resampler)
 
 
 def _as_mono(wave: np.ndarray) -> np.ndarray:

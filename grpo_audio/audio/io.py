@@ -1,9 +1,11 @@
 """Audio file I/O: decode any file libsndfile reads into float32 mono at a chosen sample rate.
 
-Decoding is soundfile (libsndfile: WAV/FLAC/OGG-Vorbis/Opus/MP3/AIFF/..., any sample subtype); resampling is
-soxr at quality "HQ" (20-bit precision), librosa's default, with librosa's and torchaudio's output length
-ceil(n * target_sr / file_sr). A clip loaded here therefore equals `librosa.load(path, sr=target_sr, mono=True)`
-up to float32 rounding of the channel average.
+Decoding is soundfile (libsndfile: WAV/FLAC/OGG-Vorbis/Opus/MP3/AIFF/..., any sample subtype); resampling is, by
+default, the Covo-Audio release's Hann-windowed sinc (torchaudio's default `resample`; see
+`grpo_audio.audio.resample`), or soxr "HQ" (librosa's default) with ``resampler="soxr"``; either way the output has
+ceil(n * target_sr / file_sr) samples. With "sinc" a clip loaded here equals the release's load, channel average and
+`torchaudio.functional.resample` up to float32 rounding; with "soxr" it equals
+`librosa.load(path, sr=target_sr, mono=True)` likewise.
 
 Every problem with the file itself raises `AudioLoadError`, whose message names the path and what is wrong. When
 the problem was reported by libsndfile, the original exception is kept as `__cause__`.
@@ -16,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
-__all__ = ["RESAMPLE_QUALITY", "AudioInfo", "AudioLoadError", "audio_info", "load_audio"]
+from .resample import DEFAULT_RESAMPLER, RESAMPLE_QUALITY, RESAMPLERS, resample
 
-# soxr "HQ" = 20-bit precision. It is librosa's default (res_type="soxr_hq"), the resampler most audio-LLM data
-# pipelines go through; "VHQ" (28-bit) costs more for a difference far below float32 speech levels.
-RESAMPLE_QUALITY = "HQ"
+__all__ = ["RESAMPLERS", "RESAMPLE_QUALITY", "AudioInfo", "AudioLoadError", "audio_info", "load_audio"]
 
 # libsndfile logs a WAV whose header promises more data than the file holds as "data : N (should be M)" and then
 # silently reads the M bytes that are there. Streaming writers (pipes) put a placeholder here instead of the real
@@ -109,12 +108,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     )
 
 
-def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
+def load_audio(path: str | os.PathLike, target_sr: int, resampler: str = DEFAULT_RESAMPLER) -> np.ndarray:
     """Decode `path` to a float32 mono waveform at `target_sr` Hz, shape (n,), nominal range [-1, 1].
 
     Steps: decode with soundfile as float32 (integer PCM is scaled by 1/2**(bits-1)); downmix by averaging the
-    channels, mono = sum_c x_c / C (accumulated in float64); resample with soxr quality "HQ" when the file rate
-    differs from `target_sr`. Output length is ceil(frames * target_sr / file_sr) samples.
+    channels, mono = sum_c x_c / C (accumulated in float64); resample when the file rate differs from `target_sr`
+    with `resampler` ("sinc": the release's windowed sinc, the default; "soxr": soxr "HQ"). Output length is
+    ceil(frames * target_sr / file_sr) samples.
 
     Raises AudioLoadError (message names the file) when the file is missing, empty, not decodable, truncated
     (fewer frames decode than the header declares), has zero frames, or holds NaN or infinite samples.
@@ -122,6 +122,8 @@ def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
     """
     if int(target_sr) != target_sr or target_sr <= 0:
         raise ValueError(f"target_sr must be a positive integer number of Hz, got {target_sr!r}")
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"unknown resampler {resampler!r}; choose one of {', '.join(RESAMPLERS)}")
     info = _checked_info(path)
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -152,11 +154,5 @@ def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
         mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
 
     if file_sr != target_sr:
-        n_out = -(-mono.shape[0] * int(target_sr) // file_sr)
-        mono = soxr.resample(mono, file_sr, int(target_sr), quality=RESAMPLE_QUALITY)
-        # soxr rounds the output length; torchaudio (the Covo-Audio release) and librosa give the ceiling. Matching
-        # them (one zero sample at most) keeps trim_and_pad, and so the placeholder count, identical to theirs.
-        if mono.shape[0] < n_out:
-            mono = np.pad(mono, (0, n_out - mono.shape[0]))
-        mono = mono[:n_out]
+        mono = resample(mono, file_sr, int(target_sr), resampler)
     return mono

@@ -2,14 +2,16 @@
 
 The target is a recipe YAML (its ``data`` section, with ``--set`` overrides) or a data file / dataset directory
 (format from ``--format`` or guessed from the first record; audio root from ``--root``). Every row is parsed
-(fields present and typed, at least two choices, the answer among the choices, unique ids) and every clip is decoded
+(fields present and typed, at least two choices, the answer among the choices, unique ids, a gold answer unless
+``data.allow_unlabeled``, no misspelled answer key: ``grpo_audio.data.row_rules``) and every clip is decoded
 completely (missing, empty, corrupt, truncated, NaN/inf), then checked against the recipe's length policy (the
 defaults for a bare data file).
 
-Printed: the row counts, the answers and choices per question, rows per task/category/... value, a text histogram of
-clip durations, the audio formats, rates and channel counts, and each problem with its file/row, reason and what
-training would do with it (error or skip). Exit status: 0 clean, 1 problems found, 2 unusable input (no such file,
-not JSON, unknown format, bad recipe, no rows at all).
+Printed: the row counts, the answers and choices per question, rows per task/category/... value, the extra keys
+(kept as metadata, each with the known key it resembles), a text histogram of clip durations, the audio formats,
+rates and channel counts, and each problem with its file/row, reason and what training would do with it (error or
+skip, after ``data.on_bad_row`` / ``data.on_bad_audio``). Exit status: 0 clean, 1 problems found, 2 unusable input
+(no such file, not JSON, unknown format, bad recipe, no rows at all).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from grpo_audio.audio.io import AudioLoadError
 from grpo_audio.data.formats import CATEGORY_KEYS, FORMATS, RowProblem, detect_format
 from grpo_audio.data.manifest import DataError
+from grpo_audio.data.row_rules import apply_row_rules, lookalike_keys
 from grpo_audio.data.sources import AudioPolicy, ClipInfo, bad_audio_reason, probe_all, read_source_rows
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.schema import DataSection
@@ -85,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if not rows and not problems:
             print(f"error: {data_file}: no rows", file=sys.stderr)
             return 2
+        extras = lookalike_keys(rows, data)
+        rows, bad_rows = apply_row_rules(rows, problems, data)
         clips = probe_all([r.row.audio for r in rows])
-        return _report(data, data_file, policy, rows, problems, clips)
+        return _report(data, data_file, policy, rows, [b.problem for b in bad_rows], clips, extras)
 
 
-def _report(data, data_file, policy: AudioPolicy, rows, row_problems, clips) -> int:
+def _report(data, data_file, policy: AudioPolicy, rows, row_problems, clips, extras) -> int:
     bad_audio, length_problems, length_notes = [], [], []
     usable, decoded = [], []
     for item in rows:
@@ -122,20 +127,27 @@ def _report(data, data_file, policy: AudioPolicy, rows, row_problems, clips) -> 
         print(f"data.max_samples={data.max_samples}: training uses the first {data.max_samples} usable rows")
     all_rows = [r.row for r in rows]
     no_answer = sum(r.answer is None for r in all_rows)
-    if no_answer:
-        print(f"answers: {len(all_rows) - no_answer} with a gold answer, {no_answer} without (rewards give None)")
+    if no_answer:  # only with data.allow_unlabeled; otherwise they are bad rows
+        print(
+            f"answers: {len(all_rows) - no_answer} with a gold answer, {no_answer} without (data.allow_unlabeled: "
+            "the accuracy reward gives None on them)"
+        )
     print("choices per question: " + _counts(Counter(len(r.choices) for r in all_rows)))
     for key in CATEGORY_KEYS:
         values = Counter(str(r.metadata[key]) for r in all_rows if key in r.metadata)
         if values:
             print(f"{key}: " + _counts(values))
+    _print_extra_keys(extras)
     _print_durations(decoded)
-    print("policy: " + policy.describe())
+    unlabeled = "allowed" if data.allow_unlabeled else "refused"
+    print(f"policy: bad rows: {data.on_bad_row}; unlabeled rows: {unlabeled}; " + policy.describe())
 
     if row_problems or bad_audio or length_problems:
         print(f"problems ({n_problem_rows}):")
+        row_outcome = "skipped (data.on_bad_row=skip)" if data.on_bad_row == "skip" else "an error in training"
         for p in row_problems:
-            print(f"  [{p.kind}] {p.message} -> always an error")
+            unless = " unless data.allow_unlabeled=true" if p.kind == "missing_answer" else ""
+            print(f"  [{p.kind}] {p.message} -> {row_outcome}{unless}")
         outcome = "skipped (data.on_bad_audio=skip)" if policy.on_bad_audio == "skip" else "an error in training"
         for item, reason, message in bad_audio:
             print(f"  [{reason}] {item.where}: row {item.row.id!r}: {message} -> {outcome}")
@@ -148,8 +160,21 @@ def _report(data, data_file, policy: AudioPolicy, rows, row_problems, clips) -> 
     if n_problem_rows:
         print(f"result: {n_problem_rows} problem(s) found")
         return 1
-    print(f"result: clean, {len(usable)} rows ready")
+    lookalikes = [key for key, (_, close) in extras.items() if close]
+    note = f" (but see the extra keys that resemble known ones: {', '.join(lookalikes)})" if lookalikes else ""
+    print(f"result: clean, {len(usable)} rows ready{note}")
     return 0
+
+
+def _print_extra_keys(extras: dict[str, tuple[int, str | None]]) -> None:
+    """Keys no format field or harness name matches: kept as metadata (a reward may read them), or a typo."""
+    if not extras:
+        return
+    items = [
+        f"{key!r} {n} row{'s' if n != 1 else ''}" + (f" (did you mean {close!r}?)" if close else "")
+        for key, (n, close) in extras.items()
+    ]
+    print("extra keys (kept as row metadata, read by no harness code): " + ", ".join(items))
 
 
 def _counts(counter: Counter) -> str:

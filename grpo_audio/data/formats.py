@@ -10,11 +10,19 @@ per-category evaluation tables read them).
   "dataset", "task", "split", "category", "sub-category", "difficulty"}`` (MMAR: ``modality``, ``category``,
   ``sub-category``, ...). The audio path is ``audio_id`` (MMAR files name it ``audio_path``; both are accepted),
   relative to ``root``. ``answer`` is the text of one choice and is required.
-* ``mmsu``: a JSON array or JSONL of ``{"id", "audio_path" | "audio" | "audio_id", "question", "choice_a",
-  "choice_b", "choice_c", "choice_d", "answer_gt" | "answer", ...}``; a ``choices`` list may stand in for
-  ``choice_a``.. (and ``choice_e``.. are read when present). The answer is the text of a choice, an option letter
-  ("B") that is not itself a choice text, or a 0-based index. ``task_name``, ``category``, ``sub-category`` and
-  the rest stay as metadata.
+* ``mmsu``: the official release, a Hugging Face dataset (parquet/arrow files, a directory of them, or a
+  ``save_to_disk`` directory) with the columns ``id, audio, question, choice_a, choice_b, choice_c, choice_d,
+  answer_gt, task_name, category, sub-category, sub-sub-category, linguistics_sub_discipline``, where ``audio`` (the
+  ``audio_column``) is an Audio feature read as under ``hf``; or a JSON array / JSONL export of the same rows with
+  ``audio_path`` (or ``audio`` / ``audio_id``) in place of the audio column. A ``choices`` list may stand in for
+  ``choice_a``.. (and ``choice_e``.. are read when present). Two-option items leave ``choice_c``/``choice_d`` empty
+  (``""`` or null): trailing empty options are not choices, as in the official code; an empty option followed by a
+  non-empty one is a bad row. The answer is the text of a choice, an option letter ("B") that is not itself a
+  choice text, or a 0-based index. ``task_name``, ``category``, ``sub-category`` and the rest stay as metadata.
+  Audio paths: the exports write ``/audio/<id>.wav``, relative to the dataset root despite the leading slash (the
+  official code strips it and joins the root). So with ``root`` (``data.root``) set, an MMSU path starting with
+  ``/`` is relative to it; without ``root`` it is absolute, and when that file is missing while the same path under
+  the data file's directory exists, the file is refused with a message asking for ``data.root``.
 * ``avqa``: the AVQA JSON array of ``{"id", "video_name", "question_text", "multi_choice", "answer", ...}`` with
   ``answer`` a 0-based index into ``multi_choice`` (mapped to the option text). The audio is
   ``<root>/<video_name>.wav`` (the audio track extracted from the VGGSound video), or the row's ``audio`` /
@@ -30,15 +38,25 @@ per-category evaluation tables read them).
   written once to ``cache_dir/<sha256>.<ext>`` (under the run directory); a decoded ``{"array", "sampling_rate"}``
   entry is written there as a 32-bit float WAV; a plain string is a path.
 
+Slice fields (``CATEGORY_KEYS``: task, category, sub-category, difficulty, modality, task_name, question_type) are
+normalised in the metadata: some MMAU rows carry ``"category": ["Sound"]``; a one-element list becomes its string, a
+longer list its elements joined with ", " (an item of several categories is its own slice, named after all of
+them), an empty list drops the field. Per-category tables and ``data check`` then see one value per category.
+
 Ids: ``jsonl`` rows must carry one. In the benchmark formats and ``hf`` a row without an ``id`` gets its 0-based
 position in the file as id (stable for a given file; the evaluation records the file's sha256).
 
 Row problems (malformed JSON line, missing or mistyped field, empty choices, answer not among the choices,
-duplicate id) are never skipped: with ``problems=None`` the first one raises ``DataError`` naming the file, the
-line (JSONL) or array index (JSON), and the field; ``grpo-audio data check`` passes a list and gets all of them. An
+duplicate id) are never dropped silently: with ``problems=None`` the first one raises ``DataError`` naming the file,
+the line (JSONL) or array index (JSON), and the field; a list gets all of them (``grpo-audio data check``, and the
+recipe's ``data.on_bad_row`` in ``grpo_audio.data.sources``). An
 answer matches a choice exactly or, failing that, after case folding and whitespace collapsing (then the choice's
-own text becomes the answer). Audio files are not opened here: ``grpo_audio.data.sources`` decodes every clip and
-applies the recipe's policy for bad, short and long clips.
+own text becomes the answer). Evaluation is the exception for a text answer outside the choices (the older
+``MMAR-meta.json`` has 5 such rows, which the official evaluation scores, as wrong answers): with
+``answers_outside_choices="keep"`` (what ``grpo-audio eval`` passes) the
+row is kept with its answer text as given and ``metadata["answer_outside_choices"] = True``. Audio files are not
+opened here: ``grpo_audio.data.sources`` decodes every clip and applies the recipe's policy for bad, short and long
+clips.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +78,10 @@ _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Metadata fields that name a slice of a benchmark (MMAU: task, category, sub-category, difficulty; MMAR: modality;
 # MMSU: task_name; AVQA: question_type): data check counts rows per value, eval reports accuracy per value.
 CATEGORY_KEYS = ("task", "category", "sub-category", "difficulty", "modality", "task_name", "question_type")
+ANSWER_POLICIES = ("error", "keep")
+OUTSIDE_FLAG = "answer_outside_choices"  # metadata key of a kept row whose answer is not among its choices
+_HF_SUFFIXES = (".parquet", ".arrow", ".csv")  # data files read as a Hugging Face dataset
+_MMSU_COLUMNS = ("choice_a", "answer_gt")  # either one marks MMSU's layout
 
 
 @dataclass(frozen=True)
@@ -143,10 +166,11 @@ def read_records(path: str | Path, report: _Reporter | None = None) -> list[tupl
 
 
 def detect_format(path: str | Path) -> str | None:
-    """Guess the format of a data file or directory from its first record; None when it cannot tell."""
+    """Guess the format of a data file or directory from its first record (a dataset: from its column names); None
+    when it cannot tell."""
     p = Path(path)
-    if p.is_dir() or p.suffix.lower() in (".parquet", ".arrow", ".csv"):
-        return "hf"
+    if p.is_dir() or p.suffix.lower() in _HF_SUFFIXES:
+        return "mmsu" if set(_MMSU_COLUMNS) & hf_column_names(p) else "hf"
     records = read_records(p, _Reporter([]))
     if not records:
         raise DataError(f"{p}: no rows")
@@ -200,9 +224,12 @@ def _choices(value: Any, key: str, where: str, rid: str, report: _Reporter) -> l
     return list(value)
 
 
-def _answer(value: Any, choices: list[str], where: str, rid: str, report: _Reporter, letters: bool) -> str | None:
+def _answer(
+    value: Any, choices: list[str], where: str, rid: str, report: _Reporter, letters: bool, outside: str = "error"
+) -> str | None:
     """The gold answer as the text of a choice: text (exact, else case/space-insensitive), 0-based index, or (with
-    ``letters``) an option letter that is not itself a choice."""
+    ``letters``) an option letter that is not itself a choice. A text matching none is a problem, or with
+    ``outside="keep"`` returned as given (evaluation scores it)."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -219,13 +246,21 @@ def _answer(value: Any, choices: list[str], where: str, rid: str, report: _Repor
     letter = value.strip().strip("().").upper()
     if letters and len(letter) == 1 and letter in _LETTERS[: len(choices)]:
         return choices[_LETTERS.index(letter)]
+    if outside == "keep" and value.strip():
+        return value
     report(where, "answer_not_in_choices", f"answer {value!r} is not one of the choices {choices}", rid)
     return None  # unreachable: report() raises
 
 
-def _audio_path(value: Any, key: str, base: Path, where: str, rid: str, report: _Reporter) -> str:
+def _audio_path(
+    value: Any, key: str, base: Path, where: str, rid: str, report: _Reporter, slash_is_root: bool = False
+) -> str:
+    """``value`` resolved against ``base`` unless absolute; with ``slash_is_root`` (MMSU with ``data.root`` set) a
+    leading ``/`` is relative to ``base`` too."""
     if not isinstance(value, str) or not value.strip():
         report(where, "bad_field", f"field {key!r} must be a non-empty audio path, got {value!r}", rid)
+    if slash_is_root and value.startswith("/"):
+        value = value.lstrip("/")
     path = Path(value)
     return str(path if path.is_absolute() else base / path)
 
@@ -234,8 +269,58 @@ def _first_key(obj: dict, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in obj), None)
 
 
+def slice_value(value: Any) -> Any:
+    """A slice field's value as one string: ``["Sound"]`` -> ``"Sound"``, ``["Sound", "Music"]`` ->
+    ``"Sound, Music"``, ``[]`` -> None (the field is dropped); anything else unchanged."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    return ", ".join(str(v) for v in value) if value else None
+
+
 def _metadata(obj: dict, used: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in used}
+    """The fields a format does not consume; slice fields normalised with ``slice_value``."""
+    metadata = {}
+    for key, value in obj.items():
+        if key in used:
+            continue
+        if key in CATEGORY_KEYS:
+            value = slice_value(value)
+            if value is None:
+                continue
+        metadata[key] = value
+    return metadata
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _mmsu_choices(obj: dict, where: str, rid: str, report: _Reporter) -> tuple[list[str], list[str]]:
+    """MMSU's options and the keys they came from: ``choices``, else ``choice_a``, ``choice_b``, ... while present.
+    Trailing empty options ("" or null: a two-option item's C and D) are not choices; an empty one before a
+    non-empty one is a problem (the letters would shift)."""
+    if "choices" in obj:
+        keys = ["choices"]
+        values = obj["choices"] if isinstance(obj["choices"], list) else None
+        if values is None:
+            return _choices(obj["choices"], "choices", where, rid, report), keys
+        names = [f"choices[{i}]" for i in range(len(values))]
+    else:
+        keys = []
+        for letter in _LETTERS.lower():
+            if f"choice_{letter}" not in obj:
+                break
+            keys.append(f"choice_{letter}")
+        if not keys:
+            report(where, "empty_choices", "no choices: neither 'choice_a'.. nor 'choices'", rid)
+        values, names = [obj[k] for k in keys], keys
+    count = len(values)
+    while count and _blank(values[count - 1]):
+        count -= 1
+    gap = next((name for name, v in zip(names[:count], values[:count], strict=True) if _blank(v)), None)
+    if gap is not None:
+        report(where, "bad_field", f"option {gap!r} is empty but a later option is not", rid)
+    return _choices(values[:count], keys[0] if keys == ["choices"] else "choice_a..", where, rid, report), keys
 
 
 _VIDEO = re.compile(r"\b(video|Video|VIDEO)(s?)\b")
@@ -247,11 +332,23 @@ def replace_video_wording(text: str) -> str:
     return _VIDEO.sub(lambda m: _VIDEO_TO_AUDIO[m.group(1)] + m.group(2), text)
 
 
-def _convert(
-    fmt: str, obj: dict, index: int, where: str, base: Path, report: _Reporter, options: dict
-) -> AudioQuestion:
+@dataclass(frozen=True)
+class _Options:
+    """How ``_convert`` reads rows. ``audio(value, key, where, rid)`` turns an audio field into a file path (a JSON
+    path, or a Hugging Face Audio entry); ``audio_keys``: where MMSU rows may hold the audio, first found wins;
+    ``answers_outside_choices``: "error" or "keep" (see ``_answer``); ``audio_column``: the ``hf`` audio column."""
+
+    audio: Callable[[Any, str, str, str], str]
+    audio_keys: tuple[str, ...] = ("audio_path", "audio", "audio_id")
+    answers_outside_choices: str = "error"
+    replace_video: bool = True
+    audio_column: str = "audio"
+
+
+def _convert(fmt: str, obj: dict, index: int, where: str, report: _Reporter, options: _Options) -> AudioQuestion:
     """One record of format ``fmt`` -> AudioQuestion (``report`` raises for a problem)."""
     rid = _row_id(obj, index, where, report, required=fmt == "jsonl")
+    outside = options.answers_outside_choices
     if fmt == "jsonl":
         question = _question(obj, "question", where, rid, report)
         if "audio" not in obj:
@@ -259,9 +356,18 @@ def _convert(
         if "choices" not in obj:
             report(where, "missing_field", "missing field 'choices'", rid)
         choices = _choices(obj["choices"], "choices", where, rid, report)
-        answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False)
-        audio = _audio_path(obj["audio"], "audio", base, where, rid, report)
+        answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False, outside=outside)
+        audio = options.audio(obj["audio"], "audio", where, rid)
         used = {"id", "audio", "question", "choices", "answer"}
+    elif fmt == "hf":
+        question = _question(obj, "question", where, rid, report)
+        if "choices" not in obj:
+            hint = " (the columns are MMSU's: use data.source=mmsu)" if set(_MMSU_COLUMNS) & set(obj) else ""
+            report(where, "missing_field", f"missing column 'choices'{hint}", rid)
+        choices = _choices(obj["choices"], "choices", where, rid, report)
+        answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False, outside=outside)
+        audio = options.audio(obj[options.audio_column], options.audio_column, where, rid)
+        used = {"id", "question", "choices", "answer", options.audio_column}
     elif fmt in ("mmau", "mmar"):
         question = _question(obj, "question", where, rid, report)
         audio_key = _first_key(obj, ("audio_id", "audio_path"))
@@ -271,69 +377,66 @@ def _convert(
             if key not in obj or obj[key] is None:
                 report(where, "missing_field", f"missing field {key!r}", rid)
         choices = _choices(obj["choices"], "choices", where, rid, report)
-        answer = _answer(obj["answer"], choices, where, rid, report, letters=False)
-        audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
+        answer = _answer(obj["answer"], choices, where, rid, report, letters=False, outside=outside)
+        audio = options.audio(obj[audio_key], audio_key, where, rid)
         used = {"id", audio_key, "question", "choices", "answer"}
     elif fmt == "mmsu":
         question = _question(obj, "question", where, rid, report)
-        audio_key = _first_key(obj, ("audio_path", "audio", "audio_id"))
+        audio_key = _first_key(obj, options.audio_keys)
         if audio_key is None:
-            report(where, "missing_field", "missing field 'audio_path' (or 'audio', 'audio_id')", rid)
-        if "choices" in obj:
-            choice_keys = ["choices"]
-            choices = _choices(obj["choices"], "choices", where, rid, report)
-        else:
-            choice_keys = []
-            for letter in _LETTERS.lower():
-                if f"choice_{letter}" not in obj:
-                    break
-                choice_keys.append(f"choice_{letter}")
-            if not choice_keys:
-                report(where, "empty_choices", "no choices: neither 'choice_a'.. nor 'choices'", rid)
-            choices = _choices([obj[k] for k in choice_keys], "choice_a..", where, rid, report)
+            others = ", ".join(repr(k) for k in options.audio_keys[1:])
+            report(where, "missing_field", f"missing field {options.audio_keys[0]!r} (or {others})", rid)
+        choices, choice_keys = _mmsu_choices(obj, where, rid, report)
         answer_key = _first_key(obj, ("answer_gt", "answer"))
         if answer_key is None or obj[answer_key] is None:
             report(where, "missing_field", "missing field 'answer_gt' (or 'answer')", rid)
-        answer = _answer(obj[answer_key], choices, where, rid, report, letters=True)
-        audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
+        answer = _answer(obj[answer_key], choices, where, rid, report, letters=True, outside=outside)
+        audio = options.audio(obj[audio_key], audio_key, where, rid)
         used = {"id", audio_key, "question", answer_key, *choice_keys}
     elif fmt == "avqa":
-        question = _question(obj, "question_text", where, rid, report)
-        if "multi_choice" not in obj:
-            report(where, "missing_field", "missing field 'multi_choice'", rid)
-        choices = _choices(obj["multi_choice"], "multi_choice", where, rid, report)
-        value = obj.get("answer")
-        if not isinstance(value, int) or isinstance(value, bool):
-            report(where, "bad_field", f"field 'answer' must be a 0-based index into multi_choice, got {value!r}", rid)
-        answer = _answer(value, choices, where, rid, report, letters=False)
-        audio_key = _first_key(obj, ("audio", "audio_path"))
-        if audio_key is not None:
-            audio = _audio_path(obj[audio_key], audio_key, base, where, rid, report)
-        elif isinstance(obj.get("video_name"), str) and obj["video_name"].strip():
-            audio = str(base / f"{obj['video_name']}.wav")
-        else:
-            report(where, "missing_field", "missing field 'video_name' (or 'audio')", rid)
-        used = {"id", "question_text", "multi_choice", "answer", audio_key or ""}
-        metadata = _metadata(obj, used)
-        if options.get("replace_video", True):
-            replaced = replace_video_wording(question)
-            if replaced != question:
-                metadata["question_original"] = question
-                question = replaced
-        return AudioQuestion(rid, audio, question, choices, answer, metadata)
+        return _convert_avqa(obj, rid, where, report, options)
     else:
         raise ValueError(f"unknown data format {fmt!r}; choose one of {FORMATS}")
-    return AudioQuestion(rid, audio, question, choices, answer, _metadata(obj, used))
+    metadata = _metadata(obj, used)
+    if answer is not None and answer not in choices:  # kept for evaluation (answers_outside_choices="keep")
+        metadata[OUTSIDE_FLAG] = True
+    return AudioQuestion(rid, audio, question, choices, answer, metadata)
 
 
-def _collect(fmt: str, records, base: Path, report: _Reporter, options: dict) -> list[SourceRow]:
+def _convert_avqa(obj: dict, rid: str, where: str, report: _Reporter, options: _Options) -> AudioQuestion:
+    """One AVQA record: answer index -> option text, ``<root>/<video_name>.wav``, optional video -> audio wording."""
+    question = _question(obj, "question_text", where, rid, report)
+    if "multi_choice" not in obj:
+        report(where, "missing_field", "missing field 'multi_choice'", rid)
+    choices = _choices(obj["multi_choice"], "multi_choice", where, rid, report)
+    value = obj.get("answer")
+    if not isinstance(value, int) or isinstance(value, bool):
+        report(where, "bad_field", f"field 'answer' must be a 0-based index into multi_choice, got {value!r}", rid)
+    answer = _answer(value, choices, where, rid, report, letters=False)
+    audio_key = _first_key(obj, ("audio", "audio_path"))
+    if audio_key is not None:
+        audio = options.audio(obj[audio_key], audio_key, where, rid)
+    elif isinstance(obj.get("video_name"), str) and obj["video_name"].strip():
+        audio = options.audio(f"{obj['video_name']}.wav", "video_name", where, rid)
+    else:
+        report(where, "missing_field", "missing field 'video_name' (or 'audio')", rid)
+    metadata = _metadata(obj, {"id", "question_text", "multi_choice", "answer", audio_key or ""})
+    if options.replace_video:
+        replaced = replace_video_wording(question)
+        if replaced != question:
+            metadata["question_original"] = question
+            question = replaced
+    return AudioQuestion(rid, audio, question, choices, answer, metadata)
+
+
+def _collect(fmt: str, records, report: _Reporter, options: _Options) -> list[SourceRow]:
     rows: list[SourceRow] = []
     seen: dict[str, str] = {}
     for index, (where, obj) in enumerate(records):
         try:
             if not isinstance(obj, dict):
                 report(where, "not_object", f"expected a JSON object, got {type(obj).__name__}")
-            row = _convert(fmt, obj, index, where, base, report, options)
+            row = _convert(fmt, obj, index, where, report, options)
             if row.id in seen:
                 report(where, "duplicate_id", f"duplicate id {row.id!r} (first at {seen[row.id]})", row.id)
         except _RejectedRowError:
@@ -341,6 +444,21 @@ def _collect(fmt: str, records, base: Path, report: _Reporter, options: dict) ->
         seen[row.id] = where
         rows.append(SourceRow(row, where))
     return rows
+
+
+def _check_mmsu_root(rows: list[SourceRow], data_dir: Path) -> None:
+    """Without ``data.root``, refuse an MMSU file whose first ``/audio/...``-style path is missing as an absolute
+    path but exists under the data file's directory: the paths are root-relative (module docstring)."""
+    first = next((item for item in rows if Path(item.row.audio).is_absolute()), None)
+    if first is None or Path(first.row.audio).exists():
+        return
+    relative = data_dir / first.row.audio.lstrip("/")
+    if relative.exists():
+        raise DataError(
+            f"{first.where}: row {first.row.id!r}: audio path {first.row.audio!r} does not exist; MMSU writes paths "
+            f"relative to the dataset root despite the leading '/' ({relative} exists): set data.root (--root) to "
+            f"{data_dir}"
+        )
 
 
 # --- public loaders ----------------------------------------------------------------------------------------------
@@ -356,25 +474,38 @@ def read_rows(
     audio_column: str = "audio",
     cache_dir: str | Path | None = None,
     problems: list[RowProblem] | None = None,
+    answers_outside_choices: str = "error",
 ) -> list[SourceRow]:
     """Rows of ``path`` in format ``fmt`` with their locations. See the module docstring for the formats.
 
     ``problems=None``: the first row problem raises ``DataError``; a list: problems are appended and those rows left
-    out. ``cache_dir`` (format ``hf`` only) receives audio that the dataset holds as bytes or arrays.
+    out. ``cache_dir`` (format ``hf``, and ``mmsu`` read from a Hugging Face dataset) receives audio that the dataset
+    holds as bytes or arrays. ``answers_outside_choices``: "error" (a text answer matching no choice is a row
+    problem, training) or "keep" (evaluation: the official scripts score such rows).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    outside = answers_outside_choices
+    if outside not in ANSWER_POLICIES:
+        raise ValueError(f"answers_outside_choices must be one of {ANSWER_POLICIES}, got {outside!r}")
     report = _Reporter(problems)
     path = Path(path)
-    if fmt == "hf":
+    if fmt == "hf" or (fmt == "mmsu" and (path.is_dir() or path.suffix.lower() in _HF_SUFFIXES)):
         if cache_dir is None:
-            raise ValueError("the 'hf' format needs a cache_dir for audio held as bytes or arrays")
-        return _read_hf(path, split, audio_column, Path(cache_dir), root, report)
+            raise ValueError(f"the {fmt!r} format needs a cache_dir for a dataset's audio held as bytes or arrays")
+        return _read_hf(fmt, path, split, audio_column, Path(cache_dir), root, report, outside)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     base = Path(root).resolve() if root is not None else path.resolve().parent
-    options = {"replace_video": avqa_replace_video}
-    rows = _collect(fmt, read_records(path, report), base, report, options)
+    slash_is_root = fmt == "mmsu" and root is not None
+
+    def audio(value: Any, key: str, where: str, rid: str) -> str:
+        return _audio_path(value, key, base, where, rid, report, slash_is_root)
+
+    options = _Options(audio, answers_outside_choices=outside, replace_video=avqa_replace_video)
+    rows = _collect(fmt, read_records(path, report), report, options)
+    if fmt == "mmsu" and root is None:
+        _check_mmsu_root(rows, base)
     if not rows and problems is None:
         raise DataError(f"{path}: no rows")
     return rows
@@ -395,9 +526,10 @@ def load_mmar(path, root=None, problems=None) -> list[AudioQuestion]:
     return [r.row for r in read_rows("mmar", path, root=root, problems=problems)]
 
 
-def load_mmsu(path, root=None, problems=None) -> list[AudioQuestion]:
-    """MMSU JSON/JSONL rows (``choice_a``..``choice_d`` or ``choices``; ``answer_gt`` text, letter or index)."""
-    return [r.row for r in read_rows("mmsu", path, root=root, problems=problems)]
+def load_mmsu(path, root=None, problems=None, cache_dir=None, split=None) -> list[AudioQuestion]:
+    """MMSU rows from its Hugging Face dataset (parquet/arrow/directory; embedded audio written under ``cache_dir``)
+    or a JSON/JSONL export (``choice_a``..``choice_d`` or ``choices``; ``answer_gt`` text, letter or index)."""
+    return [r.row for r in read_rows("mmsu", path, root=root, problems=problems, cache_dir=cache_dir, split=split)]
 
 
 def load_avqa(path, root=None, replace_video=True, problems=None) -> list[AudioQuestion]:
@@ -468,13 +600,15 @@ def _sniff_suffix(data: bytes) -> str:
     return ".bin"
 
 
-def _hf_audio_file(value: Any, base: Path, cache_dir: Path, where: str, rid: str, report: _Reporter) -> str:
+def _hf_audio_file(
+    value: Any, base: Path, cache_dir: Path, where: str, rid: str, report: _Reporter, slash_is_root: bool = False
+) -> str:
     """A real file path for one entry of the audio column (writing bytes or arrays into ``cache_dir``)."""
     import numpy as np
     import soundfile as sf
 
     if isinstance(value, str):
-        return _audio_path(value, "audio", base, where, rid, report)
+        return _audio_path(value, "audio", base, where, rid, report, slash_is_root)
     if not isinstance(value, dict):
         report(where, "bad_field", f"audio column holds {type(value).__name__}, not an audio entry", rid)
     if value.get("bytes"):
@@ -504,41 +638,65 @@ def _hf_audio_file(value: Any, base: Path, cache_dir: Path, where: str, rid: str
             tmp.replace(target)
         return str(target)
     if value.get("path"):
-        return _audio_path(value["path"], "audio.path", base, where, rid, report)
+        return _audio_path(value["path"], "audio.path", base, where, rid, report, slash_is_root)
     report(where, "missing_field", "the audio entry has neither bytes, an array nor a path", rid)
     return ""  # unreachable
 
 
-def _read_hf(path: Path, split, audio_column: str, cache_dir: Path, root, report: _Reporter) -> list[SourceRow]:
+def hf_column_names(path: str | Path) -> set[str]:
+    """Column names of a parquet/arrow file or a dataset directory, read from its schema without loading the data;
+    empty when they cannot be read that way (csv, an unreadable file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            for info in sorted(path.rglob("dataset_info.json")):  # save_to_disk: the first split's features
+                features = json.loads(info.read_text(encoding="utf-8")).get("features") or {}
+                return set(features)
+            files = sorted(path.rglob("*.parquet"))
+            return set(pq.read_schema(files[0]).names) if files else set()
+        if path.suffix.lower() == ".parquet":
+            return set(pq.read_schema(path).names)
+        if path.suffix.lower() == ".arrow":
+            with pa.memory_map(str(path)) as source:
+                try:
+                    return set(pa.ipc.open_stream(source).schema.names)
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    return set(pa.ipc.open_file(source).schema.names)
+    except (OSError, ValueError, pa.ArrowException):  # json.JSONDecodeError is a ValueError
+        return set()
+    return set()
+
+
+def _read_hf(
+    fmt: str, path: Path, split, audio_column: str, cache_dir: Path, root, report: _Reporter, outside: str
+) -> list[SourceRow]:
+    """Rows of a Hugging Face dataset in format ``hf`` (question/choices/answer columns) or ``mmsu`` (MMSU's)."""
     import datasets
 
     ds = open_hf_dataset(path, split, cache_dir / "datasets_cache")
-    if audio_column not in ds.column_names:
+    if audio_column not in ds.column_names and (fmt == "hf" or "audio_path" not in ds.column_names):
         raise DataError(
             f"{path}: no audio column {audio_column!r}; columns: {ds.column_names} (set data.audio_column)"
         )
-    if isinstance(ds.features[audio_column], datasets.Audio):
+    if audio_column in ds.column_names and isinstance(ds.features[audio_column], datasets.Audio):
         ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
     base = Path(root).resolve() if root is not None else (path if path.is_dir() else path.parent).resolve()
-    rows: list[SourceRow] = []
-    seen: dict[str, str] = {}
-    for index, obj in enumerate(ds):
-        where = f"{path}[{index}]"
-        try:
-            rid = _row_id(obj, index, where, report, required=False)
-            question = _question(obj, "question", where, rid, report)
-            if "choices" not in obj:
-                report(where, "missing_field", "missing column 'choices'", rid)
-            choices = _choices(obj["choices"], "choices", where, rid, report)
-            answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False)
-            audio = _hf_audio_file(obj[audio_column], base, cache_dir, where, rid, report)
-            if rid in seen:
-                report(where, "duplicate_id", f"duplicate id {rid!r} (first at {seen[rid]})", rid)
-        except _RejectedRowError:
-            continue
-        seen[rid] = where
-        metadata = _metadata(obj, {"id", "question", "choices", "answer", audio_column})
-        rows.append(SourceRow(AudioQuestion(rid, audio, question, choices, answer, metadata), where))
+    slash_is_root = fmt == "mmsu" and root is not None
+
+    def audio(value: Any, key: str, where: str, rid: str) -> str:
+        return _hf_audio_file(value, base, cache_dir, where, rid, report, slash_is_root)
+
+    options = _Options(
+        audio,
+        audio_keys=tuple(dict.fromkeys((audio_column, "audio_path", "audio", "audio_id"))),
+        answers_outside_choices=outside,
+        audio_column=audio_column,
+    )
+    rows = _collect(fmt, ((f"{path}[{i}]", obj) for i, obj in enumerate(ds)), report, options)
     if not rows and report.problems is None:
         raise DataError(f"{path}: no rows")
     return rows

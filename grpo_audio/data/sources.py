@@ -13,11 +13,18 @@ exact duration without resampling) and applies the policy:
   model's loader reads it back unchanged, no second resampling) and points the row there, keeping the original
   path as ``metadata["audio_original"]``.
 
+Before any clip is decoded, the rows themselves are checked: a row its format cannot read (see ``formats``: bad
+JSON, a missing or mistyped field, an answer not among the choices, a duplicate id) or that breaks a rule of
+``row_rules`` (no gold answer without ``data.allow_unlabeled``, an answer key that looks misspelled) is a bad row.
+``data.on_bad_row`` ``error`` raises one ``DataError`` naming the first few (file:line and reason) and how many there
+are; ``skip`` leaves them out like skipped clips, under their problem kind as reason. Every row is parsed, so bad
+rows are counted over the whole file, also past ``data.max_samples``. An extra key that resembles a known one
+(``categroy``) is a warning.
+
 Nothing is dropped without a trace: every skip is counted per reason, logged (a warning, and one JSON line in
 ``<run_dir>/skipped.jsonl``, which is always written and empty when nothing was skipped), and summed up in the
 returned ``SkipReport``; truncations are listed in ``<run_dir>/truncated.jsonl``. ``data.max_samples`` keeps the
-first that many *usable* rows (decoding stops there); a problem in the row fields themselves (see ``formats``) is
-always an error.
+first that many *usable* rows (decoding stops there).
 """
 
 from __future__ import annotations
@@ -35,13 +42,25 @@ import soundfile as sf
 
 from grpo_audio.audio.covo import SAMPLE_RATE, placeholders_for_file_length
 from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
-from grpo_audio.data.formats import SourceRow, read_rows
+from grpo_audio.audio.resample import DEFAULT_RESAMPLER
+from grpo_audio.data.formats import RowProblem, SourceRow, read_rows
 from grpo_audio.data.manifest import AudioQuestion, DataError
+from grpo_audio.data.row_rules import (
+    ROW_REASONS,
+    BadRow,
+    apply_row_rules,
+    bad_rows_message,
+    lookalike_keys,
+    training_hint,
+)
 from grpo_audio.data.synthetic import write_synthetic_set
 
 logger = logging.getLogger("grpo_audio.data")
 
-# Reason codes, in the order summaries list them.
+# Reason codes, in the order summaries list them (row problems first: a row kind of formats.RowProblem, or one of
+# row_rules.ROW_REASONS).
+PARSE_REASONS = ("bad_json", "not_object", "missing_field", "bad_field", "empty_choices", "answer_not_in_choices",
+                 "duplicate_id")  # fmt: skip
 BAD_AUDIO_REASONS = ("missing_file", "not_a_file", "empty_file", "unreadable", "truncated", "no_samples", "non_finite")
 LENGTH_REASONS = ("too_short", "too_long")
 _LOGGED_SKIPS = 20  # individual warnings; the rest are only in skipped.jsonl and the summary
@@ -111,10 +130,14 @@ class AudioPolicy:
     short_clips: str = "error"
     max_duration_s: float | None = None
     long_clips: str = "error"
+    resampler: str = DEFAULT_RESAMPLER  # for the 24 kHz copies of truncated clips, as the features resample
 
     @classmethod
     def from_data_section(cls, data) -> AudioPolicy:
-        return cls(data.on_bad_audio, data.min_duration_s, data.short_clips, data.max_duration_s, data.long_clips)
+        return cls(
+            data.on_bad_audio, data.min_duration_s, data.short_clips, data.max_duration_s, data.long_clips,
+            data.resampler,
+        )  # fmt: skip
 
     def length_verdict(self, duration_s: float) -> tuple[str, str, str] | None:
         """None when the length is fine, else (reason, action, detail) with action error | skip | truncate."""
@@ -134,7 +157,8 @@ class AudioPolicy:
 
 @dataclass
 class SkipRecord:
-    """One row left out: which, where it was read, its audio file, the reason code and the full message."""
+    """One row left out: which, where it was read, its audio file, the reason code and the message. A bad row that
+    could not be parsed has neither id nor audio ("") and no ``row``."""
 
     row_id: str
     where: str
@@ -164,8 +188,9 @@ class TruncationRecord:
 
 @dataclass
 class SkipReport:
-    """What the audio policy did. ``data_file``: the file or directory the rows were read from (the synthetic
-    set's manifest), for provenance. ``examined``: rows whose audio was looked at; ``kept``: rows returned."""
+    """What the row checks and the audio policy did. ``data_file``: the file or directory the rows were read from
+    (the synthetic set's manifest), for provenance. ``examined``: bad rows plus rows whose audio was looked at;
+    ``kept``: rows returned; ``skipped``: bad rows (``data.on_bad_row=skip``) and skipped clips."""
 
     data_file: Path | None = None
     examined: int = 0
@@ -181,7 +206,7 @@ class SkipReport:
     def counts(self) -> dict[str, int]:
         """Skips per reason code."""
         counts = Counter(s.reason for s in self.skipped)
-        order = BAD_AUDIO_REASONS + LENGTH_REASONS
+        order = PARSE_REASONS + ROW_REASONS + BAD_AUDIO_REASONS + LENGTH_REASONS
         return {r: counts[r] for r in sorted(counts, key=lambda r: order.index(r) if r in order else len(order))}
 
     def summary(self) -> str:
@@ -199,9 +224,9 @@ class SkipReport:
         return line
 
 
-def _truncated_copy(path: str, seconds: float, directory: Path) -> tuple[str, int]:
+def _truncated_copy(path: str, seconds: float, directory: Path, resampler: str) -> tuple[str, int]:
     """The clip cut to ``seconds``, written as 24 kHz float WAV; returns its path and its length in samples."""
-    wave = load_audio(path, SAMPLE_RATE)[: int(round(seconds * SAMPLE_RATE))]
+    wave = load_audio(path, SAMPLE_RATE, resampler)[: int(round(seconds * SAMPLE_RATE))]
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{Path(path).resolve()}|{seconds}".encode()).hexdigest()[:24]
     target = directory / f"{digest}.wav"
@@ -253,7 +278,7 @@ def apply_audio_policy(
                 if action == "skip":
                     report.skipped.append(SkipRecord(row.id, where, row.audio, reason, message, row))
                     continue
-                copy, n_24k = _truncated_copy(row.audio, limit, truncate_dir)
+                copy, n_24k = _truncated_copy(row.audio, limit, truncate_dir, policy.resampler)
                 report.placeholders[row.id] = placeholders_for_file_length(n_24k, SAMPLE_RATE)
                 report.truncated.append(TruncationRecord(row.id, where, row.audio, copy, clip.duration_s, limit))
                 row = replace(row, audio=copy, metadata={**row.metadata, "audio_original": row.audio})
@@ -279,15 +304,20 @@ def write_policy_logs(report: SkipReport, run_dir: Path, truncation_enabled: boo
             for record in report.truncated:
                 fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
     for record in report.skipped[:_LOGGED_SKIPS]:
-        logger.warning("skipped %s: row %r: %s [%s]", record.where, record.row_id, record.message, record.reason)
+        row = f"row {record.row_id!r}: " if record.row_id else ""  # a row that could not be parsed has no id
+        logger.warning("skipped %s: %s%s [%s]", record.where, row, record.message, record.reason)
     if len(report.skipped) > _LOGGED_SKIPS:
         logger.warning("... and %d more skipped rows (see %s)", len(report.skipped) - _LOGGED_SKIPS, report.log_path)
     if report.skipped or report.truncated:
         logger.warning(report.summary())
 
 
-def read_source_rows(data, run_dir: Path, seed: int, problems=None) -> tuple[list[SourceRow], Path]:
-    """The rows of a recipe's ``data`` section (no audio decoded yet) and the file they came from."""
+def read_source_rows(
+    data, run_dir: Path, seed: int, problems=None, answers_outside_choices: str = "error"
+) -> tuple[list[SourceRow], Path]:
+    """The rows of a recipe's ``data`` section (no audio decoded yet) and the file they came from.
+
+    ``answers_outside_choices``: "error" (training: such a row is a bad row) or "keep" (evaluation scores it)."""
     if data.source == "synthetic":
         spec = data.synthetic
         manifest = write_synthetic_set(run_dir / "data", spec.num_questions, list(spec.tasks), seed)
@@ -301,27 +331,63 @@ def read_source_rows(data, run_dir: Path, seed: int, problems=None) -> tuple[lis
         audio_column=data.audio_column,
         cache_dir=run_dir / "data" / "hf_audio",
         problems=problems,
+        answers_outside_choices=answers_outside_choices,
     )
     return rows, Path(data.path)
 
 
-def load_rows_for_recipe(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion], SkipReport]:
-    """The recipe's usable rows (``data.max_samples`` of them at most) and what the audio policy did.
+def load_rows_for_recipe(
+    recipe, run_dir: str | Path, answers_outside_choices: str = "error"
+) -> tuple[list[AudioQuestion], SkipReport]:
+    """The recipe's usable rows (``data.max_samples`` of them at most) and what the row checks and the audio policy
+    did. ``answers_outside_choices="keep"`` (evaluation) keeps rows whose answer is not among their choices.
 
     Writes ``<run_dir>/skipped.jsonl`` (and ``truncated.jsonl`` with ``data.long_clips=truncate``); synthetic clips
     go to ``<run_dir>/data/``, Hugging Face audio held as bytes to ``<run_dir>/data/hf_audio/``, truncated clips to
-    ``<run_dir>/data/truncated/``. Raises ``DataError`` for a bad row, a clip the policy does not allow, or when no
-    row is left.
+    ``<run_dir>/data/truncated/``. Raises ``DataError`` for bad rows (``data.on_bad_row=error``), a clip the policy
+    does not allow, or when no row is left.
     """
     run_dir = Path(run_dir)
     data = recipe.data
-    source_rows, data_file = read_source_rows(data, run_dir, recipe.run.seed)
+    parse_problems: list[RowProblem] = []
+    source_rows, data_file = read_source_rows(
+        data, run_dir, recipe.run.seed, problems=parse_problems, answers_outside_choices=answers_outside_choices
+    )
+    if not source_rows and not parse_problems:
+        raise DataError(f"{data_file}: no rows")
+    source_rows, bad_rows = apply_row_rules(source_rows, parse_problems, data)
+    warn_lookalike_keys(source_rows, data)
+    if bad_rows and data.on_bad_row == "error":
+        problems = [b.problem for b in bad_rows]
+        raise DataError(bad_rows_message(data_file, problems, training_hint(problems)))
     policy = AudioPolicy.from_data_section(data)
     rows, report = apply_audio_policy(
         source_rows, policy, truncate_dir=run_dir / "data" / "truncated", max_rows=data.max_samples
     )
     report.data_file = data_file
+    report.examined += len(bad_rows)
+    report.skipped[:0] = [bad_row_skip(b) for b in bad_rows]  # one report, one skipped.jsonl, row problems first
     write_policy_logs(report, run_dir, truncation_enabled=policy.long_clips == "truncate")
     if not rows:
         raise DataError(f"{data_file}: no usable rows ({report.summary()})")
     return rows, report
+
+
+def bad_row_skip(bad: BadRow) -> SkipRecord:
+    """A skipped bad row as a skip record (reason: the problem kind; no audio when the row could not be parsed)."""
+    problem, row = bad
+    audio = row.audio if row is not None else ""
+    detail = problem.message.removeprefix(f"{problem.where}: ")  # the record names where and which row itself
+    if problem.row_id is not None:
+        detail = detail.removeprefix(f"row {problem.row_id!r}: ")
+    return SkipRecord(problem.row_id or "", problem.where, audio, problem.kind, detail, row)
+
+
+def warn_lookalike_keys(rows: list[SourceRow], data) -> None:
+    """One warning per extra key that resembles a known one (the misspelled answer keys are bad rows instead)."""
+    for key, (count, close) in lookalike_keys(rows, data).items():
+        if close is not None:
+            logger.warning(
+                "data: key %r in %d row(s) is not a field the harness reads (did you mean %r?); kept as row metadata",
+                key, count, close,
+            )  # fmt: skip

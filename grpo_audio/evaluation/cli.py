@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from grpo_audio.evaluation.runner import evaluate
+    from grpo_audio.model.checkpoint import CheckpointError
 
     try:
         recipe, template, settings, out = _prepare(args)
         evaluate(recipe, template, settings, out)
-    except (RecipeError, DataError, AudioLoadError) as exc:
+    except (RecipeError, DataError, AudioLoadError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -65,8 +65,12 @@ def markdown_table(metrics: dict) -> str:
         f"at most {decoding['max_new_tokens']} new tokens",
         f"- items: {overall['items']} ({metrics['skipped']['count']} with a skipped clip); unparsed predictions: "
         f"{overall['unparsed']}; missing: {overall['missing']} (both counted as wrong)",
-        "",
     ]
+    outside = bench.get("answers_outside_choices", 0)
+    if outside:
+        lines.append(f"- items whose gold answer is not among their choices: {outside} (scored by the rule, as the "
+                     "official script does)")  # fmt: skip
+    lines.append("")
     header = ["slice", "value", "items", "accuracy (%)"] + ([f"pass@{k} (%)"] if k > 1 else [])
     header += ["correct", "unparsed", "missing"]
     lines.append("| " + " | ".join(header) + " |")

@@ -9,6 +9,10 @@ Writes into the output directory:
     metrics.md         the same as a markdown table (also printed)
     prompt.txt         one rendered prompt, exactly as the model saw it
     skipped.jsonl      rows whose clip the audio policy skipped (see grpo_audio.data.sources)
+
+Every row is scored. A row whose gold answer is not among its choices (the older MMAR-meta.json has 5) is kept and
+scored by the rule, as the official scripts score it (in practice wrong: an output naming a choice lacks the
+answer's words); metrics.json counts them as ``benchmark.answers_outside_choices``. Training refuses such rows.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from grpo_audio import __version__
 from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.data.formats import OUTSIDE_FLAG
 from grpo_audio.data.manifest import DataError
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
@@ -81,7 +86,16 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, report = load_rows_for_recipe(recipe, out)
+    # Rows whose answer is not among the choices (the older MMAR-meta.json has 5) are scored, by the official rule,
+    # as the official scripts do, rather than refused as training refuses them
+    rows, report = load_rows_for_recipe(recipe, out, answers_outside_choices="keep")
+    unreadable = [s for s in report.skipped if s.row is None]
+    if unreadable:
+        # a skipped clip still counts as a wrong prediction; a row that could not be read would drop out of the total
+        raise DataError(
+            f"{report.data_file}: evaluation scores every row; {len(unreadable)} could not be read (first: "
+            f"{unreadable[0].where}: {unreadable[0].message}); data.on_bad_row=skip applies to training only"
+        )
     unanswered = [r.id for r in rows + [s.row for s in report.skipped] if r.answer is None]
     if unanswered:
         raise DataError(
@@ -94,7 +108,7 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     torch.manual_seed(recipe.run.seed)
-    featurizer = AudioFeaturizer(reuse_embeddings=True)
+    featurizer = AudioFeaturizer(reuse_embeddings=True, resampler=recipe.data.resampler)
     # The recipe's engine (HF generate or vLLM) with the evaluation's own decoding settings
     engine = build_rollout_engine(recipe, model, tokenizer, out)
     engine.sampling = _sampling(settings)
@@ -140,6 +154,7 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
             "format": recipe.data.source,
             "root": recipe.data.root,
             "rows": len(rows) + len(report.skipped),
+            "answers_outside_choices": _answers_outside_choices(rows, report),
         },
         "model": str(recipe.model.path or recipe.model.source),
         "template": template.ident,
@@ -164,6 +179,12 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     echo(table)
     echo(f"eval: wrote {out / 'predictions.jsonl'}, {out / 'metrics.json'}, {out / 'metrics.md'}")
     return metrics
+
+
+def _answers_outside_choices(rows, report) -> int:
+    """Items whose gold answer is not among their choices (kept, scored by the rule), skipped clips included."""
+    items = rows + [s.row for s in report.skipped if s.row is not None]
+    return sum(bool(r.metadata.get(OUTSIDE_FLAG)) for r in items)
 
 
 def _record(row, sample: int, completion, finish_reason, rule: str, skip_reason: str | None = None) -> dict:

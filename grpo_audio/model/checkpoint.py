@@ -14,16 +14,26 @@ Parameter names on disk and in our module tree (``CovoAudioForConditionalGenerat
     encoder.X            <->  model.encoder.X
     audio_adapter.X      <->  model.audio_adapter.X
 
+``load_covo_checkpoint`` is the one loader (training, evaluation, benchmarks, the backbone export). It also reads the
+harness layout, the same files with our module names (``model.language_model.X`` ...), as transformers'
+``save_pretrained`` writes them (trainer checkpoints, ``run.final_model_format: save_pretrained``). The layout is
+decided from the tensor names; that layout alone is then checked, and a problem is never retried as the other one.
+
 Loading reads JSON and safetensors only: no pickle, no ``trust_remote_code``, nothing from the directory is executed.
+A pickle weight file (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``), alone or beside safetensors, is refused from its
+name without being opened (the HF Trainer's own state files in a ``checkpoint-N`` directory are let through, unopened).
 The model is built with empty (meta) parameters and the tensors are assigned, so a 7B checkpoint is read once,
-without a random initialisation first. Every problem raises ``CheckpointError`` naming the file and the problem, and
-names and shapes are checked from the safetensors headers before any tensor data is read.
+without a random initialisation first. Every problem raises a one-line ``CheckpointError`` naming the file and the
+problem: names and shapes are checked from the safetensors headers before any tensor data is read (every name the
+index gives must be in its shard; no parameter missing, none unexpected), and each tensor is checked finite as read.
 
 Saving writes the same layout and names. A PEFT (LoRA) model is saved with its adapters merged into the base weights,
 one adapted layer at a time on a copy of that layer, so the model being trained is left untouched and the extra memory
 is one layer, not a second model. The directory is written as ``<directory>.tmp-XXXX`` and renamed over the old one
 only when complete.
 
+``config.json`` is written as the released code writes it (sub-config tags ``_llm_config_type: qwen2`` /
+``_encoder_config_type: whisper``, ``architectures: [CovoAudioForCausalLM]``, or the loaded checkpoint's own value).
 Additions to the released ``config.json`` (harmless to the released loader, which ignores unknown keys):
 ``audio_placeholder_token_id`` and ``adapter_hidden_size`` (see ``configuration.py``), and ``llm_config.rope_theta``
 written beside transformers-5's ``rope_parameters`` so that a transformers-4 reader gets the right RoPE base.
@@ -34,6 +44,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -50,6 +61,8 @@ from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
 from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, check_covo_tokens
 
 CONFIG_NAME = "config.json"
+RELEASED_ARCHITECTURE = "CovoAudioForCausalLM"  # the released model class: config.json's "architectures"
+SUB_ARCHITECTURES = {"llm_config": "Qwen2ForCausalLM", "encoder_config": "WhisperForConditionalGeneration"}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -63,7 +76,11 @@ _NAME_MAP = (
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded (or a model that cannot be saved) as a released Covo-Audio."""
+    """A checkpoint directory that cannot be loaded (or a model that cannot be saved) as a Covo-Audio checkpoint."""
+
+    def __init__(self, message: str) -> None:
+        # One line, whatever a library's text put into it: the CLI prints it as a single "error: ..." line
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)))
 
 
 def released_name(ours: str) -> str:
@@ -138,6 +155,33 @@ def _build_empty(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 
+RELEASED_LAYOUT = "released"  # llm.* / encoder.* / audio_adapter.*: the published checkpoint, save_covo_checkpoint
+HARNESS_LAYOUT = "harness"  # our module names (model.language_model.* ...): transformers' save_pretrained
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# The HF Trainer's own state in a trainer/checkpoint-N directory: pickles that hold no model weights. Like every pickle
+# they are never opened; they are let through so that such a directory (model.safetensors beside them) can be loaded.
+_TRAINER_STATE = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth")
+
+
+def _refuse_pickles(directory: Path) -> None:
+    """CheckpointError for a pickle weight file in ``directory``, decided from the file names: nothing is opened.
+
+    Unpickling can run code stored in the file, so it is never done; and a pickle beside safetensors would leave open
+    which of the two holds the weights meant (transformers silently prefers one), so it is refused there too.
+    """
+    found = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.suffix.lower() in PICKLE_SUFFIXES and not _TRAINER_STATE.fullmatch(p.name)
+    )
+    if found:
+        others = f" (also {_few(found[1:])})" if len(found) > 1 else ""
+        raise CheckpointError(
+            f"{directory / found[0]}: pickle weights are refused, safetensors only{others}; the file was not opened "
+            "(convert it to safetensors where you trust its origin, and remove it from this directory)"
+        )
+
 
 def _read_config(directory: Path) -> CovoAudioConfig:
     path = directory / CONFIG_NAME
@@ -145,7 +189,7 @@ def _read_config(directory: Path) -> CovoAudioConfig:
         raise CheckpointError(f"{path}: missing; a Covo-Audio checkpoint directory has a config.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -196,39 +240,75 @@ def _load_tokenizer(directory: Path, config: CovoAudioConfig):
 
 @dataclass(frozen=True)
 class _StoredTensor:
-    name: str  # released name
+    name: str  # the name in the file (released or harness)
     file: Path
     shape: tuple[int, ...]
 
 
 def _shard_files(directory: Path) -> tuple[Path, dict[str, list[str]]]:
-    """(the file that lists the shards, {shard file name: released names listed for it})."""
+    """(the file that lists the shards, {shard file name: names listed for it}); every ``*.safetensors`` file in
+    the directory must be one of them (a stray one, e.g. a shard of an older save, leaves unclear what was meant)."""
     index = directory / INDEX_NAME
+    present = sorted(p.name for p in directory.glob("*.safetensors"))
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index}: not a safetensors index with a weight_map ({err!r})") from err
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index}: weight_map is empty or not an object")
         shards: dict[str, list[str]] = {}
         for name, shard in weight_map.items():
+            if not isinstance(shard, str) or Path(shard).name != shard:
+                raise CheckpointError(f"{index}: shard {shard!r} of {name} is not a file name inside the directory")
             shards.setdefault(shard, []).append(name)
         for shard, names in shards.items():
-            if Path(shard).name != shard:
-                raise CheckpointError(f"{index}: shard {shard!r} is not a file name inside the checkpoint directory")
             if not (directory / shard).is_file():
                 raise CheckpointError(
-                    f"{directory / shard}: missing shard (named in {INDEX_NAME} for {len(names)} tensors, "
+                    f"{directory / shard}: missing shard (named in {INDEX_NAME} for {len(names)} tensor(s), "
                     f"e.g. {names[0]})"
                 )
+        strays = [name for name in present if name not in shards]
+        if strays:
+            raise CheckpointError(f"{directory / strays[0]}: a safetensors file that {INDEX_NAME} does not name")
         return index, shards
-    single = directory / SINGLE_NAME
-    if single.is_file():
-        return single, {SINGLE_NAME: []}  # every tensor in the file
-    pickles = sorted(p.name for p in directory.glob("*.bin"))
-    hint = f" ({', '.join(pickles)} found: pickle files are never read)" if pickles else ""
-    raise CheckpointError(f"{index}: missing, and no {SINGLE_NAME} either{hint}")
+    if SINGLE_NAME in present:
+        strays = [name for name in present if name != SINGLE_NAME]
+        if strays:
+            raise CheckpointError(
+                f"{directory / strays[0]}: a safetensors file beside {SINGLE_NAME}, and no {INDEX_NAME} to say which "
+                "weights belong to the model"
+            )
+        return directory / SINGLE_NAME, {SINGLE_NAME: []}  # every tensor in the file
+    found = _few(sorted(p.name for p in directory.iterdir())) or "an empty directory"
+    raise CheckpointError(f"{directory}: no weights, neither {INDEX_NAME} nor {SINGLE_NAME} (found: {found})")
+
+
+def _expected_size(path: Path) -> int | None:
+    """The file size that a safetensors header promises (8 + header + data), or None if the header is unreadable."""
+    try:
+        with path.open("rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len)) if 0 < header_len < 100_000_000 else None
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError):
+        return None
+    return 8 + header_len + max(ends, default=0)
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    """One line for a safetensors file the library refuses: empty, truncated, or not safetensors at all."""
+    size = path.stat().st_size if path.is_file() else None
+    expected = _expected_size(path) if size else None
+    if size == 0:
+        problem = "empty, 0 bytes"
+    elif expected is not None and size < expected:
+        problem = f"truncated: {size} bytes, its header describes {expected}"
+    elif expected is not None and size > expected:
+        problem = f"{size} bytes, its header describes {expected} (trailing data)"
+    else:
+        problem = str(err).removeprefix("Error while deserializing header: ")
+    return CheckpointError(f"{path}: not a readable safetensors file ({problem})")
 
 
 def _scan_headers(directory: Path) -> tuple[Path, list[_StoredTensor]]:
@@ -242,7 +322,7 @@ def _scan_headers(directory: Path) -> tuple[Path, list[_StoredTensor]]:
                 keys = list(f.keys())
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+            raise _unreadable(path, err) from err
         if listing.name == INDEX_NAME:
             absent = [n for n in listed if n not in shapes]
             if absent:
@@ -261,28 +341,39 @@ def _few(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + more
 
 
-def _check_layout(model: nn.Module, listing: Path, stored: list[_StoredTensor]) -> dict[str, _StoredTensor]:
+def _detect_layout(listing: Path, stored: list[_StoredTensor]) -> str:
+    """Released names (``llm.`` ...) or ours (``model.language_model.`` ...); the two prefix sets are disjoint, so
+    one recognised name decides, and every other name is then checked against that layout alone."""
+    if any(our_name(t.name) is not None for t in stored):
+        return RELEASED_LAYOUT
+    if any(t.name.startswith(tuple(mine for _, mine in _NAME_MAP)) for t in stored):
+        return HARNESS_LAYOUT
+    raise CheckpointError(
+        f"{listing}: no Covo-Audio parameter names, neither released (llm.*, encoder.*, audio_adapter.*) nor "
+        f"harness (model.language_model.*, lm_head.weight, model.encoder.*, model.audio_adapter.*); "
+        f"found {_few(sorted(t.name for t in stored)) or 'no tensors'}"
+    )
+
+
+def _check_layout(
+    model: nn.Module, listing: Path, stored: list[_StoredTensor], layout: str = RELEASED_LAYOUT
+) -> dict[str, _StoredTensor]:
     """{our name: stored tensor}, or CheckpointError for unexpected, missing or mis-shaped names."""
+    released = layout == RELEASED_LAYOUT
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     derived = {name for name, _ in model.named_buffers()}  # e.g. rotary inv_freq: rebuilt, ignored if stored
     mapping: dict[str, _StoredTensor] = {}
     unexpected: list[_StoredTensor] = []
     for tensor in stored:
-        ours = our_name(tensor.name)
+        ours = our_name(tensor.name) if released else tensor.name
         if ours in expected:
             mapping[ours] = tensor
         elif ours not in derived:
             unexpected.append(tensor)
     if unexpected:
         names = _few([t.name for t in unexpected])
-        hint = ""
-        if all(t.name.startswith(("model.", "lm_head.")) for t in unexpected):
-            hint = (
-                " (these are our module names, as written by save_pretrained: load such a directory with "
-                "CovoAudioForConditionalGeneration.from_pretrained)"
-            )
-        raise CheckpointError(f"{unexpected[0].file}: {len(unexpected)} unexpected parameter name(s): {names}{hint}")
-    missing = [released_name(n) for n in expected if n not in mapping]
+        raise CheckpointError(f"{unexpected[0].file}: {len(unexpected)} unexpected parameter name(s): {names}")
+    missing = [released_name(n) if released else n for n in expected if n not in mapping]
     if missing:
         raise CheckpointError(f"{listing}: {len(missing)} parameter(s) missing: {_few(missing)}")
     for ours, tensor in mapping.items():
@@ -293,41 +384,81 @@ def _check_layout(model: nn.Module, listing: Path, stored: list[_StoredTensor]) 
     return mapping
 
 
-def load_covo_checkpoint(
-    directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> tuple[CovoAudioForConditionalGeneration, object]:
-    """Load a released-format Covo-Audio directory: ``(model in eval mode, tokenizer)``.
+def _finite(path: Path, name: str, tensor: torch.Tensor, cast: bool) -> torch.Tensor:
+    """``tensor``, or CheckpointError naming it when it holds NaN or inf.
 
-    ``dtype=None`` keeps each tensor's stored dtype (bfloat16 in the release); otherwise floating tensors are cast.
-    ``config.audio_placeholder_token_id`` is set from the tokenizer's ``<|cAUDIO|>`` id. Raises ``CheckpointError``.
+    Cost: one sum per tensor (NaN and inf propagate through it), on CPU before any transfer: about 0.2 s per 1e9
+    bfloat16 values here, so a second or two for the 7.6e9 of the 7B (``isfinite(t).all()`` measured ~60 times
+    slower, plus a boolean mask as large as the tensor, 0.6 GB for the 7B's embedding). A sum that overflows while
+    every value is finite is told apart by the exact test, which only then runs.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory")
-    config = _read_config(directory)
-    tokenizer = _load_tokenizer(directory, config)
-    listing, stored = _scan_headers(directory)
-    model = _build_empty(config)
-    mapping = _check_layout(model, listing, stored)
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+        return tensor
+    nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+    after = f" after the cast to {tensor.dtype}" if cast else ""
+    raise CheckpointError(f"{path}: {name} holds non-finite values ({nan} NaN, {inf} inf){after}")
 
+
+def _read_state(
+    mapping: dict[str, _StoredTensor], dtype: torch.dtype | None, device: str | torch.device
+) -> dict[str, torch.Tensor]:
+    """{our name: tensor} read from the shards, each checked finite (after the cast, which can overflow float16)."""
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for ours, tensor in mapping.items():
         by_file.setdefault(tensor.file, []).append((ours, tensor.name))
     state: dict[str, torch.Tensor] = {}
     for path, names in by_file.items():
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for ours, theirs in names:
-                tensor = f.get_tensor(theirs)
-                cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-                state[ours] = tensor.to(device=device, dtype=cast)
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for ours, stored_name in names:
+                    tensor = f.get_tensor(stored_name)
+                    cast = dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
+                    tensor = _finite(path, stored_name, tensor.to(dtype) if cast else tensor, cast)
+                    state[ours] = tensor.to(device)
+        except (SafetensorError, OSError) as err:
+            raise _unreadable(path, err) from err
+    return state
+
+
+def load_covo_checkpoint(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[CovoAudioForConditionalGeneration, object]:
+    """The one loader of a Covo-Audio checkpoint directory, in either layout: ``(model in eval mode, tokenizer)``.
+
+    The layout is decided from the files: ``config.json`` (model_type covo_audio) and safetensors whose names are the
+    released ones (``llm.*`` ...) or ours (``model.language_model.*`` ..., as ``save_pretrained`` writes them); then
+    that layout alone is checked, in full, and any problem is a ``CheckpointError`` naming the file (and tensor). No
+    fallback to another layout or to transformers' ``from_pretrained``; pickle files are refused unopened.
+
+    ``dtype=None`` keeps each tensor's stored dtype (bfloat16 in the release); otherwise floating tensors are cast.
+    ``config.audio_placeholder_token_id`` is set from the tokenizer's ``<|cAUDIO|>`` id.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory" if directory.exists() else f"{directory}: not found")
+    _refuse_pickles(directory)
+    config = _read_config(directory)
+    listing, stored = _scan_headers(directory)
+    layout = _detect_layout(listing, stored)
+    tokenizer = _load_tokenizer(directory, config)
+    model = _build_empty(config)
+    mapping = _check_layout(model, listing, stored, layout)
+    state = _read_state(mapping, dtype, device)
     # assign=True replaces the meta parameters by these tensors (keeping each parameter's requires_grad)
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)  # the constructor-built buffers
     model.config.dtype = next(model.parameters()).dtype
+    if layout == RELEASED_LAYOUT:
+        # written back by save_covo_checkpoint; kept here because transformers' save_pretrained (trainer checkpoints)
+        # overwrites config.architectures with our class name
+        model.released_architectures = list(config.architectures or [])
     if (directory / "generation_config.json").is_file():
         from transformers import GenerationConfig
 
-        model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{directory / 'generation_config.json'}: cannot be read ({err})") from err
     return model.eval(), tokenizer
 
 
@@ -439,9 +570,13 @@ def _shards(plan: dict[str, _Export], max_bytes: int) -> list[list[str]]:
     return shards
 
 
-def _config_json(config: CovoAudioConfig, dtype: torch.dtype) -> dict:
+def _config_json(config: CovoAudioConfig, dtype: torch.dtype, architectures: list[str]) -> dict:
+    """config.json as the released code writes it: the sub-configs' type tags (``_llm_config_type: qwen2`` ...),
+    ``architectures`` naming the released model class, each sub-config's own ``architectures``, the weights' dtype."""
     data = config.to_dict()  # carries _llm_config_type / _encoder_config_type
-    data["architectures"] = [CovoAudioForConditionalGeneration.__name__]
+    data["architectures"] = architectures
+    for key, default in SUB_ARCHITECTURES.items():
+        data[key]["architectures"] = data[key].get("architectures") or [default]
     data["dtype"] = str(dtype).removeprefix("torch.")
     rope = data["llm_config"].get("rope_parameters") or {}
     if "rope_theta" in rope:
@@ -455,17 +590,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def is_released_layout(directory: str | os.PathLike) -> bool:
-    """True when ``directory``'s weights carry the released names (``llm.``/``encoder.``/``audio_adapter.``)
-    rather than this harness's module names (``model.language_model.`` ...). Reads safetensors headers only."""
-    directory = Path(directory)
-    try:
-        _, stored = _scan_headers(directory)
-    except CheckpointError:
-        return False
-    return any(t.name.startswith("llm.") for t in stored)
 
 
 def _is_checkpoint_dir(directory: Path) -> bool:
@@ -528,7 +652,10 @@ def save_covo_checkpoint(
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(e.nbytes for e in plan.values())}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        config_data = _config_json(config, dtype)
+        # a loaded released checkpoint's own value, else the class the released checkpoint names (not ours: readers
+        # of the released format key on that name)
+        architectures = getattr(inner, "released_architectures", None) or [RELEASED_ARCHITECTURE]
+        config_data = _config_json(config, dtype, architectures)
         (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         generation_config = getattr(inner, "generation_config", None)
         if generation_config is not None:

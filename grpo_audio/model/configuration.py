@@ -3,8 +3,9 @@
 Released layout: ``model_type: covo_audio`` with a Qwen2 ``llm_config`` and a Whisper ``encoder_config``, plus
 ``audio_token_index`` (151671: the first discrete speech-token id, equal to ``len(tokenizer)``) and
 ``adapter_downsample`` (8: 50 Hz encoder frames -> 6.25 Hz features through three stride-2 convolutions).
-Serialisation in the release also writes ``_llm_config_type`` / ``_encoder_config_type`` next to the sub-configs;
-they are accepted and ignored on load and written back on save.
+Serialisation in the release also writes ``_llm_config_type`` / ``_encoder_config_type`` next to the sub-configs
+(each sub-config's ``model_type``: ``"qwen2"``, ``"whisper"``); they are accepted and ignored on load and written back
+the same way on save.
 
 Fields added by grpo-audio (absent from the release, given defaults equal to the released model):
 ``audio_placeholder_token_id`` (``<|cAUDIO|>`` = 151666) and ``adapter_hidden_size`` (2048).
@@ -61,8 +62,8 @@ class CovoAudioConfig(PreTrainedConfig):
 
     def to_dict(self) -> dict:
         output = super().to_dict()
-        output["_llm_config_type"] = "Qwen2Config"
-        output["_encoder_config_type"] = "WhisperConfig"
+        output["_llm_config_type"] = self.llm_config.model_type  # as the released serialiser tags them
+        output["_encoder_config_type"] = self.encoder_config.model_type
         if not output.get("auto_map"):
             output.pop("auto_map", None)
         return output

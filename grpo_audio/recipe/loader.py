@@ -1,4 +1,4 @@
-"""Load a recipe: YAML file -> overrides -> typed ``Recipe`` -> cross-section checks.
+"""Load a recipe: YAML file -> overrides -> typed ``Recipe`` -> value ranges (``ranges``) -> cross-section checks.
 
 Overrides use dotted keys and YAML values: ``--set trainer.learning_rate=1e-6 --set rollout.num_generations=8``.
 Every problem raises ``RecipeError`` with one line naming the file and key.
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from grpo_audio.recipe.errors import RecipeError
+from grpo_audio.recipe.ranges import check_consistency, check_ranges
 from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, TRAINER_KEYS_REFUSED, Recipe
 from grpo_audio.recipe.typed import build_dataclass, convert, suggest
 from grpo_audio.recipe.yaml_loader import load_yaml
@@ -130,6 +131,9 @@ def check_sampling(recipe: Recipe) -> None:
 
 
 def check_cross_section(recipe: Recipe) -> None:
+    """Every value check (ranges first, then what relates fields and sections); raises ``RecipeError``."""
+    check_ranges(recipe)
+    check_consistency(recipe)
     check_sampling(recipe)
     if recipe.model.adapter_learning_rate is not None and recipe.model.freeze_adapter:
         raise RecipeError(
@@ -149,20 +153,14 @@ def check_cross_section(recipe: Recipe) -> None:
     if data.source != "synthetic":
         if not data.path:
             raise RecipeError(f"data.source is {data.source!r} but data.path is not set")
-        if data.source == "hf":
+        if data.source in ("hf", "mmsu"):  # a dataset directory (MMSU's release is one) or a file
             if not Path(data.path).exists():
-                raise RecipeError(f"data.path: dataset not found: {data.path}")
+                what = "dataset" if data.source == "hf" else "file or dataset directory"
+                raise RecipeError(f"data.path: {what} not found: {data.path}")
         elif not Path(data.path).is_file():
             raise RecipeError(f"data.path: file not found: {data.path}")
     if data.root is not None and not Path(data.root).is_dir():
         raise RecipeError(f"data.root: directory not found: {data.root}")
-    if data.max_samples is not None and data.max_samples < 1:
-        raise RecipeError(f"data.max_samples={data.max_samples}: must be at least 1 (or null for all rows)")
-    if data.min_duration_s < 0.01:
-        raise RecipeError(
-            f"data.min_duration_s={data.min_duration_s}: must be at least 0.01 (one 10 ms frame; a shorter clip "
-            "gives the model no audio)"
-        )
     if data.max_duration_s is not None and data.max_duration_s <= data.min_duration_s:
         raise RecipeError(
             f"data.max_duration_s={data.max_duration_s} must be greater than data.min_duration_s={data.min_duration_s}"

@@ -126,31 +126,55 @@ class DataSection:
     source: Literal["synthetic", "jsonl", "hf", "mmau", "mmar", "mmsu", "avqa"] = _help(
         "'synthetic': generate WAV questions into the run directory; 'jsonl': a JSONL manifest; 'hf': a Hugging "
         "Face dataset on disk (save_to_disk directory, or local parquet/json/csv files) with an Audio column; "
-        "'mmau' / 'mmar': the benchmark's JSON file; 'mmsu': MMSU JSON/JSONL (choice_a..choice_d or choices); "
+        "'mmau' / 'mmar': the benchmark's JSON file; 'mmsu': MMSU's Hugging Face dataset (parquet, with its audio "
+        "column) or a JSON/JSONL export (audio_path, choice_a..choice_d); "
         "'avqa': AVQA JSON (question_text, multi_choice, answer index). Layouts: grpo_audio/data/formats.py.",
         "synthetic",
     )
     path: str | None = _help(
-        "The data file (JSONL manifest, benchmark JSON/JSONL) or, for source 'hf', the dataset directory or file.",
+        "The data file (JSONL manifest, benchmark JSON/JSONL, MMSU parquet) or, for source 'hf', the dataset "
+        "directory or file.",
         None,
     )
     root: str | None = _help(
         "Directory that relative audio paths are resolved against (MMAU/MMAR audio_id, AVQA <video_name>.wav, "
-        "manifest 'audio', HF Audio paths); default: the directory holding data.path.",
+        "manifest 'audio', HF Audio paths, and MMSU's '/audio/<id>.wav', which is root-relative despite the slash); "
+        "default: the directory holding data.path.",
         None,
     )
     split: str | None = _help(
-        "Split to read from a Hugging Face DatasetDict (source 'hf'); may be left out when there is only one.", None
+        "Split to read from a Hugging Face DatasetDict (source 'hf', or 'mmsu' given its dataset); may be left out "
+        "when there is only one.",
+        None,
     )
-    audio_column: str = _help("Column holding the audio of a Hugging Face dataset (source 'hf').", "audio")
+    audio_column: str = _help("Column holding the audio of a Hugging Face dataset (source 'hf' or 'mmsu').", "audio")
     avqa_replace_video: bool = _help(
         "AVQA: replace the word 'video' with 'audio' in questions (as peers do, since the model only hears the "
         "clip); the original question is kept in the row metadata as 'question_original'.",
         True,
     )
+    resampler: Literal["sinc", "soxr"] = _help(
+        "Resampler of the Covo-Audio preprocessing (file -> 24 kHz, 24 -> 16 kHz for the mel): 'sinc' is the "
+        "released model's (torchaudio's Hann-windowed sinc, 6 zero crossings, rolloff 0.99); 'soxr' is soxr HQ "
+        "(librosa's), whose log-mel differs in the 6-8 kHz bins.",
+        "sinc",
+    )
     synthetic: SyntheticDataSpec = _help("Synthetic set settings.", factory=SyntheticDataSpec)
     max_samples: int | None = _help(
         "Use at most this many rows: the first usable ones in file order (skipped rows do not count).", None
+    )
+    allow_unlabeled: bool = _help(
+        "Train on rows without a gold answer. Off: such a row is a bad row (see on_bad_row). On: only rewards that "
+        "do not need the answer score it (format, has_reasoning, the judges, ...); the accuracy reward returns None "
+        "(not applicable) on it. Evaluation refuses unlabeled rows either way.",
+        False,
+    )
+    on_bad_row: Literal["error", "skip"] = _help(
+        "A row that cannot be used (malformed JSON, a missing or mistyped field, under 2 choices, an answer not among "
+        "the choices, a duplicate id, no gold answer without allow_unlabeled, a key that looks like a misspelled "
+        "answer): 'error' stops with one message naming the first few (file:line and reason) and how many there "
+        "are; 'skip' drops them, counts them per reason and logs them to <run>/skipped.jsonl, like bad audio.",
+        "error",
     )
     on_bad_audio: Literal["error", "skip"] = _help(
         "A missing, empty, corrupt, truncated or NaN/inf clip: 'error' stops with a message naming the row and "

@@ -207,18 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     server is started from (rollout.vllm.mode 'server')."""
     import argparse
 
-    from grpo_audio.model import CovoAudioForConditionalGeneration
-    from grpo_audio.model.checkpoint import is_released_layout, load_covo_checkpoint
+    from grpo_audio.model.checkpoint import load_covo_checkpoint
 
     parser = argparse.ArgumentParser(description="Write a Covo-Audio model's Qwen2 backbone as Qwen2ForCausalLM.")
     parser.add_argument("model_dir", help="Covo-Audio model directory (released format, or save_pretrained of ours)")
     parser.add_argument("out_dir", help="where to write the Qwen2ForCausalLM checkpoint")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
     args = parser.parse_args(argv)
-    if is_released_layout(args.model_dir):
-        model, _ = load_covo_checkpoint(args.model_dir)
-    else:
-        model = CovoAudioForConditionalGeneration.from_pretrained(args.model_dir)
+    model, _ = load_covo_checkpoint(args.model_dir)  # either layout, checked
     out = export_backbone(model, args.out_dir, dtype=getattr(torch, args.dtype))
     print(f"wrote the Qwen2 backbone of {args.model_dir} ({args.dtype}) to {out}")
     return 0
