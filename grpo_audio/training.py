@@ -200,8 +200,6 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     """Everything up to a ready trainer. Under ``accelerate launch`` every process runs this: process 0 alone
     writes to the run directory (see ``grpo_audio.distributed``), the others build the same model and dataset from
     the rows it loaded."""
-    from grpo_audio.trainer import AudioGRPOTrainer
-
     check_sharding_backend(torch.cuda.is_available())
     args = grpo_config(recipe, Path(recipe.run.output_dir))
     args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
@@ -211,12 +209,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     run_dir = run.path
     # Built after prepare_run (a resume restores the judge caches first) and before anything costly: an unreachable
     # judge stops the run now, not after the model build and cold start, nor with every row unscored at step 1.
-    rubric = rewards.Rubric(
-        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
-        recipe.rewards.combiner,
-        recipe.rewards.combiner_options,
-        recipe.rewards.max_unscored_fraction,
-    )
+    rubric = recipe_rubric(recipe)
     share_from_main(lambda: probe_rewards(rubric))  # process 0 asks; the others learn only whether it worked
     template = load_template(recipe.prompt.template)
     tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
@@ -232,7 +225,9 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
         heldout = heldout_rows(recipe, run_dir, tokenizer, template)
         if run.resume_checkpoint is None:
-            prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status)
+            prepare_starting_point(
+                recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status, args.device
+            )
         return heldout
 
     heldout = share_from_main(starting_point)
@@ -241,6 +236,47 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     if recipe.model.source == "tiny":
         # TRL rebuilds the reference model (beta > 0 without LoRA) from the policy's directory: the starting point
         model.config._name_or_path = str(run_dir / "initial_model")
+
+    trainer = make_trainer(
+        recipe, args, model, tokenizer, dataset, featurizer, rubric, run_dir, judge_caches, extra_callbacks
+    )
+    record = {"provenance": prepared.provenance, "recipe": recipe_to_dict(recipe)}
+    trainer.add_callback(RunRecordToTrackers(record, lambda: trainer.callback_handler.callbacks))
+    # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
+    trainer.remove_callback(PrinterCallback)
+    trainer.run_status = status
+    trainer.data_report = data_report
+    return TrainingSetup(
+        run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout, rows
+    )
+
+
+def recipe_rubric(recipe: Recipe) -> rewards.Rubric:
+    """The recipe's reward terms, weights and combiner as one ``rewards.Rubric`` (judges start here)."""
+    return rewards.Rubric(
+        [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
+        recipe.rewards.combiner,
+        recipe.rewards.combiner_options,
+        recipe.rewards.max_unscored_fraction,
+    )
+
+
+def make_trainer(
+    recipe: Recipe,
+    args,
+    model,
+    tokenizer,
+    dataset,
+    featurizer: AudioFeaturizer,
+    rubric: rewards.Rubric,
+    run_dir: Path,
+    judge_caches: list[Path] = (),
+    extra_callbacks=(),
+):
+    """The recipe's ``AudioGRPOTrainer`` for a built model and dataset: rollout engine, reward bridge, LoRA wrapping,
+    sampling distribution, ``rollouts.jsonl`` and ``metrics.jsonl`` in ``run_dir``. ``build_training`` calls it once
+    the run directory, data and model are ready; ``bench/gpu_check.py`` builds its 7B-shaped trainers through it."""
+    from grpo_audio.trainer import AudioGRPOTrainer
 
     engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
     holder = {}
@@ -270,15 +306,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         ],
     )
     holder["trainer"] = trainer
-    record = {"provenance": prepared.provenance, "recipe": recipe_to_dict(recipe)}
-    trainer.add_callback(RunRecordToTrackers(record, lambda: trainer.callback_handler.callbacks))
-    # The progress line replaces transformers' dump of every log dict (metrics.jsonl keeps all of it)
-    trainer.remove_callback(PrinterCallback)
-    trainer.run_status = status
-    trainer.data_report = data_report
-    return TrainingSetup(
-        run_dir, trainer, tokenizer, model, dataset, template, featurizer, run.resume_checkpoint, heldout, rows
-    )
+    return trainer
 
 
 def probe_rewards(rubric: rewards.Rubric) -> None:
@@ -317,8 +345,16 @@ def heldout_summary(score: dict) -> str:
     return f"{score['accuracy']:.3f} greedy{sampled} (format {score['format']:.3f}, n={score['n']})"
 
 
-def prepare_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status) -> None:
-    """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights."""
+def prepare_starting_point(
+    recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status, device: torch.device | None = None
+) -> None:
+    """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights.
+
+    Both run on ``device`` (the trainer's, ``GRPOConfig.device``): the model is built or loaded on the host and the
+    Trainer moves it only later, so without this a GPU run would do its cold start and held-out scoring on the CPU.
+    """
+    if device is not None and (recipe.coldstart.steps > 0 or heldout):
+        model.to(device)
     if recipe.coldstart.steps > 0:
         history = run_coldstart(model, tokenizer, list(dataset), featurizer, recipe.coldstart, recipe.run.seed)
         with (run_dir / "coldstart.jsonl").open("w", encoding="utf-8") as fh:
