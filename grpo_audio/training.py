@@ -26,7 +26,7 @@ from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
 from grpo_audio.heldout import heldout_accuracy
-from grpo_audio.model.checkpoint import load_covo_checkpoint, save_covo_checkpoint
+from grpo_audio.model.checkpoint import check_covo_checkpoint, load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
 from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
@@ -203,6 +203,10 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     check_sharding_backend(torch.cuda.is_available())
     args = grpo_config(recipe, Path(recipe.run.output_dir))
     args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
+    if recipe.model.source == "pretrained":
+        # files, config, safetensors headers, names and shapes (no tensor data): a bad checkpoint is refused before
+        # the run directory is written, so a corrected rerun needs no run.overwrite
+        share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
     judge_caches = [Path(t.options["cache_path"]) for t in recipe.rewards.terms if t.options.get("cache_path")]
     prepared = share_from_main(lambda: prepare_run(recipe, judge_caches))
     run, status, rows, data_report = prepared.run, prepared.status, prepared.rows, prepared.data_report

@@ -420,6 +420,28 @@ def _read_state(
     return state
 
 
+def _checked_layout(directory: Path):
+    """The checks that need no tensor data: files, config, safetensors headers, layout, names and shapes against an
+    empty (meta) model. Returns ``(config, layout, empty model, name mapping)``."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory" if directory.exists() else f"{directory}: not found")
+    _refuse_pickles(directory)
+    config = _read_config(directory)
+    listing, stored = _scan_headers(directory)
+    layout = _detect_layout(listing, stored)
+    model = _build_empty(config)
+    return config, layout, model, _check_layout(model, listing, stored, layout)
+
+
+def check_covo_checkpoint(directory: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` for any problem ``load_covo_checkpoint`` would find without reading tensor data
+    (everything but non-finite weights): cheap enough for the recipe loader, so a bad ``model.path`` is refused
+    before a run directory is written."""
+    directory = Path(directory)
+    config, _, _, _ = _checked_layout(directory)
+    _load_tokenizer(directory, config)
+
+
 def load_covo_checkpoint(
     directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[CovoAudioForConditionalGeneration, object]:
@@ -434,15 +456,8 @@ def load_covo_checkpoint(
     ``config.audio_placeholder_token_id`` is set from the tokenizer's ``<|cAUDIO|>`` id.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory" if directory.exists() else f"{directory}: not found")
-    _refuse_pickles(directory)
-    config = _read_config(directory)
-    listing, stored = _scan_headers(directory)
-    layout = _detect_layout(listing, stored)
+    config, layout, model, mapping = _checked_layout(directory)
     tokenizer = _load_tokenizer(directory, config)
-    model = _build_empty(config)
-    mapping = _check_layout(model, listing, stored, layout)
     state = _read_state(mapping, dtype, device)
     # assign=True replaces the meta parameters by these tensors (keeping each parameter's requires_grad)
     model.load_state_dict(state, strict=True, assign=True)
