@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import yaml
 
@@ -99,6 +100,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TRL warns on import (five times) that it supports vLLM up to 0.31: the harness pins vLLM 0.32 and uses its own
+    # engine, never TRL's vLLM integration, so the warning says nothing about this program
+    warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions", category=UserWarning)
     try:
         return run(argv)
     except _user_errors() as exc:

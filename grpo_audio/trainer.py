@@ -6,7 +6,8 @@ checked by a contract test):
 
 * ``_generate_and_score_completions``: computes the batch's ``AudioRows`` once (from the rows' ``audio`` paths),
   keeps them for the calls below, and returns them in the output dict so TRL shuffles and splits them with the
-  other per-row tensors;
+  other per-row tensors; zeroes the completion mask of unscored rows (a reward term of non-zero weight failed:
+  ``rewards.RewardFailure``), so they add no loss, no KL and no tokens to the loss's denominator;
 * ``_generate_single_turn``: rollouts through the recipe's engine from audio-merged prompt embeddings;
 * ``_get_per_token_logps_and_entropies``: passes each chunk's audio to the forward and scores the completion tokens
   under the distribution the rollouts were sampled from (``sampling``: text-only mask, temperature, top-k, top-p;
