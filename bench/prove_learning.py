@@ -51,6 +51,11 @@ def train(recipe: str, run_dir: Path, overrides: list[str], log: Path) -> float:
 
 def heldout(run_dir: Path) -> tuple[dict, dict]:
     status = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if "heldout_before" not in status or "heldout_after" not in status:
+        raise RuntimeError(
+            f"{run_dir / 'run.json'} holds no held-out accuracy: the proof needs a recipe with a held-out split "
+            "(data.source: synthetic with data.synthetic.heldout_questions > 0)"
+        )
     return status["heldout_before"], status["heldout_after"]
 
 

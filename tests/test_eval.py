@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+import yaml
 
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.evaluation.cli import main
@@ -217,3 +218,38 @@ def test_eval_refuses_bad_arguments_in_one_line(bench, capsys, extra, message):
 def test_eval_compare_needs_metrics(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_eval_defaults_follow_the_run_and_never_overwrite_another_decoding(bench, tmp_path, capsys, monkeypatch):
+    """A model inside a run directory is evaluated with the recipe it was trained with (its template); greedy,
+    sampled and silence-ablated evaluations go to folders of their own; the ablation is applied and recorded."""
+    import shutil
+
+    from grpo_audio.recipe import load_recipe, recipe_to_dict
+
+    run = tmp_path / "run"
+    shutil.copytree(bench / "model", run / "final_model")
+    trained = load_recipe(None, ["prompt.template=short_cot_v1", "rollout.max_completion_length=6",
+                                 "coldstart.steps=3", "trainer.beta=0.04"])  # fmt: skip
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(trained)))
+    (run / "run.json").write_text("{}")
+    base = ["--model", str(run / "final_model"), "--benchmark", str(bench / "mmau.json"), "--batch-size", "4",
+            "--max-samples", "3"]  # fmt: skip
+    assert main(base) == 0
+    assert "using the recipe the model was trained with" in capsys.readouterr().out
+    greedy = run / "eval" / "final_model-mmau-greedy"
+    metrics = json.loads((greedy / "metrics.json").read_text())
+    assert metrics["template"].startswith("short_cot_v1") and metrics["decoding"]["max_new_tokens"] == 6
+    assert metrics["audio_ablation"] == "none"
+    assert main([*base, "--samples", "2", "--temperature", "0.7"]) == 0
+    from grpo_audio.evaluation import runner
+
+    built = []
+    featurizer = runner.AudioFeaturizer
+    monkeypatch.setattr(runner, "AudioFeaturizer", lambda **kw: built.append(kw) or featurizer(**kw))
+    assert main([*base, "--set", "model.audio_ablation=silence"]) == 0
+    assert [kw["ablation"] for kw in built] == ["silence"]  # the clips really are replaced by silence
+    silent = run / "eval" / "final_model-mmau-greedy-silence"
+    assert (run / "eval" / "final_model-mmau-T0.7-k2" / "metrics.json").is_file() and silent.is_dir()
+    assert json.loads((silent / "metrics.json").read_text())["audio_ablation"] == "silence"
+    assert json.loads((greedy / "metrics.json").read_text())["decoding"]["greedy"]  # not overwritten

@@ -6,16 +6,20 @@
     grpo-audio eval compare RUN_A RUN_B
 
 The model is the recipe's ``model`` section with ``source: pretrained`` and ``path`` = ``--model`` (a directory this
-harness saved, e.g. ``runs/x/final_model``). The data is ``--benchmark`` (format from ``--format`` or guessed; audio
-relative to ``--root``, default the file's directory) or, without it, the recipe's ``data`` section. The recipe's
-audio policy (``data.on_bad_audio``, durations) applies; a skipped clip is a missing prediction, counted as wrong.
-``data.max_samples`` of the recipe is ignored for a benchmark (``--max-samples`` limits a quick run).
+harness saved, e.g. ``runs/x/final_model``). Without RECIPE, a model inside a run directory is evaluated with the
+recipe it was trained with (``RUN/recipe.yaml``: its prompt template, completion length and sampling), else with the
+embedded defaults; ``--set model.audio_ablation=silence`` replaces every clip by silence of the same length. The
+data is ``--benchmark`` (format from ``--format`` or guessed; audio relative to ``--root``, default the file's
+directory) or, without it, the recipe's ``data`` section. The recipe's audio policy (``data.on_bad_audio``,
+durations) applies; a skipped clip is a missing prediction, counted as wrong. ``data.max_samples`` of the recipe is
+ignored for a benchmark (``--max-samples`` limits a quick run).
 
 Prompt: ``--template``, else ``mmsu_v1`` (MMSU's official wording) for MMSU, else the recipe's ``prompt.template``.
 Scoring: ``--rule``, else MMSU's letter rule for MMSU and MMAU's token rule on the extracted answer for the rest.
 Decoding: greedy (``--temperature 0``, the default); ``--samples K`` with ``--temperature T > 0`` samples K answers
 per item and reports pass@K next to the mean accuracy. Output directory (``--out``; default
-``<model dir's parent>/eval/<model dir name>-<benchmark stem>``): see ``grpo_audio.evaluation.runner``.
+``<model dir's parent>/eval/<model dir name>-<benchmark stem>-<greedy | T<t>-k<K>>[-silence]``, so evaluations that
+decode differently never overwrite each other): see ``grpo_audio.evaluation.runner``.
 
 Exit status: 0 done, 2 unusable input (bad recipe, data or arguments; one ``error:`` line).
 """
@@ -71,8 +75,12 @@ def _prepare(args):
         raise RecipeError("--samples > 1 needs --temperature > 0 (greedy decoding gives the same answer K times)")
     if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise RecipeError("--batch-size and --max-new-tokens must be at least 1")
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe or trained_recipe(Path(args.model)), args.overrides)
     recipe.model = dataclasses.replace(recipe.model, source="pretrained", path=str(args.model))
+    # Evaluation trains nothing: the training-only checks (a cold start or a KL reference on a pretrained model)
+    # must not refuse a training recipe reused to evaluate its own model
+    recipe.coldstart = dataclasses.replace(recipe.coldstart, steps=0)
+    recipe.trainer = {k: v for k, v in recipe.trainer.items() if k != "beta"}
     if args.benchmark:
         fmt = args.format or detect_format(args.benchmark)
         if fmt is None:
@@ -103,8 +111,27 @@ def _prepare(args):
     else:
         model = Path(args.model).resolve()
         stem = Path(recipe.data.path).stem if recipe.data.path else recipe.data.source
-        out = model.parent / "eval" / f"{model.name}-{stem}"
+        out = model.parent / "eval" / f"{model.name}-{stem}-{decoding_label(settings, recipe.model.audio_ablation)}"
     return recipe, template, settings, out
+
+
+def trained_recipe(model_dir: Path) -> str | None:
+    """The recipe a model was trained with, when ``model_dir`` sits in a run directory (``RUN/final_model``,
+    ``RUN/trainer/checkpoint-N``): its prompt template, completion length and sampling are the ones to evaluate
+    with. None (the embedded defaults) otherwise."""
+    for run in (model_dir.parent, model_dir.parent.parent):
+        recipe = run / "recipe.yaml"
+        if recipe.is_file() and (run / "run.json").is_file():
+            print(f"grpo-audio eval: using the recipe the model was trained with, {recipe}", flush=True)
+            return str(recipe)
+    return None
+
+
+def decoding_label(settings, ablation: str) -> str:
+    """Part of the default output folder, so evaluations of one model that decode differently never overwrite
+    each other: ``greedy``, or ``T0.7-k8`` for 8 samples at temperature 0.7; ``-silence`` for an audio ablation."""
+    label = "greedy" if settings.temperature == 0 else f"T{settings.temperature:g}-k{settings.samples}"
+    return label if ablation == "none" else f"{label}-{ablation}"
 
 
 def compare_main(argv: list[str]) -> int:

@@ -108,7 +108,9 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     torch.manual_seed(recipe.run.seed)
-    featurizer = AudioFeaturizer(reuse_embeddings=True, resampler=recipe.data.resampler)
+    featurizer = AudioFeaturizer(
+        reuse_embeddings=True, resampler=recipe.data.resampler, ablation=recipe.model.audio_ablation
+    )
     # The recipe's engine (HF generate or vLLM) with the evaluation's own decoding settings
     engine = build_rollout_engine(recipe, model, tokenizer, out)
     engine.sampling = _sampling(settings)
@@ -158,6 +160,7 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
         },
         "model": str(recipe.model.path or recipe.model.source),
         "template": template.ident,
+        "audio_ablation": recipe.model.audio_ablation,
         "rule": settings.rule,
         "decoding": {
             "greedy": settings.greedy,
