@@ -361,6 +361,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             raise ValueError(f"unexpected image inputs {sorted(images)} for an audio model")
         audio = self._require_audio(input_ids.size(0))
         batch_size = batch_size or input_ids.size(0)
+        # the outside mass is logged once per micro-batch, from the policy pass; the old/reference passes skip it
+        log_outside = self._policy_pass and self.sampling.restricts_vocabulary
         all_logps, all_entropies, all_aux, all_outside, all_masks = [], [], [], [], []
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
@@ -373,16 +375,21 @@ class AudioGRPOTrainer(GRPOTrainer):
                 model_inputs["output_router_logits"] = True
             with self.accelerator.autocast():
                 outputs = model(
-                    **model_inputs, logprob_labels=labels, sampling=self.sampling, logprob_entropy=compute_entropy
+                    **model_inputs,
+                    logprob_labels=labels,
+                    sampling=self.sampling,
+                    logprob_entropy=compute_entropy,
+                    logprob_outside_mass=log_outside,
                 )
             all_logps.append(outputs.log_probs[:, -logits_to_keep:])
-            all_outside.append(outputs.outside_mass[:, -logits_to_keep:])
-            all_masks.append(outputs.label_mask[:, -logits_to_keep:])
+            if log_outside:
+                all_outside.append(outputs.outside_mass[:, -logits_to_keep:])
+                all_masks.append(outputs.label_mask[:, -logits_to_keep:])
             if compute_entropy:
                 all_entropies.append(outputs.entropy[:, -logits_to_keep:])
             if compute_aux_loss:
                 all_aux.append(outputs.aux_loss)
-        if self._policy_pass and self.sampling.restricts_vocabulary:
+        if log_outside:
             self._log_outside_mass(torch.cat(all_outside).detach(), torch.cat(all_masks))
         logps = torch.cat(all_logps, dim=0)
         entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None

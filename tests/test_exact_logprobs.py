@@ -60,7 +60,7 @@ def test_token_logprobs_chunks_checkpointing_and_gradients_match_a_plain_computa
     weight = (torch.randn(120, 16, generator=gen) * 0.5).requires_grad_()
     dist = SamplingDistribution(0.8, 30, 0.95, first_banned_id=100, banned_ids=(5,))
     labels = torch.distributions.Categorical(logits=dist.process(hidden.detach() @ weight.detach().T)).sample()
-    out = token_logprobs(hidden, weight, labels, dist, with_entropy=True, chunk_rows=8)
+    out = token_logprobs(hidden, weight, labels, dist, with_entropy=True, with_outside_mass=True, chunk_rows=8)
     (out.log_probs.sum() + out.entropy.sum()).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None

@@ -77,8 +77,8 @@ class CovoAudioAdapter(nn.Module):
 @dataclass
 class SampledTokenOutput(ModelOutput):
     """Per next-token label (B, T - 1), zero where the label is -100: ``log_probs`` under the processed sampling
-    distribution, ``entropy`` of it (None unless asked for), ``outside_mass`` (no gradient) the probability the
-    unmasked distribution puts on the banned ids; ``label_mask`` marks the scored positions."""
+    distribution, ``entropy`` of it, ``outside_mass`` (no gradient) the probability the unmasked distribution puts
+    on the banned ids (each of the two None unless asked for); ``label_mask`` marks the scored positions."""
 
     log_probs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
@@ -244,11 +244,12 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
         logprob_labels: torch.LongTensor | None = None,
         sampling: SamplingDistribution | None = None,
         logprob_entropy: bool = False,
+        logprob_outside_mass: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast | SampledTokenOutput:
         """The usual causal-LM forward; with ``logprob_labels`` (B, T) (token ids, -100 where not scored) the
         sampled-token log-probs under ``sampling`` instead (``SampledTokenOutput``; ``logprob_entropy`` adds the
-        entropies)."""
+        entropies, ``logprob_outside_mass`` the mass on banned ids)."""
         if logprob_labels is not None:
             use_cache = False
         outputs = self.model(
@@ -265,7 +266,9 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
         )
         hidden = outputs.last_hidden_state
         if logprob_labels is not None:
-            return self._sampled_token_logprobs(hidden, logprob_labels, sampling, logprob_entropy)
+            return self._sampled_token_logprobs(
+                hidden, logprob_labels, sampling or SamplingDistribution(), logprob_entropy, logprob_outside_mass
+            )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
@@ -276,7 +279,7 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
         )
 
     def _sampled_token_logprobs(
-        self, hidden: torch.Tensor, labels: torch.Tensor, sampling: SamplingDistribution | None, entropy: bool
+        self, hidden: torch.Tensor, labels: torch.Tensor, sampling: SamplingDistribution, entropy: bool, outside: bool
     ) -> SampledTokenOutput:
         hidden, labels = hidden[:, :-1], labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
         mask = labels != -100
@@ -287,7 +290,7 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
         # cast to float32 (TRL's cast_lm_head_to_fp32) stays float32
         with torch.autocast(hidden.device.type, enabled=False):
             scored = token_logprobs(
-                hidden[mask], weight, labels[mask], sampling or SamplingDistribution(), with_entropy=entropy
+                hidden[mask], weight, labels[mask], sampling, with_entropy=entropy, with_outside_mass=outside
             )
 
         def spread(values: torch.Tensor | None) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ which never differentiates through them): ``d log p_y / d z`` is the softmax gra
 
 ``token_logprobs`` evaluates this for sampled tokens from hidden states and the LM-head weight, in row chunks whose
 (rows, V) logits are recomputed in the backward pass (activation checkpointing), so memory stays at one chunk of
-logits whatever the completion length. It also reports, per position, the probability the unmasked
+logits whatever the completion length. On request it also reports, per position, the probability the unmasked
 temperature-scaled distribution puts on banned ids (``outside_mass``), the size of the text-only intervention.
 """
 
@@ -105,12 +105,12 @@ class SamplingDistribution:
 @dataclass
 class TokenLogProbs:
     """Per scored position: ``log_probs`` log p(label) under the processed distribution, ``entropy`` of that
-    distribution (nats; None when not asked for), ``outside_mass`` the unmasked temperature-scaled probability of
-    the banned ids (no gradient; zeros when nothing is banned)."""
+    distribution (nats), ``outside_mass`` the unmasked temperature-scaled probability of the banned ids (no
+    gradient; zeros when nothing is banned). Each of the last two is None when not asked for."""
 
     log_probs: torch.Tensor
     entropy: torch.Tensor | None
-    outside_mass: torch.Tensor
+    outside_mass: torch.Tensor | None
 
 
 def _chunk(
@@ -120,20 +120,22 @@ def _chunk(
     banned: torch.Tensor | None,
     distribution: SamplingDistribution,
     with_entropy: bool,
+    with_outside_mass: bool,
 ) -> tuple[torch.Tensor, ...]:
+    """(log-probs, [entropies], [outside mass]) of one chunk, the optional ones in that order when asked for."""
     logits = F.linear(hidden.to(weight.dtype), weight).float()  # (n, V), computed in the head's dtype as generate does
-    if banned is not None:
-        with torch.no_grad():
-            scaled = logits.detach() / distribution.temperature
-            outside = (scaled.masked_fill(~banned, float("-inf")).logsumexp(-1) - scaled.logsumexp(-1)).exp()
-    else:
-        outside = logits.new_zeros(logits.size(0))
     logp = distribution.process(logits, banned).log_softmax(dim=-1)
-    chosen = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    if not with_entropy:
-        return chosen, outside
-    entropy = -(logp.exp() * logp).sum(dim=-1)
-    return chosen, outside, entropy
+    out = [logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)]
+    if with_entropy:
+        out.append(-(logp.exp() * logp).sum(dim=-1))
+    if with_outside_mass:
+        with torch.no_grad():
+            if banned is None:
+                out.append(logits.new_zeros(logits.size(0)))
+            else:
+                scaled = logits.detach() / distribution.temperature
+                out.append((scaled.masked_fill(~banned, float("-inf")).logsumexp(-1) - scaled.logsumexp(-1)).exp())
+    return tuple(out)
 
 
 def token_logprobs(
@@ -143,6 +145,7 @@ def token_logprobs(
     distribution: SamplingDistribution,
     *,
     with_entropy: bool = False,
+    with_outside_mass: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> TokenLogProbs:
     """Log-probs of ``labels`` (N,) given the hidden states (N, H) that predict them and the LM-head weight (V, H).
@@ -152,15 +155,18 @@ def token_logprobs(
     """
     banned = distribution.banned_mask(weight.size(0), weight.device) if distribution.restricts_vocabulary else None
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    flags = (distribution, with_entropy, with_outside_mass)
     parts: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, hidden.size(0), chunk_rows):
         args = (hidden[start : start + chunk_rows], weight, labels[start : start + chunk_rows], banned)
         if needs_grad:
-            parts.append(checkpoint(_chunk, *args, distribution, with_entropy, use_reentrant=False))
+            parts.append(checkpoint(_chunk, *args, *flags, use_reentrant=False))
         else:
-            parts.append(_chunk(*args, distribution, with_entropy))
+            parts.append(_chunk(*args, *flags))
     if not parts:
         empty = hidden.new_zeros(0, dtype=torch.float32)
-        return TokenLogProbs(empty, empty if with_entropy else None, empty)
-    columns = [torch.cat(column) for column in zip(*parts, strict=True)]
-    return TokenLogProbs(columns[0], columns[2] if with_entropy else None, columns[1])
+        return TokenLogProbs(empty, empty if with_entropy else None, empty if with_outside_mass else None)
+    columns = iter(torch.cat(column) for column in zip(*parts, strict=True))
+    log_probs = next(columns)
+    entropy = next(columns) if with_entropy else None
+    return TokenLogProbs(log_probs, entropy, next(columns) if with_outside_mass else None)
