@@ -11,7 +11,8 @@ logits ``z`` (one row of V values), in this order (the order of transformers' wa
 2. temperature: ``z / T``;
 3. top-k (``k > 0``): ids whose value is below the k-th largest are set to ``NEG`` (ties with the k-th are kept);
 4. top-p (``p < 1``): sort ascending, drop the ids whose cumulative probability is ``<= 1 - p`` (the largest is
-   always kept);
+   always kept). Steps 3 and 4 are transformers' ``TopKLogitsWarper`` / ``TopPLogitsWarper`` with ``NEG`` as the
+   fill value;
 5. ``log p = log_softmax(z)``.
 
 The truncation sets of steps 3 and 4 depend on the logits but are constants for the gradient (as in the sampler,
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.utils.checkpoint import checkpoint
+from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 NEG = -1.0e9  # the score of a removed id: finite (see the module docstring), and far below any real logit
 # Positions per chunk: one (rows, V) float32 tensor is 256 x 168,055 x 4 B = 172 MB for the 7B vocabulary
@@ -82,24 +84,13 @@ class SamplingDistribution:
             z = z.masked_fill(banned, NEG)
         if self.temperature != 1.0:
             z = z / self.temperature
-        with torch.no_grad():  # the truncation sets are constants for the gradient
-            removed = self._truncated(z.detach())
-        return z if removed is None else z.masked_fill(removed, NEG)
-
-    def _truncated(self, z: torch.Tensor) -> torch.Tensor | None:
-        removed = None
-        if self.top_k and self.top_k < z.size(-1):
-            kth = z.topk(self.top_k, dim=-1).values[..., -1:]
-            removed = z < kth
-            z = z.masked_fill(removed, NEG)
+        # transformers' own warpers, with a finite fill: their truncation sets are boolean masks, constants for the
+        # gradient, and masked_fill passes the gradient through to the kept ids only
+        if self.top_k:
+            z = TopKLogitsWarper(self.top_k, filter_value=NEG)(None, z)
         if self.top_p < 1.0:
-            ascending, order = z.sort(dim=-1)
-            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-            drop_sorted = cumulative <= 1.0 - self.top_p
-            drop_sorted[..., -1] = False  # the most likely id always stays
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            removed = drop if removed is None else removed | drop
-        return removed
+            z = TopPLogitsWarper(self.top_p, filter_value=NEG)(None, z)
+        return z
 
 
 @dataclass
