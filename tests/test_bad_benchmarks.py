@@ -114,7 +114,7 @@ def test_mmsu_empty_options_are_not_choices(tmp_path, choice_c, choice_d, answer
 
 def write_mmsu_parquet(path, rows, clips):
     """The release's layout: an embedded Audio column plus MMSU's text columns."""
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a core dependency: a missing install must fail, not skip
     columns = ["id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer_gt", *MMSU_META]
     table = {c: [r[c] for r in rows] for c in columns}
     table["audio"] = [{"bytes": clip.read_bytes(), "path": clip.name} for clip in clips]
