@@ -2,7 +2,7 @@
 
     python bench/bench_feature_reuse.py [--clips 16] [--prompts 8] [--G 4] [--steps 8] [--encoder-layers 1]
 
-Three ways the trainer can get a batch's audio (``grpo_audio.audio_rows.AudioFeaturizer``), same model, data and
+Three ways the trainer can get a batch's audio (``grpo_audio.audio.featurizer.AudioFeaturizer``), same model, data and
 config otherwise:
 
 * ``reuse + cache``: the harness default while the encoder and adapter are frozen: adapter features computed once
@@ -42,15 +42,15 @@ from common import StepTimer, harness_model  # noqa: E402  (bench/ is the script
 from trl import GRPOConfig  # noqa: E402
 
 import rewards  # noqa: E402
-from grpo_audio.audio_rows import AudioFeaturizer, covo_core  # noqa: E402
+from grpo_audio.audio.featurizer import AudioFeaturizer, covo_core  # noqa: E402
 from grpo_audio.data.dataset import build_dataset  # noqa: E402
 from grpo_audio.data.manifest import load_manifest  # noqa: E402
+from grpo_audio.data.prompting import load_template  # noqa: E402
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
-from grpo_audio.prompting import load_template  # noqa: E402
-from grpo_audio.reward_bridge import make_trl_reward  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.trainer import AudioGRPOTrainer  # noqa: E402
+from grpo_audio.train.reward_bridge import make_trl_reward  # noqa: E402
+from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
 
 MODES = {
     "reuse + cache (default)": dict(reuse_embeddings=True),
@@ -75,7 +75,9 @@ def build(args, workdir: Path):
     rows = load_manifest(manifest)
     template = load_template("audio_cot_v1")
     tokenizer, model = harness_model(
-        rows, template, f"model.tiny.encoder_layers={args.encoder_layers}",
+        rows,
+        template,
+        f"model.tiny.encoder_layers={args.encoder_layers}",
         f"model.tiny.encoder_d_model={args.encoder_d_model}",
     )
     return tokenizer, model, build_dataset(rows, tokenizer, template)
@@ -86,10 +88,22 @@ def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Pat
     timer = StepTimer()
     rubric = rewards.Rubric([rewards.TermSpec("accuracy", 1.0), rewards.TermSpec("format", 1.0)], "sum")
     config = GRPOConfig(
-        output_dir=str(out), use_cpu=True, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.G,
-        num_generations=args.G, max_completion_length=args.max_new_tokens, temperature=1.0, learning_rate=1e-4,
-        beta=args.beta, logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False,
-        remove_unused_columns=False, disable_tqdm=True, seed=0,
+        output_dir=str(out),
+        use_cpu=True,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.prompts * args.G,
+        num_generations=args.G,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        learning_rate=1e-4,
+        beta=args.beta,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
     )
     engine = HFRolloutEngine(
         SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=1.0),
@@ -98,8 +112,13 @@ def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Pat
         tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
     )
     trainer = AudioGRPOTrainer(
-        model=model, reward_funcs=[make_trl_reward(rubric, args.G)], args=config, train_dataset=dataset,
-        processing_class=tokenizer, rollout_engine=engine, featurizer=AudioFeaturizer(**featurizer_options),
+        model=model,
+        reward_funcs=[make_trl_reward(rubric, args.G)],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        rollout_engine=engine,
+        featurizer=AudioFeaturizer(**featurizer_options),
         sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
         callbacks=[timer],
     )
@@ -133,19 +152,28 @@ def main(argv=None) -> None:
             results[name] = run_mode(args, options, copy.deepcopy(model), tokenizer, dataset, Path(tmp) / str(index))
             print(f"{name}: {results[name]}", flush=True)
     print()
-    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU" if not torch.cuda.is_available()
-          else f"machine: {torch.cuda.get_device_name()}")
-    print(f"tiny Covo-Audio, encoder {args.encoder_layers} layer(s) x d_model {args.encoder_d_model}; {args.clips} "
-          f"clips, {args.prompts} prompts x G={args.G}, up to {args.max_new_tokens} new tokens, beta {args.beta}, "
-          f"{args.steps} steps per mode, first {args.warmup} not timed")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+        f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU"
+        if not torch.cuda.is_available()
+        else f"machine: {torch.cuda.get_device_name()}"
+    )
+    print(
+        f"tiny Covo-Audio, encoder {args.encoder_layers} layer(s) x d_model {args.encoder_d_model}; {args.clips} "
+        f"clips, {args.prompts} prompts x G={args.G}, up to {args.max_new_tokens} new tokens, beta {args.beta}, "
+        f"{args.steps} steps per mode, first {args.warmup} not timed"
+    )
     print()
-    print("| audio features | encoder calls / step | segments encoded / step | median wall s/step | "
-          "median CPU s/step | median feature time s/step |")
+    print(
+        "| audio features | encoder calls / step | segments encoded / step | median wall s/step | "
+        "median CPU s/step | median feature time s/step |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
-        print(f"| {name} | {r['calls']:.2f} | {r['segments']:.1f} | {r['step']:.3f} | {r['cpu']:.3f} | "
-              f"{r['features']:.4f} |")
+        print(
+            f"| {name} | {r['calls']:.2f} | {r['segments']:.1f} | {r['step']:.3f} | {r['cpu']:.3f} | "
+            f"{r['features']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,16 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import rewards  # noqa: E402
-from grpo_audio.audio_rows import AudioFeaturizer  # noqa: E402
-from grpo_audio.callbacks import MetricsFileCallback  # noqa: E402
+from grpo_audio.audio.featurizer import AudioFeaturizer  # noqa: E402
 from grpo_audio.data.manifest import load_manifest  # noqa: E402
+from grpo_audio.data.prompting import load_template  # noqa: E402
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
-from grpo_audio.prompting import load_template  # noqa: E402
-from grpo_audio.reward_bridge import make_trl_reward  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.trainer import AudioGRPOTrainer  # noqa: E402
-from grpo_audio.training import RolloutLogWriter  # noqa: E402
+from grpo_audio.train.callbacks import MetricsFileCallback  # noqa: E402
+from grpo_audio.train.reward_bridge import make_trl_reward  # noqa: E402
+from grpo_audio.train.run import RolloutLogWriter  # noqa: E402
+from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
 
 
 def build(args, workdir: Path):
@@ -68,8 +68,14 @@ def build(args, workdir: Path):
         ]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         records.append(
-            {"prompt": prompt, "audio": r.audio, "id": r.id, "question": r.question, "choices": r.choices,
-             "answer": r.answer}
+            {
+                "prompt": prompt,
+                "audio": r.audio,
+                "id": r.id,
+                "question": r.question,
+                "choices": r.choices,
+                "answer": r.answer,
+            }
         )
     return tokenizer, model, Dataset.from_list(records)
 
@@ -107,8 +113,11 @@ def run_plain(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], 
     banned = list(range(model.config.audio_token_index, model.config.llm_config.vocab_size))
     banned += tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[make_trl_reward(rubric(), args.G)], train_dataset=dataset,
-        args=config(args, out, generation_kwargs={"suppress_tokens": banned}), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[make_trl_reward(rubric(), args.G)],
+        train_dataset=dataset,
+        args=config(args, out, generation_kwargs={"suppress_tokens": banned}),
+        processing_class=tokenizer,
         callbacks=[timer],
     )
     trainer.train()
@@ -131,10 +140,15 @@ def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float]
         holder["trainer"].record_time("scoring_s", seconds)
 
     trainer = AudioGRPOTrainer(
-        model=model, reward_funcs=[make_trl_reward(rubric(), args.G, on_breakdown)], args=config(args, out),
-        train_dataset=dataset, processing_class=tokenizer, rollout_engine=engine,
+        model=model,
+        reward_funcs=[make_trl_reward(rubric(), args.G, on_breakdown)],
+        args=config(args, out),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        rollout_engine=engine,
         sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
-        featurizer=AudioFeaturizer(reuse_embeddings=True), rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
+        featurizer=AudioFeaturizer(reuse_embeddings=True),
+        rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
         callbacks=[timer, MetricsFileCallback(out / "metrics.jsonl")],
     )
     holder["trainer"] = trainer
@@ -173,23 +187,34 @@ def main(argv=None) -> None:
                 wall[name] += timer.seconds[args.warmup :]
                 cpu[name] += timer.cpu_seconds[args.warmup :]
                 lengths[name].append(length)
-                print(f"round {round_index + 1}/{args.rounds} {name}: median {statistics.median(wall[name]):.3f} "
-                      f"s/step wall, {statistics.median(cpu[name]):.3f} s/step CPU", flush=True)
+                print(
+                    f"round {round_index + 1}/{args.rounds} {name}: median {statistics.median(wall[name]):.3f} "
+                    f"s/step wall, {statistics.median(cpu[name]):.3f} s/step CPU",
+                    flush=True,
+                )
     print()
-    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU" if not torch.cuda.is_available()
-          else f"machine: {torch.cuda.get_device_name()}")
-    print(f"model: tiny Covo-Audio, hidden {args.hidden_size}, {args.num_layers} layers; {args.prompts} prompts x "
-          f"G={args.G}, up to {args.max_new_tokens} new tokens; {args.rounds} rounds x {args.steps} steps (first "
-          f"{args.warmup} of each run dropped)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+        f"torch {torch.__version__} threads {torch.get_num_threads()}, no GPU"
+        if not torch.cuda.is_available()
+        else f"machine: {torch.cuda.get_device_name()}"
+    )
+    print(
+        f"model: tiny Covo-Audio, hidden {args.hidden_size}, {args.num_layers} layers; {args.prompts} prompts x "
+        f"G={args.G}, up to {args.max_new_tokens} new tokens; {args.rounds} rounds x {args.steps} steps (first "
+        f"{args.warmup} of each run dropped)"
+    )
     print()
     print("| trainer | median wall s/step | median CPU s/step | mean completion length | steps timed |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in names:
-        print(f"| {name} | {statistics.median(wall[name]):.3f} | {statistics.median(cpu[name]):.3f} | "
-              f"{sum(lengths[name]) / len(lengths[name]):.1f} | {len(wall[name])} |")
+        print(
+            f"| {name} | {statistics.median(wall[name]):.3f} | {statistics.median(cpu[name]):.3f} | "
+            f"{sum(lengths[name]) / len(lengths[name]):.1f} | {len(wall[name])} |"
+        )
     ratio = [statistics.median(v[names[1]]) / statistics.median(v[names[0]]) for v in (wall, cpu)]
     print(f"\nratio harness / plain: {ratio[0]:.3f} wall, {ratio[1]:.3f} CPU")
+
 
 if __name__ == "__main__":
     main()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from grpo_audio.audio_rows import AudioRows  # noqa: E402
+from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402

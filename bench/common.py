@@ -5,9 +5,9 @@ import time
 from transformers import TrainerCallback
 
 from grpo_audio.data.manifest import AudioQuestion
-from grpo_audio.prompting import PromptTemplate
+from grpo_audio.data.prompting import PromptTemplate
 from grpo_audio.recipe import load_recipe
-from grpo_audio.training import apply_freezing, build_tokenizer_and_model
+from grpo_audio.train.run import apply_freezing, build_tokenizer_and_model
 
 
 def harness_model(rows: list[AudioQuestion], template: PromptTemplate, *overrides: str):

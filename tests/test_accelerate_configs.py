@@ -38,8 +38,11 @@ def launch_env(name: str) -> dict[str, str]:
 
 def test_every_shipped_config_parses_with_the_intended_backend():
     expected = {
-        "single_gpu.yaml": ("NO", 1), "ddp.yaml": ("MULTI_GPU", 8), "zero2.yaml": ("DEEPSPEED", 8),
-        "zero3.yaml": ("DEEPSPEED", 8), "fsdp.yaml": ("FSDP", 8),
+        "single_gpu.yaml": ("NO", 1),
+        "ddp.yaml": ("MULTI_GPU", 8),
+        "zero2.yaml": ("DEEPSPEED", 8),
+        "zero3.yaml": ("DEEPSPEED", 8),
+        "fsdp.yaml": ("FSDP", 8),
     }
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(expected)
     for name, (kind, processes) in expected.items():
@@ -91,9 +94,22 @@ def test_sharding_requested_without_a_gpu_is_refused(monkeypatch):
 @pytest.mark.slow
 def test_fsdp_launch_on_cpu_stops_with_a_clear_error(tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
-        "-m", "grpo_audio", "train", "--set", f"run.output_dir={tmp_path / 'run'}",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "grpo_audio",
+        "train",
+        "--set",
+        f"run.output_dir={tmp_path / 'run'}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from grpo_audio.audio_rows import AudioRows
-from grpo_audio.trainer import AudioGRPOTrainer
-from grpo_audio.training import build_training
+from grpo_audio.audio.featurizer import AudioRows
+from grpo_audio.train.run import build_training
+from grpo_audio.train.trainer import AudioGRPOTrainer
 
 
 def _count_encoder_calls(model):
@@ -22,7 +22,12 @@ def test_trl_extension_points_have_the_signatures_we_override():
     expected = {
         "_generate_and_score_completions": ["self", "inputs"],
         "_generate_single_turn": [
-            "self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"
+            "self",
+            "prompt_ids",
+            "images",
+            "multimodal_fields",
+            "num_generations",
+            "has_tool_images",
         ],
         "_compute_loss": ["self", "model", "inputs"],
     }
@@ -30,7 +35,13 @@ def test_trl_extension_points_have_the_signatures_we_override():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
     logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
     assert logps[:8] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
         "compute_aux_loss",
     ]
     for name in expected:

@@ -115,6 +115,7 @@ def test_mmsu_empty_options_are_not_choices(tmp_path, choice_c, choice_d, answer
 def write_mmsu_parquet(path, rows, clips):
     """The release's layout: an embedded Audio column plus MMSU's text columns."""
     import datasets  # a core dependency: a missing install must fail, not skip
+
     columns = ["id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer_gt", *MMSU_META]
     table = {c: [r[c] for r in rows] for c in columns}
     table["audio"] = [{"bytes": clip.read_bytes(), "path": clip.name} for clip in clips]
@@ -263,10 +264,10 @@ def test_list_and_string_categories_make_one_slice_in_eval_and_data_check(mixed_
 def templateless_model(tmp_path_factory):
     """A tiny saved model whose tokenizer carries no chat template (as the released tokenizer may)."""
     from grpo_audio.data.manifest import load_manifest
+    from grpo_audio.data.prompting import load_template
     from grpo_audio.data.synthetic import write_synthetic_set
-    from grpo_audio.prompting import load_template
-    from grpo_audio.run_dir import save_model_atomic
-    from grpo_audio.training import build_tokenizer_and_model
+    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.train.run_dir import save_model_atomic
 
     d = tmp_path_factory.mktemp("templateless")
     rows = load_manifest(write_synthetic_set(d / "audio", 3, ["pitch"], seed=0))

@@ -21,7 +21,7 @@ from grpo_audio.cli import main as cli_main
 from grpo_audio.model.checkpoint import CheckpointError, load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
-from grpo_audio.training import load_pretrained
+from grpo_audio.train.run import load_pretrained
 
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 SHARD = "60KB"  # the tiny model is ~0.4 MB in float32: several shards and an index

@@ -23,7 +23,7 @@ from grpo_audio.data.check import main as check_main
 from grpo_audio.data.manifest import DataError, load_manifest
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import write_synthetic_set
-from grpo_audio.heldout import heldout_accuracy
+from grpo_audio.evaluation.heldout import heldout_accuracy
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.loader import grpo_config_fields
 from grpo_audio.recipe.ranges import RANGES, field_values
@@ -220,8 +220,8 @@ def test_load_manifest_and_the_held_out_split_follow_the_same_rules(tmp_path):
 
 
 def test_evaluation_refuses_rows_it_could_not_read_even_with_the_skip_policy(tmp_path):
+    from grpo_audio.data.prompting import load_template
     from grpo_audio.evaluation.runner import EvalSettings, evaluate
-    from grpo_audio.prompting import load_template
 
     manifest = _data(tmp_path, ["{oops"])
     recipe = _recipe(manifest, "data.on_bad_row=skip")

@@ -10,8 +10,10 @@ def test_rewards_score_uses_the_recipes_reward_section(tmp_path, capsys):
     rows = tmp_path / "rows.jsonl"
     sample = {"answer": "high", "choices": ["high", "low"]}
     rows.write_text(
-        json.dumps({"completion": "<think>a high tone</think><answer>high</answer>", "sample": sample}) + "\n"
-        + json.dumps({"completion": "low", "sample": sample}) + "\n"
+        json.dumps({"completion": "<think>a high tone</think><answer>high</answer>", "sample": sample})
+        + "\n"
+        + json.dumps({"completion": "low", "sample": sample})
+        + "\n"
     )
     demo = shipped_dir("configs") / "demo.yaml"
     assert main(["rewards", "score", "--rewards", str(demo), "--input", str(rows)]) == 0

@@ -6,9 +6,9 @@ import pytest
 
 from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import DataError, load_manifest
+from grpo_audio.data.prompting import load_template
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.model.tiny import build_tiny_tokenizer, tiny_tokenizer_corpus
-from grpo_audio.prompting import load_template
 
 
 def test_synthetic_set_is_reproducible_and_balanced(tmp_path):

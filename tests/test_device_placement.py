@@ -3,8 +3,8 @@
 
 import torch
 
-from grpo_audio import training
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+from grpo_audio.train import run as training
 
 
 def tiny_model(recipe):

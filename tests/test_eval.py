@@ -112,10 +112,10 @@ def test_metrics_count_missing_and_unparsed_as_wrong_and_give_pass_at_k():
 def bench(tmp_path_factory):
     """A tiny saved model and MMAU- and MMSU-format files over synthetic clips (one MMAU clip is corrupt)."""
     from grpo_audio.data.manifest import load_manifest
-    from grpo_audio.prompting import load_template
+    from grpo_audio.data.prompting import load_template
     from grpo_audio.recipe import load_recipe
-    from grpo_audio.run_dir import save_model_atomic
-    from grpo_audio.training import build_tokenizer_and_model
+    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.train.run_dir import save_model_atomic
 
     d = tmp_path_factory.mktemp("eval")
     rows = load_manifest(write_synthetic_set(d / "audio", 6, ["pitch", "count", "longer"], seed=0))

@@ -6,13 +6,13 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from grpo_audio import training
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.sampling import NEG, SamplingDistribution, token_logprobs
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_generation_fields
+from grpo_audio.train import run as training
 
 
 def reference_logprobs(logits, labels, temperature, top_k, top_p, banned):

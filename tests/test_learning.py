@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_audio.audio_rows import AudioFeaturizer
-from grpo_audio.coldstart import coldstart_target, draw_batch
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
+from grpo_audio.train.coldstart import coldstart_target, draw_batch
 
 LEARN_PITCH = Path(__file__).resolve().parents[1] / "configs" / "learn_pitch.yaml"
 
@@ -38,11 +38,15 @@ def test_coldstart_targets_have_the_paper_format():
 
 @pytest.mark.slow
 def test_coldstart_teaches_the_format_and_heldout_is_measured(tiny_recipe):
-    from grpo_audio.training import train
+    from grpo_audio.train.run import train
 
     recipe = tiny_recipe(
-        "data.synthetic.tasks=[pitch]", "data.synthetic.heldout_questions=8", "coldstart.steps=40",
-        "coldstart.learning_rate=3e-3", "trainer.max_steps=1", "rollout.max_completion_length=24",
+        "data.synthetic.tasks=[pitch]",
+        "data.synthetic.heldout_questions=8",
+        "coldstart.steps=40",
+        "coldstart.learning_rate=3e-3",
+        "trainer.max_steps=1",
+        "rollout.max_completion_length=24",
     )
     run_dir = train(recipe)
     status = json.loads((run_dir / "run.json").read_text())
@@ -60,8 +64,10 @@ def test_coldstart_teaches_the_format_and_heldout_is_measured(tiny_recipe):
 
 
 def test_coldstart_answers_are_balanced_per_batch_and_independent_of_the_truth():
-    rows = [{"choices": ["low", "high"] if i % 3 else ["high", "low"], "answer": "high" if i % 2 else "low"}
-            for i in range(40)]
+    rows = [
+        {"choices": ["low", "high"] if i % 3 else ["high", "low"], "answer": "high" if i % 2 else "low"}
+        for i in range(40)
+    ]
     rng, agree = random.Random(0), 0
     for _ in range(50):
         batch, targets = draw_batch(rows, rng, 16, "tone")
@@ -88,7 +94,7 @@ def test_grpo_learns_pitch_from_audio_and_not_from_silence(tmp_path):
     """The proof-of-learning recipe, shortened: held-out accuracy rises well above the cold start's with audio,
     and stays at chance when every clip is silence (same prompts, no content)."""
     from grpo_audio.recipe import load_recipe
-    from grpo_audio.training import train
+    from grpo_audio.train.run import train
 
     short = ["trainer.max_steps=50", "trainer.save_steps=1000", "data.synthetic.heldout_questions=16"]
     results = {}

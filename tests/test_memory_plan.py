@@ -58,7 +58,7 @@ def test_lora_count_matches_peft():
     tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(["one two three"]), 300)
     model = build_tiny_model(TinyModelSpec(), tokenizer, seed=0)
     expected = lora_parameter_count(model, rank=4)
-    pattern = r".*language_model\..*\.(" + "|".join(LORA_TARGETS) + r")$"  # as grpo_audio.training.lora_config
+    pattern = r".*language_model\..*\.(" + "|".join(LORA_TARGETS) + r")$"  # as grpo_audio.train.run.lora_config
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=pattern))
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == expected
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, check_covo_tokens
 from grpo_audio.recipe.schema import TinyModelSpec
@@ -159,6 +159,8 @@ def test_greedy_generation_with_and_without_batching_agrees(tokenizer, model):
         SamplingSettings(max_new_tokens=10, do_sample=False), [tokenizer.eos_token_id], tokenizer.pad_token_id, []
     )
     batched = engine.generate(model, prompts, AudioRows(audio_embeds=audio)).completion_ids
-    single = [engine.generate(model, [p], AudioRows(audio_embeds=audio[i : i + 1])).completion_ids[0]
-              for i, p in enumerate(prompts)]
+    single = [
+        engine.generate(model, [p], AudioRows(audio_embeds=audio[i : i + 1])).completion_ids[0]
+        for i, p in enumerate(prompts)
+    ]
     assert batched == single

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
-from grpo_audio import prompting
+from grpo_audio.data import prompting
+from grpo_audio.data.prompting import load_template, render_prompt
 from grpo_audio.model.tokenizer import build_tiny_tokenizer
-from grpo_audio.prompting import load_template, render_prompt
 
 CHOICES = ["high", "low"]
 
@@ -30,7 +30,7 @@ def template_less():
 def test_a_tokenizer_without_a_chat_template_renders_covo_chatml(template_less, name, monkeypatch, caplog):
     monkeypatch.setattr(prompting, "_warned_no_template", False)
     template = load_template(name)
-    with caplog.at_level(logging.WARNING, logger="grpo_audio.prompting"):
+    with caplog.at_level(logging.WARNING, logger="grpo_audio.data.prompting"):
         first = render_prompt(template_less, template, "Is the tone high?", CHOICES, 7)
         second = render_prompt(template_less, template, "Is the tone low?", CHOICES, 3)
     assert first == expected_chatml(template.system, template.user_text("Is the tone high?", CHOICES), 7)
@@ -42,7 +42,7 @@ def test_a_tokenizer_without_a_chat_template_renders_covo_chatml(template_less, 
 def test_a_tokenizer_with_a_chat_template_keeps_it(template_less, monkeypatch, caplog):
     monkeypatch.setattr(prompting, "_warned_no_template", False)
     template_less.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
-    with caplog.at_level(logging.WARNING, logger="grpo_audio.prompting"):
+    with caplog.at_level(logging.WARNING, logger="grpo_audio.data.prompting"):
         text = render_prompt(template_less, load_template("audio_cot_v1"), "Q?", CHOICES, 1)
     assert text.startswith("[system]") and "<|im_start|>" not in text
     assert not caplog.records

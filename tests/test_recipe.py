@@ -1,6 +1,5 @@
 """Recipes: shipped files parse, typos get suggestions, bad values name the field, the CLI prints one line."""
 
-
 import pytest
 
 from grpo_audio.cli import main

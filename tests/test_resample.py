@@ -13,9 +13,9 @@ import soundfile as sf
 import soxr
 
 from grpo_audio.audio.covo import log_mel, placeholder_count, prepare_file, trim_and_pad
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.audio.io import load_audio
 from grpo_audio.audio.resample import output_length, resample, sinc_kernel, sinc_resample, soxr_resample
-from grpo_audio.audio_rows import AudioFeaturizer
 from grpo_audio.recipe import RecipeError, load_recipe
 
 RATE_PAIRS = [(8000, 24000), (16000, 24000), (22050, 24000), (44100, 24000), (48000, 24000), (24000, 16000)]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpo_audio.recipe import RecipeError, load_recipe
-from grpo_audio.training import train
+from grpo_audio.train.run import train
 
 KILL_RUN = Path(__file__).parent / "helpers" / "kill_run.py"
 # Wall-clock fields, and HF's train_loss (the mean loss over the steps run *in this process*), differ by nature.
@@ -152,7 +152,7 @@ def test_report_renders_plots_and_a_self_contained_page(uninterrupted, tmp_path,
 def test_run_record_reaches_tensorboard_and_wandb_writers():
     from types import SimpleNamespace
 
-    from grpo_audio.callbacks import RunRecordToTrackers
+    from grpo_audio.train.callbacks import RunRecordToTrackers
 
     texts, configs = [], []
     tensorboard = SimpleNamespace(tb_writer=SimpleNamespace(add_text=lambda tag, text: texts.append((tag, text))))
@@ -166,7 +166,7 @@ def test_run_record_reaches_tensorboard_and_wandb_writers():
 
 
 def test_judge_caches_travel_with_checkpoints(tmp_path):
-    from grpo_audio.trainer import restore_judge_caches, save_judge_caches
+    from grpo_audio.train.trainer import restore_judge_caches, save_judge_caches
 
     cache = tmp_path / "judge" / "verdicts.jsonl"
     cache.parent.mkdir()

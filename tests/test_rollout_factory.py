@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from transformers import Qwen2ForCausalLM
 
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END
 from grpo_audio.recipe import load_recipe
@@ -205,7 +205,9 @@ def test_server_mode_needs_a_backbone_dir_and_a_server(model, tokenizer, tmp_pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     recipe = _vllm_recipe(
-        "rollout.vllm.mode=server", f"rollout.vllm.backbone_dir={backbone}", f"rollout.vllm.server_url=http://127.0.0.1:{port}"
+        "rollout.vllm.mode=server",
+        f"rollout.vllm.backbone_dir={backbone}",
+        f"rollout.vllm.server_url=http://127.0.0.1:{port}",
     )
     with pytest.raises(VLLMServerError, match=f"no vLLM server answers at http://127.0.0.1:{port}.*server_url"):
         build_rollout_engine(recipe, model, tokenizer, tmp_path)

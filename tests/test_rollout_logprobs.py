@@ -6,13 +6,13 @@ import pytest
 import torch
 from helpers.logprobs import teacher_forced_logprobs
 
-from grpo_audio import training
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.base import RolloutResult
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.train import run as training
 
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
 
@@ -69,8 +69,13 @@ def test_seeded_rows_log_probs_are_the_processed_distribution(tokenizer, model):
     for i, (prompt, completion) in enumerate(zip(prompts, result.completion_ids, strict=True)):
         embeds = model.prompt_embeddings(torch.tensor([prompt]), audio_embeds=audio.audio_embeds[i : i + 1])[0]
         reference = teacher_forced_logprobs(
-            model, embeds, completion, temperature=0.8, top_k=20,
-            first_banned=model.config.audio_token_index, banned=markers,
+            model,
+            embeds,
+            completion,
+            temperature=0.8,
+            top_k=20,
+            first_banned=model.config.audio_token_index,
+            banned=markers,
         )
         torch.testing.assert_close(torch.tensor(result.logprobs[i]), torch.tensor(reference), atol=1e-4, rtol=1e-4)
 

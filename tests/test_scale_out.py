@@ -49,9 +49,18 @@ def launch(
         command = [sys.executable, *train]
     else:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", str(processes),
-            "--mixed_precision", "no", "--main_process_port", "0", *train,
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            str(processes),
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            "0",
+            *train,
         ]
     env = {
         **os.environ,
@@ -140,6 +149,7 @@ def test_two_processes_see_the_same_data_as_one(runs):
         ids_two = collections.Counter(r["prompt_id"] for r in jsonl(two / "rollouts.jsonl") if r["step"] == step)
         ids_one = collections.Counter(r["prompt_id"] for r in jsonl(one / "rollouts.jsonl") if r["step"] == step)
         assert ids_two == ids_one and set(ids_two.values()) == {G}
+
     # the same completions: each row samples from its own stream, keyed by its place in the global batch
     def completions(run):
         rows = jsonl(run / "rollouts.jsonl")
@@ -198,8 +208,14 @@ def test_fsdp2_sharded_model_hears_and_generates_like_the_unsharded_one(tmp_path
     """FSDP2 shards the embeddings, encoder and adapter with the root; the audio path calls them outside forward."""
     out = tmp_path / "result.json"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(HELPERS / "fsdp2_audio_path.py"), str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HELPERS / "fsdp2_audio_path.py"),
+        str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -16,10 +16,14 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     argv = [
         "train",
-        "--set", f"run.output_dir={run}",
-        "--set", "data.synthetic.num_questions=8",
-        "--set", "rollout.max_completion_length=12",
-        "--set", "trainer.max_steps=2",
+        "--set",
+        f"run.output_dir={run}",
+        "--set",
+        "data.synthetic.num_questions=8",
+        "--set",
+        "rollout.max_completion_length=12",
+        "--set",
+        "trainer.max_steps=2",
     ]
     assert main(argv) == 0
     record = json.loads((run / "run.json").read_text())
@@ -31,8 +35,13 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
     steps = [m for m in metrics if "reward" in m]
     assert [m["step"] for m in steps] == [1, 2]
     for m in steps:  # every reward term is logged on its own, next to R_total
-        for key in ("rewards/accuracy/mean", "rewards/format/mean", "rewards/R_total/mean",
-                    "rewards/accuracy/weighted_mean", "frac_reward_zero_std"):
+        for key in (
+            "rewards/accuracy/mean",
+            "rewards/format/mean",
+            "rewards/R_total/mean",
+            "rewards/accuracy/weighted_mean",
+            "frac_reward_zero_std",
+        ):
             assert key in m, key
     out = capsys.readouterr().out
     assert "step 2/2 | R_total" in out and "accuracy" in out
@@ -44,7 +53,7 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
     assert any(n.startswith("llm.model.") for n in names) and "llm.lm_head.weight" in names
     assert any(n.startswith("audio_adapter.downsample_layers.2.") for n in names)
     from grpo_audio.recipe import load_recipe
-    from grpo_audio.training import build_tokenizer_and_model
+    from grpo_audio.train.run import build_tokenizer_and_model
 
     reloaded = load_recipe(None, ["model.source=pretrained", f"model.path={run / 'final_model'}"])
     _, model = build_tokenizer_and_model(reloaded, [], None)
@@ -54,7 +63,7 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
-    from grpo_audio.training import build_training
+    from grpo_audio.train.run import build_training
 
     setup = build_training(tiny_recipe("model.lora={r: 4, alpha: 8}", "trainer.max_steps=2"))
     before = {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -65,7 +74,7 @@ def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
     assert not any("lm_head" in n or "encoder" in n for n in lora)
     # what a sharded run (FSDP, ZeRO-3) does with the gathered full state dict: load it into a fresh LoRA-wrapped
     # copy of the starting model, so the final model it writes equals the one trained
-    from grpo_audio.training import unsharded_copy
+    from grpo_audio.train.run import unsharded_copy
 
     recipe = tiny_recipe("model.lora={r: 4, alpha: 8}", "trainer.max_steps=2")
     with torch.no_grad():  # an adapter far from its zero start, so that merging it changes the weights
@@ -92,9 +101,9 @@ def test_rerun_into_a_foreign_directory_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_saved_final_model_is_a_pretrained_source(tiny_recipe):
-    from grpo_audio.prompting import load_template
-    from grpo_audio.run_dir import save_model_atomic
-    from grpo_audio.training import build_tokenizer_and_model
+    from grpo_audio.data.prompting import load_template
+    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.train.run_dir import save_model_atomic
 
     setup_recipe = tiny_recipe()
     template = load_template("audio_cot_v1")
@@ -113,7 +122,7 @@ def test_a_saved_final_model_is_a_pretrained_source(tiny_recipe):
 def test_kl_to_a_reference_model_built_from_the_initial_weights(tiny_recipe):
     """beta > 0 without LoRA: TRL rebuilds the reference from the policy's directory (the saved initial model)
     and its log-prob pass gets the audio too (it would raise otherwise)."""
-    from grpo_audio.training import build_training
+    from grpo_audio.train.run import build_training
 
     setup = build_training(tiny_recipe("trainer.beta=0.04", "trainer.max_steps=2"))
     assert setup.trainer.ref_model is not None
@@ -136,7 +145,7 @@ def test_kl_to_a_reference_model_built_from_the_initial_weights(tiny_recipe):
 def test_a_broken_plugin_reward_stops_training_naming_it(tiny_recipe, tmp_path, monkeypatch, name, body, problem):
     """A user's reward, plugged in by import path, that raises or returns the wrong count or NaN stops the run."""
     import rewards
-    from grpo_audio.training import build_training
+    from grpo_audio.train.run import build_training
 
     module = tmp_path / f"broken_{name}.py"  # one module name per case: imports are cached
     module.write_text(

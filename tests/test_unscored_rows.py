@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grpo_audio import training
-from grpo_audio.callbacks import ProgressLineCallback
+from grpo_audio.train import run as training
+from grpo_audio.train.callbacks import ProgressLineCallback
 from rewards import RewardProbeError, UnscoredRowsError
 
 G = 4

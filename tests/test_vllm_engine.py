@@ -31,7 +31,7 @@ import json  # noqa: E402
 import torch  # noqa: E402
 from helpers.logprobs import teacher_forced_logprobs  # noqa: E402
 
-from grpo_audio.audio_rows import AudioRows  # noqa: E402
+from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
@@ -313,9 +313,21 @@ def test_two_processes_each_with_a_colocated_engine(tmp_path):
     ]
     repo = Path(__file__).resolve().parents[1]
     argv = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(repo / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-        "--main_process_port", "0", "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)],
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo / "configs" / "accelerate" / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "grpo_audio",
+        "train",
+        *[x for o in overrides for x in ("--set", o)],
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()

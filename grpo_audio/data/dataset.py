@@ -14,7 +14,7 @@ from datasets import Dataset
 from grpo_audio.audio.covo import SAMPLE_RATE, placeholder_count, trim_and_pad
 from grpo_audio.audio.io import AudioLoadError, load_audio
 from grpo_audio.data.manifest import AudioQuestion, DataError
-from grpo_audio.prompting import PromptTemplate, render_prompt
+from grpo_audio.data.prompting import PromptTemplate, render_prompt
 
 
 def clip_placeholders(path: str) -> int:

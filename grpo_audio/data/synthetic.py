@@ -76,8 +76,14 @@ def write_synthetic_set(directory: Path, num_questions: int, tasks: list[str], s
         name = f"{task}_{i:04d}.wav"
         sf.write(directory / name, _clip(task, answer, rng), SAMPLE_RATE, subtype="PCM_16")
         rows.append(
-            {"id": f"{task}-{i:04d}", "audio": name, "question": question, "choices": shown, "answer": answer,
-             "task": task}
+            {
+                "id": f"{task}-{i:04d}",
+                "audio": name,
+                "question": question,
+                "choices": shown,
+                "answer": answer,
+                "task": task,
+            }
         )
     manifest = directory / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

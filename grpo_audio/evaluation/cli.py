@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args):
+    from grpo_audio.data.prompting import load_template
     from grpo_audio.evaluation.runner import EvalSettings
-    from grpo_audio.prompting import load_template
 
     if args.samples < 1:
         raise RecipeError(f"--samples {args.samples}: must be at least 1")

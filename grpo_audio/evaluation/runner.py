@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 from grpo_audio import __version__
-from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.formats import OUTSIDE_FLAG
 from grpo_audio.data.manifest import DataError
+from grpo_audio.data.prompting import PromptTemplate, render_prompt
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score
-from grpo_audio.prompting import PromptTemplate, render_prompt
 from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.rollout.hf import SamplingSettings
 
@@ -82,7 +82,7 @@ def _sampling(settings: EvalSettings) -> SamplingSettings:
 
 def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: str | Path, echo=print) -> dict:
     """Evaluate ``recipe.model`` on ``recipe.data`` with ``template``; write the files above; return the metrics."""
-    from grpo_audio.training import build_tokenizer_and_model
+    from grpo_audio.train.run import build_tokenizer_and_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

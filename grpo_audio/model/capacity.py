@@ -92,8 +92,10 @@ def estimate_topology(topology: Topology, config, counts, n_lora: int, micro_bat
         rollout_peak = persistent + gathered + step.kv_cache + step.rollout_working_set
     sequences = topology.prompts_per_step * topology.num_generations
     rollout_tokens = sequences * topology.completion_tokens
-    rate = VLLM_TOKENS_PER_S_PER_GPU * topology.rollout_gpus if topology.rollout_gpus else (
-        HF_GENERATE_TOKENS_PER_S_PER_GPU * d
+    rate = (
+        VLLM_TOKENS_PER_S_PER_GPU * topology.rollout_gpus
+        if topology.rollout_gpus
+        else (HF_GENERATE_TOKENS_PER_S_PER_GPU * d)
     )
     flops_per_token = (4 if topology.lora else 6) * n_train + (2 * n_train if topology.gradient_checkpointing else 0)
     train_tokens = sequences * shape.seq_tokens

@@ -186,7 +186,7 @@ def check_cross_section(recipe: Recipe) -> None:
                 "random answers and would bring a pretrained model's accuracy down to chance; set coldstart.steps=0, "
                 "or coldstart.allow_pretrained=true to run it anyway"
             )
-    from grpo_audio.prompting import find_template
+    from grpo_audio.data.prompting import find_template
 
     find_template(recipe.prompt.template)
     check_rewards(recipe)

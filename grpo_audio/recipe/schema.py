@@ -260,9 +260,7 @@ class VLLMOptions:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _help(
         "colocate: engine weight dtype; 'auto' takes the trainer model's dtype.", "auto"
     )
-    enforce_eager: bool = _help(
-        "colocate: skip torch.compile and CUDA graphs (faster start, slower decoding).", False
-    )
+    enforce_eager: bool = _help("colocate: skip torch.compile and CUDA graphs (faster start, slower decoding).", False)
     sleep_between_rollouts: bool = _help(
         "colocate on CUDA: offload the engine's weights to CPU and drop its KV cache between rollouts, so the "
         "training step gets that memory back (vLLM sleep mode level 1). Ignored on CPU.",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutResult
 

@@ -64,7 +64,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_audio.audio_rows import AudioRows
+from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone
 from grpo_audio.rollout.base import RolloutResult
 from grpo_audio.rollout.hf import SamplingSettings

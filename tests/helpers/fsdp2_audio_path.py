@@ -15,16 +15,16 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import load_manifest
+from grpo_audio.data.prompting import load_template
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.distributed import root_parameters_unsharded
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END
-from grpo_audio.prompting import load_template
 from grpo_audio.recipe import load_recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
-from grpo_audio.training import build_tokenizer_and_model
+from grpo_audio.train.run import build_tokenizer_and_model
 
 dist.init_process_group("gloo")
 recipe = load_recipe(None, [])

@@ -12,8 +12,8 @@ import sys
 from transformers import TrainerCallback
 
 from grpo_audio.recipe import load_recipe
-from grpo_audio.trainer import AudioGRPOTrainer
-from grpo_audio.training import train
+from grpo_audio.train.run import train
+from grpo_audio.train.trainer import AudioGRPOTrainer
 
 mode, step, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 

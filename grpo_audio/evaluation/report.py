@@ -145,8 +145,10 @@ def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
         parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
     for step in chosen:
         rows = [r for r in rollouts if r["step"] == step][:8]
-        parts.append(f"<h2>Sample rollouts at step {step}</h2><table><tr><th>prompt id</th><th>completion</th>"
-                     "<th>rewards</th><th>R_total</th><th>advantage</th><th>finish</th></tr>")
+        parts.append(
+            f"<h2>Sample rollouts at step {step}</h2><table><tr><th>prompt id</th><th>completion</th>"
+            "<th>rewards</th><th>R_total</th><th>advantage</th><th>finish</th></tr>"
+        )
         for r in rows:
             terms = ", ".join(f"{k}={v}" for k, v in r["rewards"].items())
             parts.append(

@@ -1,10 +1,10 @@
 """``grpo-audio train``: recipe -> data, prompt, model, rewards, rollout engine, trainer -> run directory.
 
-    recipe.yaml -> typed Recipe -> dataset rows (audio path, question, choices, answer)
-      -> prompt (prompts/) -> audio features (encoder + adapter, reused when frozen)
-      -> rollout engine (HF generate, or vLLM serving the Qwen2 backbone, from prompt embeddings): G completions
-      -> rewards (registry) -> R_total = combine(w_i, r_i) -> group advantages (TRL)
-      -> TRL GRPO update (audio in every log-prob pass) -> run directory (record, metrics, final model)
+recipe.yaml -> typed Recipe -> dataset rows (audio path, question, choices, answer)
+  -> prompt (prompts/) -> audio features (encoder + adapter, reused when frozen)
+  -> rollout engine (HF generate, or vLLM serving the Qwen2 backbone, from prompt embeddings): G completions
+  -> rewards (registry) -> R_total = combine(w_i, r_i) -> group advantages (TRL)
+  -> TRL GRPO update (audio in every log-prob pass) -> run directory (record, metrics, final model)
 """
 
 from __future__ import annotations
@@ -17,22 +17,22 @@ import torch
 from transformers import PrinterCallback
 
 import rewards
-from grpo_audio.audio_rows import AudioFeaturizer
-from grpo_audio.callbacks import MetricsFileCallback, ProgressLineCallback, RunRecordToTrackers
-from grpo_audio.coldstart import run_coldstart
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion, load_manifest
+from grpo_audio.data.prompting import PromptTemplate, load_template
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
-from grpo_audio.heldout import heldout_accuracy
+from grpo_audio.evaluation.heldout import heldout_accuracy
 from grpo_audio.model.checkpoint import check_covo_checkpoint, load_covo_checkpoint, save_covo_checkpoint
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END, check_covo_tokens
-from grpo_audio.prompting import PromptTemplate, load_template
 from grpo_audio.recipe import Recipe, recipe_to_dict
-from grpo_audio.reward_bridge import make_trl_reward
 from grpo_audio.rollout.factory import build_rollout_engine, sampling_distribution
-from grpo_audio.run_dir import (
+from grpo_audio.train.callbacks import MetricsFileCallback, ProgressLineCallback, RunRecordToTrackers
+from grpo_audio.train.coldstart import run_coldstart
+from grpo_audio.train.reward_bridge import make_trl_reward
+from grpo_audio.train.run_dir import (
     MARKER,
     finish_run_record,
     open_run_dir,
@@ -181,7 +181,7 @@ class PreparedRun:
 def prepare_run(recipe: Recipe, judge_caches: list[Path]) -> PreparedRun:
     """Process 0 only: open (or resume) the run directory, record the run, and load the data (writing synthetic
     clips and ``skipped.jsonl``)."""
-    from grpo_audio.trainer import restore_judge_caches
+    from grpo_audio.train.trainer import restore_judge_caches
 
     run = open_run_dir(recipe)
     status = start_run_record(run, recipe)
@@ -280,7 +280,7 @@ def make_trainer(
     """The recipe's ``AudioGRPOTrainer`` for a built model and dataset: rollout engine, reward bridge, LoRA wrapping,
     sampling distribution, ``rollouts.jsonl`` and ``metrics.jsonl`` in ``run_dir``. ``build_training`` calls it once
     the run directory, data and model are ready; ``bench/gpu_check.py`` builds its 7B-shaped trainers through it."""
-    from grpo_audio.trainer import AudioGRPOTrainer
+    from grpo_audio.train.trainer import AudioGRPOTrainer
 
     engine = build_rollout_engine(recipe, model, tokenizer, run_dir)
     holder = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import rewards
-from grpo_audio.audio_rows import AudioFeaturizer
+from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.manifest import DataError
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 

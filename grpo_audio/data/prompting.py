@@ -27,7 +27,7 @@ from grpo_audio.model.tokenizer import AUDIO_BEGIN, AUDIO_END, AUDIO_PLACEHOLDER
 from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.resources import shipped_dir
 
-logger = logging.getLogger("grpo_audio.prompting")
+logger = logging.getLogger("grpo_audio.data.prompting")
 
 _REQUIRED = ("name", "version", "system", "user", "choice_line")
 _warned_no_template = False

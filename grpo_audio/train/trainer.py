@@ -46,11 +46,11 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from grpo_audio.audio_rows import AUDIO_KEYS, AudioFeaturizer, AudioRows
+from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
-from grpo_audio.run_dir import replace_dir_atomic
+from grpo_audio.train.run_dir import replace_dir_atomic
 
 STAGING = ".staging"
 JUDGE_CACHE_DIR = "judge_cache"
@@ -161,21 +161,23 @@ class AudioGRPOTrainer(GRPOTrainer):
         advantages = output["advantages"].tolist()
         records = []
         for i, row in enumerate(inputs):
-            records.append({
-                "step": self.state.global_step + 1,
-                "prompt_id": row.get("id"),
-                "audio": row.get("audio"),
-                "completion": texts[i],
-                "rewards": {name: values[i] for name, values in breakdown.terms.items()} if breakdown else {},
-                "R_total": breakdown.total[i] if breakdown else None,
-                # why R_total is None here: "term: reason" of each weighted term that failed (None when scored)
-                "unscored": breakdown.unscored[i] if breakdown and breakdown.unscored else None,
-                "failed": {k: v[i] for k, v in breakdown.failed.items() if v[i] is not None} if breakdown else {},
-                "advantage": advantages[i],
-                "length": len(result.completion_ids[i]),
-                "finish_reason": result.finish_reasons[i],
-                "rank": self.accelerator.process_index,
-            })
+            records.append(
+                {
+                    "step": self.state.global_step + 1,
+                    "prompt_id": row.get("id"),
+                    "audio": row.get("audio"),
+                    "completion": texts[i],
+                    "rewards": {name: values[i] for name, values in breakdown.terms.items()} if breakdown else {},
+                    "R_total": breakdown.total[i] if breakdown else None,
+                    # why R_total is None here: "term: reason" of each weighted term that failed (None when scored)
+                    "unscored": breakdown.unscored[i] if breakdown and breakdown.unscored else None,
+                    "failed": {k: v[i] for k, v in breakdown.failed.items() if v[i] is not None} if breakdown else {},
+                    "advantage": advantages[i],
+                    "length": len(result.completion_ids[i]),
+                    "finish_reason": result.finish_reasons[i],
+                    "rank": self.accelerator.process_index,
+                }
+            )
         return records
 
     def training_step(self, model, inputs, num_items_in_batch):
