@@ -47,9 +47,9 @@ from grpo_audio.data.prompting import load_template  # noqa: E402
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
+from grpo_audio.train.build import RolloutLogWriter  # noqa: E402
 from grpo_audio.train.callbacks import MetricsFileCallback  # noqa: E402
 from grpo_audio.train.reward_bridge import make_trl_reward  # noqa: E402
-from grpo_audio.train.run import RolloutLogWriter  # noqa: E402
 from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
 
 
@@ -133,15 +133,9 @@ def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float]
         tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
     )
     out.mkdir(parents=True, exist_ok=True)
-    holder = {}
-
-    def on_breakdown(breakdown, samples, seconds):  # as the harness wires it (rollouts.jsonl shows the terms)
-        holder["trainer"].last_breakdown = breakdown
-        holder["trainer"].record_time("scoring_s", seconds)
-
     trainer = AudioGRPOTrainer(
         model=model,
-        reward_funcs=[make_trl_reward(rubric(), args.G, on_breakdown)],
+        rubric=rubric(),
         args=config(args, out),
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -151,7 +145,6 @@ def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float]
         rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
         callbacks=[timer, MetricsFileCallback(out / "metrics.jsonl")],
     )
-    holder["trainer"] = trainer
     trainer.train()
     return timer, mean_length(trainer)
 

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-hf", action="store_true", help="vLLM only (e.g. a 7B shape where HF is slow)")
     args = parser.parse_args(argv)
 
-    from grpo_audio.rollout.vllm_engine import InProcessVLLM, VLLMRolloutEngine
+    from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine
+    from grpo_audio.rollout.vllm_inprocess import InProcessVLLM
 
     tokenizer, model, spec = build(args)
     ids, audio = make_prompts(model, args.prompts, args.G, args.audio_frames)

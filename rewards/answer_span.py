@@ -17,6 +17,10 @@ penalises the missing tags.
 ``think_prefilled=True`` is for prompt templates that end with ``<think>``: the completion starts inside the
 reasoning, so the opening tag is put back (unless the model wrote it again anyway).
 
+``no_reasoning_verdict(parsed)`` is the shared rule of the rewards that score the reasoning, for a completion whose
+``thinks`` is False: 0.0 when the ``<think>`` was never closed (truncated: the reasoning reached no conclusion), None
+when there is no reasoning (no or blank ``<think>`` section: the reward does not apply).
+
 Example: ``parse_completion("<think>a dog barks</think><answer>dog</answer>")`` has think ``"a dog barks"``, answer
 ``"dog"`` and ``thinks`` True.
 """
@@ -88,6 +92,11 @@ def extract_think(completion: str, think_prefilled: bool = False) -> str | None:
     if not spans:
         return None
     return "\n".join(strip_tags(s) for s in spans)
+
+
+def no_reasoning_verdict(parsed: ParsedCompletion) -> float | None:
+    """A reasoning reward's value when ``parsed.thinks`` is False: 0.0 for an unclosed ``<think>``, else None."""
+    return 0.0 if parsed.think_open else None
 
 
 def parse_completion(completion: str, think_prefilled: bool = False) -> ParsedCompletion:

@@ -30,7 +30,6 @@ combiner computed (see ``rewards.rubric``), so a user combiner needs no failure 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewards.answer_span import parse_completion
-from rewards.registry import RewardContext
+from rewards.registry import RewardContext, import_function
 
 Combiner = Callable[..., "list[float | None] | Combined"]
 Values = Sequence[float | None]
@@ -333,14 +332,7 @@ def get_combiner(name: str) -> Combiner:
     if name in COMBINERS:
         return COMBINERS[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr, None)
-        except ImportError as exc:
-            raise KeyError(f"combiner {name!r}: cannot import module {module_name!r} ({exc})") from exc
-        if not callable(fn):
-            raise KeyError(f"combiner {name!r}: module {module_name!r} has no function {attr!r}")
-        return fn
+        return import_function(name, "combiner")
     raise KeyError(f"unknown reward combiner {name!r}; available: {', '.join(sorted(COMBINERS))}")
 
 

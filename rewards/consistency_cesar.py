@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rewards import _checks
-from rewards.answer_span import parse_completion
+from rewards.answer_span import no_reasoning_verdict, parse_completion
 from rewards.concepts import concepts, overlap
 from rewards.matching import resolve_choice
 from rewards.registry import register_reward
@@ -41,10 +41,8 @@ def score(
     completion: str, sample: Mapping[str, Any], think_prefilled: bool = False, aggregate: str = "mean"
 ) -> float | None:
     parsed = parse_completion(completion, think_prefilled)
-    if parsed.think_open:
-        return 0.0
     if not parsed.thinks:
-        return None
+        return no_reasoning_verdict(parsed)
     answer = parsed.answer
     choices = sample.get("choices")
     if choices and answer:

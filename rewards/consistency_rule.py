@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from rewards.answer_span import parse_completion
+from rewards.answer_span import no_reasoning_verdict, parse_completion
 from rewards.matching import letter_index, normalise, resolve_choice
 from rewards.registry import register_reward
 
@@ -90,10 +90,8 @@ def _mentions(text: str, answer: str) -> bool:
 @register_reward("consistency_rule")
 def score(completion: str, sample: Mapping[str, Any], think_prefilled: bool = False) -> float | None:
     parsed = parse_completion(completion, think_prefilled)
-    if parsed.think_open:
-        return 0.0
     if not parsed.thinks:
-        return None
+        return no_reasoning_verdict(parsed)
     if not parsed.answer:
         return 0.0
     choices = sample.get("choices")

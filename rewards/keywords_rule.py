@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from rewards import _checks
-from rewards.answer_span import parse_completion
+from rewards.answer_span import no_reasoning_verdict, parse_completion
 from rewards.registry import register_reward
 
 DEFAULT_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -80,10 +80,8 @@ def score(
     keywords: Mapping[str, Sequence[str]] | None = None,
 ) -> float | None:
     parsed = parse_completion(completion, think_prefilled)
-    if parsed.think_open:
-        return 0.0
     if not parsed.thinks:
-        return None
+        return no_reasoning_verdict(parsed)
     text = (parsed.think or "").casefold()
     patterns = _compile(_groups(keywords))
     return sum(1 for p in patterns if p.search(text)) / len(patterns)

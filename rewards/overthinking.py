@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rewards import _checks
-from rewards.answer_span import parse_completion
+from rewards.answer_span import no_reasoning_verdict, parse_completion
 from rewards.registry import register_reward
 
 
@@ -36,8 +36,6 @@ def score(
     completion: str, sample: Mapping[str, Any], think_prefilled: bool = False, max_words: float = 100
 ) -> float | None:
     parsed = parse_completion(completion, think_prefilled)
-    if parsed.think_open:
-        return 0.0
     if not parsed.thinks:
-        return None
+        return no_reasoning_verdict(parsed)
     return min(1.0, max(0.0, 1.0 - len((parsed.think or "").split()) / max_words))

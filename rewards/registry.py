@@ -264,19 +264,26 @@ def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def import_function(path: str, what: str, error: type[KeyError] = KeyError) -> Callable[..., Any]:
+    """The function a ``package.module:function`` path names; ``error`` (naming the ``what``, e.g. "reward") when the
+    module does not import or has no callable of that name."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"{what} {path!r}: cannot import module {module_name!r} ({exc})") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise error(f"{what} {path!r}: module {module_name!r} has no function {attr!r}")
+    return fn
+
+
 def get_reward(name: str) -> RegisteredReward:
     """Resolve a registered name or a ``package.module:function`` import path."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownRewardError(f"reward {name!r}: cannot import module {module_name!r} ({exc})") from exc
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise UnknownRewardError(f"reward {name!r}: module {module_name!r} has no function {attr!r}")
+        fn = import_function(name, "reward", UnknownRewardError)
         group_level = bool(getattr(fn, "group_level", False))
         return RegisteredReward(name, fn, bool(getattr(fn, "batched", False)) or group_level, group_level)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=1)

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rewards import _checks
-from rewards.answer_span import parse_completion
+from rewards.answer_span import no_reasoning_verdict, parse_completion
 from rewards.registry import register_reward
 
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
@@ -91,10 +91,8 @@ def score(
     max_run: int = 3,
 ) -> float | None:
     parsed = parse_completion(completion, think_prefilled)
-    if parsed.think_open:
-        return 0.0
     if not parsed.thinks:
-        return None
+        return no_reasoning_verdict(parsed)
     think = parsed.think or ""
     words = think.casefold().split()
     passed = (

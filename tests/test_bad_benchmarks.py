@@ -18,7 +18,6 @@ import soundfile as sf
 from grpo_audio.data.check import main as check_main
 from grpo_audio.data.formats import (
     OUTSIDE_FLAG,
-    detect_format,
     load_hf,
     load_mmau,
     load_mmsu,
@@ -26,6 +25,7 @@ from grpo_audio.data.formats import (
     slice_value,
 )
 from grpo_audio.data.manifest import DataError
+from grpo_audio.data.records import detect_format
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics
 from grpo_audio.evaluation.scoring import score_mmau, score_mmsu
@@ -266,13 +266,16 @@ def templateless_model(tmp_path_factory):
     from grpo_audio.data.manifest import load_manifest
     from grpo_audio.data.prompting import load_template
     from grpo_audio.data.synthetic import write_synthetic_set
-    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import build_tokenizer_and_model
     from grpo_audio.train.run_dir import save_model_atomic
 
     d = tmp_path_factory.mktemp("templateless")
     rows = load_manifest(write_synthetic_set(d / "audio", 3, ["pitch"], seed=0))
     recipe = load_recipe(None, [f"run.output_dir={d / 'unused'}"])
-    tokenizer, model = build_tokenizer_and_model(recipe, rows, load_template("audio_cot_v1"))
+    tokenizer, model = build_tokenizer_and_model(
+        recipe.model, recipe.run.seed, vocabulary_texts(rows, load_template("audio_cot_v1"))
+    )
     tokenizer.chat_template = None
     save_model_atomic(model, tokenizer, d / "model")
     return d / "model"

@@ -1,9 +1,10 @@
 """Bad checkpoint directories: each kind is one ``CheckpointError`` line naming the file or tensor, and no model.
 
-Both layouts go through the one loader (``load_covo_checkpoint``, behind ``training.load_pretrained``, which training,
-evaluation and the benchmarks use): the released one (``llm.*`` names, written by ``save_covo_checkpoint``) and ours
-(``model.language_model.*`` names, written by transformers' ``save_pretrained``). Throughout, anything that would
-unpickle (``pickle.load(s)``, ``torch.load``) or fall back to transformers' ``from_pretrained`` fails the test.
+Both layouts go through the one loader (``load_covo_checkpoint``, behind ``grpo_audio.model.build.load_pretrained``,
+which training, evaluation and the benchmarks use): the released one (``llm.*`` names, written by
+``save_covo_checkpoint``) and ours (``model.language_model.*`` names, written by transformers' ``save_pretrained``).
+Throughout, anything that would unpickle (``pickle.load(s)``, ``torch.load``) or fall back to transformers'
+``from_pretrained`` fails the test.
 """
 
 import json
@@ -18,10 +19,11 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from grpo_audio.cli import main as cli_main
-from grpo_audio.model.checkpoint import CheckpointError, load_covo_checkpoint, save_covo_checkpoint
+from grpo_audio.model.build import load_pretrained
+from grpo_audio.model.checkpoint_load import CheckpointError, load_covo_checkpoint
+from grpo_audio.model.checkpoint_save import save_covo_checkpoint
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
-from grpo_audio.train.run import load_pretrained
 
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 SHARD = "60KB"  # the tiny model is ~0.4 MB in float32: several shards and an index
@@ -404,7 +406,7 @@ def test_a_pretrained_model_without_lora_refuses_a_kl_reference(layouts):
 
 
 def test_check_covo_checkpoint_reads_no_tensor_data(layouts, tmp_path, monkeypatch):
-    from grpo_audio.model import checkpoint
+    from grpo_audio.model import checkpoint_load as checkpoint
 
     checkpoint.check_covo_checkpoint(layouts["released"])
     monkeypatch.setattr(checkpoint, "_read_state", lambda *a, **k: pytest.fail("tensor data read"))

@@ -9,16 +9,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import grpo_audio.model.checkpoint as checkpoint
-from grpo_audio.model.checkpoint import (
-    CheckpointError,
-    build_covo_on_meta,
-    load_covo_checkpoint,
-    our_name,
-    released_covo_config,
-    released_name,
-    save_covo_checkpoint,
-)
+import grpo_audio.model.checkpoint_load as checkpoint
+import grpo_audio.model.checkpoint_save as checkpoint_save
+from grpo_audio.model.checkpoint_format import build_covo_on_meta, our_name, released_covo_config, released_name
+from grpo_audio.model.checkpoint_load import CheckpointError, load_covo_checkpoint
+from grpo_audio.model.checkpoint_save import save_covo_checkpoint
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
@@ -398,7 +393,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(saved, mod
             raise OSError("disk full (simulated)")
         save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint, "save_file", failing_save)
+    monkeypatch.setattr(checkpoint_save, "save_file", failing_save)
     with pytest.raises(OSError, match="simulated"):
         save_covo_checkpoint(other, tokenizer, target, max_shard_size=SHARD)
     assert len(calls) == 2 and ".tmp-" in calls[0]  # it was writing elsewhere, not into the checkpoint

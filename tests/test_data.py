@@ -52,7 +52,7 @@ def test_duplicate_ids_and_index_answers(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"")
     row = {"id": "1", "audio": "x.wav", "question": "q", "choices": ["a", "b"], "answer": 1}
     assert load_manifest(_manifest(tmp_path, [row]))[0].answer == "b"  # AVQA-style index -> option text
-    with pytest.raises(DataError, match="m.jsonl:2: duplicate id '1' \\(first on line 1\\)"):
+    with pytest.raises(DataError, match=r"m.jsonl:2: row '1': duplicate id '1' \(first at .*m.jsonl:1\)"):
         load_manifest(_manifest(tmp_path, [row, row]))
 
 

@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 
 from grpo_audio.data.formats import (
-    detect_format,
     load_avqa,
     load_hf,
     load_jsonl,
@@ -22,6 +21,7 @@ from grpo_audio.data.formats import (
     replace_video_wording,
 )
 from grpo_audio.data.manifest import DataError, load_manifest
+from grpo_audio.data.records import detect_format
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.recipe import RecipeError, load_recipe
 

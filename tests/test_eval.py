@@ -113,14 +113,17 @@ def bench(tmp_path_factory):
     """A tiny saved model and MMAU- and MMSU-format files over synthetic clips (one MMAU clip is corrupt)."""
     from grpo_audio.data.manifest import load_manifest
     from grpo_audio.data.prompting import load_template
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import build_tokenizer_and_model
     from grpo_audio.recipe import load_recipe
-    from grpo_audio.train.run import build_tokenizer_and_model
     from grpo_audio.train.run_dir import save_model_atomic
 
     d = tmp_path_factory.mktemp("eval")
     rows = load_manifest(write_synthetic_set(d / "audio", 6, ["pitch", "count", "longer"], seed=0))
     recipe = load_recipe(None, [f"run.output_dir={d / 'unused'}"])
-    tokenizer, model = build_tokenizer_and_model(recipe, rows, load_template("audio_cot_v1"))
+    tokenizer, model = build_tokenizer_and_model(
+        recipe.model, recipe.run.seed, vocabulary_texts(rows, load_template("audio_cot_v1"))
+    )
     save_model_atomic(model, tokenizer, d / "model")
 
     (d / "audio" / "broken.wav").write_bytes(b"RIFF....WAVE")

@@ -12,6 +12,7 @@ from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_t
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_generation_fields
+from grpo_audio.train import build as train_build
 from grpo_audio.train import run as training
 
 
@@ -101,14 +102,14 @@ class EngineLogprobsAsVLLM:
 
 
 def _exact_setup(tiny_recipe, monkeypatch, *overrides):
-    build = training.build_rollout_engine
+    build = train_build.build_rollout_engine
 
     def wrapped(recipe, model, tokenizer, run_dir):
         inner = build(recipe, model, tokenizer, run_dir)
         inner.sampling.return_logprobs = True
         return EngineLogprobsAsVLLM(inner)
 
-    monkeypatch.setattr(training, "build_rollout_engine", wrapped)
+    monkeypatch.setattr(train_build, "build_rollout_engine", wrapped)
     recipe = tiny_recipe(
         "trainer.vllm_importance_sampling_mode=token_truncate",
         "trainer.vllm_importance_sampling_clip_max=1e6",

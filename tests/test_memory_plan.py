@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import Qwen2Config, Qwen2Model
 
-from grpo_audio.model.checkpoint import build_covo_on_meta, released_covo_config
+from grpo_audio.model.checkpoint_format import build_covo_on_meta, released_covo_config
 from grpo_audio.model.memory_plan import (
     BACKWARD_FACTOR,
     BACKWARD_FACTOR_CHECKPOINTING,

@@ -159,14 +159,14 @@ def test_run_record_reaches_tensorboard_and_wandb_writers():
     wandb = SimpleNamespace(
         _wandb=SimpleNamespace(run=object(), config=SimpleNamespace(update=lambda d, **kw: configs.append(d)))
     )
-    callback = RunRecordToTrackers({"seed": 3}, lambda: [tensorboard, wandb])
+    callback = RunRecordToTrackers({"seed": 3}, SimpleNamespace(callbacks=[tensorboard, wandb]))
     callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)
     assert texts[0][0] == "run_record" and '"seed": 3' in texts[0][1]
     assert configs == [{"grpo_audio_run_record": {"seed": 3}}]
 
 
 def test_judge_caches_travel_with_checkpoints(tmp_path):
-    from grpo_audio.train.trainer import restore_judge_caches, save_judge_caches
+    from rewards.judge.cache import restore_judge_caches, save_judge_caches
 
     cache = tmp_path / "judge" / "verdicts.jsonl"
     cache.parent.mkdir()

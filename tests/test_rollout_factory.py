@@ -1,14 +1,15 @@
 """Backbone export (names, shapes, LoRA merge), the engine factory and its errors, and the vLLM engine's
-row/seed/sync logic on a fake backend. None of this needs vLLM installed."""
+row/seed/sync logic on a fake backend. None of this needs vLLM installed (the start-failure cases that take vLLM's own
+messages skip without it)."""
 
 import copy
 import json
-import socket
 import sys
 import types
 
 import pytest
 import torch
+from helpers.ports import refusing_port
 from safetensors import safe_open
 from transformers import Qwen2ForCausalLM
 
@@ -25,14 +26,9 @@ from grpo_audio.rollout.backbone_export import (
 )
 from grpo_audio.rollout.factory import RolloutEngineError, build_rollout_engine, explain_start_failure
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
-from grpo_audio.rollout.vllm_engine import (
-    SampledCompletion,
-    VLLMRolloutEngine,
-    VLLMServerError,
-    consecutive_groups,
-    sampling_fields,
-    seed_base,
-)
+from grpo_audio.rollout.vllm_backend import SampledCompletion
+from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine, consecutive_groups, sampling_fields, seed_base
+from grpo_audio.rollout.vllm_server import VLLMServerError
 
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
 SPEC = TinyModelSpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=96, num_layers=2)
@@ -121,7 +117,7 @@ def test_lora_is_merged_into_the_exported_weights(model):
 
 
 def test_export_command_reads_a_released_checkpoint(model, tokenizer, tmp_path, capsys):
-    from grpo_audio.model.checkpoint import save_covo_checkpoint
+    from grpo_audio.model.checkpoint_save import save_covo_checkpoint
     from grpo_audio.rollout.backbone_export import main
 
     save_covo_checkpoint(model, tokenizer, tmp_path / "covo")
@@ -201,43 +197,103 @@ def test_server_mode_needs_a_backbone_dir_and_a_server(model, tokenizer, tmp_pat
     with pytest.raises(RolloutEngineError, match="needs rollout.vllm.backbone_dir"):
         build_rollout_engine(_vllm_recipe("rollout.vllm.mode=server"), model, tokenizer, tmp_path)
     backbone = export_backbone(model, tmp_path / "backbone")
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    recipe = _vllm_recipe(
-        "rollout.vllm.mode=server",
-        f"rollout.vllm.backbone_dir={backbone}",
-        f"rollout.vllm.server_url=http://127.0.0.1:{port}",
-    )
-    with pytest.raises(VLLMServerError, match=f"no vLLM server answers at http://127.0.0.1:{port}.*server_url"):
-        build_rollout_engine(recipe, model, tokenizer, tmp_path)
+    with refusing_port() as port:
+        recipe = _vllm_recipe(
+            "rollout.vllm.mode=server",
+            f"rollout.vllm.backbone_dir={backbone}",
+            f"rollout.vllm.server_url=http://127.0.0.1:{port}",
+        )
+        with pytest.raises(VLLMServerError, match=f"no vLLM server answers at http://127.0.0.1:{port}.*server_url"):
+            build_rollout_engine(recipe, model, tokenizer, tmp_path)
+
+
+GIB = 2**30
+
+
+# Start failures as vLLM itself words them: each raises through the vLLM 0.32 function that fails the start, so a
+# vLLM that rewords its message fails here instead of passing against a stale copy of the old wording.
+def _too_little_free_device_memory():
+    pytest.importorskip("vllm")
+    from vllm.v1.worker.utils import request_memory
+
+    snapshot = types.SimpleNamespace(device_="cuda:0", total_memory=80 * GIB, free_memory=10 * GIB)
+    request_memory(snapshot, types.SimpleNamespace(gpu_memory_utilization=0.9))
+
+
+def _no_memory_left_for_the_kv_cache():
+    pytest.importorskip("vllm")
+    from vllm.v1.core.kv_cache_utils import _check_enough_kv_cache_memory
+
+    _check_enough_kv_cache_memory(0, lambda: GIB, 32768, lambda available: 0)
+
+
+def _max_model_len_beyond_the_kv_cache():
+    pytest.importorskip("vllm")
+    from vllm.v1.core.kv_cache_utils import _check_enough_kv_cache_memory
+
+    _check_enough_kv_cache_memory(2 * GIB, lambda: 7 * GIB, 32768, lambda available: 9824)
+
+
+def _cpu_attention_without_this_head_size():
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU attention kernels exist only in vLLM's CPU build")
+    from vllm import _custom_ops
+
+    one_token = torch.tensor([1], dtype=torch.int32)
+    _custom_ops.cpu_attn_get_scheduler_metadata(
+        num_reqs=1, num_heads=4, num_kv_heads=1, head_dim=16, seq_lens=one_token, dtype=torch.float32,
+        query_start_loc=torch.tensor([0, 1], dtype=torch.int32), causal=True, sliding_window_size=-1, isa="vec",
+        enable_kv_split=False,
+    )  # fmt: skip
+
+
+def _torch_out_of_memory():
+    raise torch.OutOfMemoryError("allocation failed")  # recognised by its type, whatever it says
+
+
+def _out_of_memory_in_a_worker():
+    raise RuntimeError("engine core failed: worker ran out of memory")  # relayed as text by another process
 
 
 @pytest.mark.parametrize(
-    ("message", "advice"),
+    ("fail", "advice"),
     [
+        (_too_little_free_device_memory, "lower rollout.vllm.gpu_memory_utilization"),
         (
-            "Free memory on device cuda:0 (10.2/79.1 GiB) on startup is less than desired GPU memory utilization "
-            "(0.9, 71.2 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
-            "lower rollout.vllm.gpu_memory_utilization",
-        ),
-        (
-            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing "
-            "the engine.",
+            _no_memory_left_for_the_kv_cache,
             "raise rollout.vllm.gpu_memory_utilization (on CPU the KV cache size is VLLM_CPU_KVCACHE_SPACE",
         ),
-        (
-            "To serve at least one request with the model's max seq len (32768), (7.0 GiB KV cache is needed, which "
-            "is larger than the available KV cache memory (2.1 GiB). Based on the available memory, the estimated "
-            "maximum model length is 9824.",
-            "lower rollout.vllm.max_model_len",
-        ),
-        ("CUDA out of memory. Tried to allocate 2.00 GiB", "lower rollout.vllm.gpu_memory_utilization"),
-        ("Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0", "model.tiny.num_heads"),
+        (_max_model_len_beyond_the_kv_cache, "lower rollout.vllm.max_model_len"),
+        (_torch_out_of_memory, "lower rollout.vllm.gpu_memory_utilization"),
+        (_out_of_memory_in_a_worker, "lower rollout.vllm.gpu_memory_utilization"),
+        (_cpu_attention_without_this_head_size, "model.tiny.num_heads"),
     ],
 )
-def test_start_failures_say_which_recipe_field_to_change(message, advice):
-    assert advice in explain_start_failure(ValueError(message))
+def test_start_failures_say_which_recipe_field_to_change(fail, advice):
+    with pytest.raises((ValueError, RuntimeError, torch.OutOfMemoryError)) as caught:
+        fail()
+    assert advice in explain_start_failure(caught.value)
+
+
+def test_a_start_failure_is_reported_with_the_field_and_vllms_words(model, tokenizer, tmp_path, monkeypatch):
+    from grpo_audio.rollout import factory, vllm_inprocess
+
+    def failing_start(*args, **kwargs):
+        raise torch.OutOfMemoryError("allocation of the KV cache failed")
+
+    monkeypatch.setattr(factory, "require_vllm", lambda: None)  # no vLLM needed: the start itself is replaced
+    monkeypatch.setattr(factory, "check_head_size", lambda model: None)
+    monkeypatch.setattr(vllm_inprocess.InProcessVLLM, "start", failing_start)
+    with pytest.raises(RolloutEngineError) as caught:
+        build_rollout_engine(_vllm_recipe(), model, tokenizer, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("the vLLM engine could not start: ")
+    assert "lower rollout.vllm.gpu_memory_utilization" in message
+    assert message.endswith("(vLLM said: allocation of the KV cache failed)")
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
 
 
 def test_unrecognised_start_failures_are_not_reworded():

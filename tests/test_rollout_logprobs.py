@@ -12,6 +12,7 @@ from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.base import RolloutResult
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.train import build as train_build
 from grpo_audio.train import run as training
 
 CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
@@ -145,14 +146,14 @@ def _batch(setup, g):
 
 @pytest.mark.slow
 def test_importance_sampling_ratio_comes_from_the_engine_logprobs(tiny_recipe, monkeypatch):
-    build = training.build_rollout_engine
+    build = train_build.build_rollout_engine
 
     def shifted(recipe, model, tokenizer, run_dir):
         inner = build(recipe, model, tokenizer, run_dir)
         inner.sampling.return_logprobs = True
         return ShiftedLogprobEngine(inner, shift=0.25)
 
-    monkeypatch.setattr(training, "build_rollout_engine", shifted)
+    monkeypatch.setattr(train_build, "build_rollout_engine", shifted)
     recipe = tiny_recipe(
         "trainer.vllm_importance_sampling_mode=token_truncate", "trainer.vllm_importance_sampling_clip_max=1e6"
     )

@@ -52,11 +52,11 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
         names = list(fh.keys())
     assert any(n.startswith("llm.model.") for n in names) and "llm.lm_head.weight" in names
     assert any(n.startswith("audio_adapter.downsample_layers.2.") for n in names)
+    from grpo_audio.model.build import build_tokenizer_and_model
     from grpo_audio.recipe import load_recipe
-    from grpo_audio.train.run import build_tokenizer_and_model
 
     reloaded = load_recipe(None, ["model.source=pretrained", f"model.path={run / 'final_model'}"])
-    _, model = build_tokenizer_and_model(reloaded, [], None)
+    _, model = build_tokenizer_and_model(reloaded.model, reloaded.run.seed)
     assert isinstance(model, CovoAudioForConditionalGeneration) and model.config.model_type == "covo_audio"
     assert not list(run.glob("final_model.tmp*"))
 
@@ -74,7 +74,8 @@ def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
     assert not any("lm_head" in n or "encoder" in n for n in lora)
     # what a sharded run (FSDP, ZeRO-3) does with the gathered full state dict: load it into a fresh LoRA-wrapped
     # copy of the starting model, so the final model it writes equals the one trained
-    from grpo_audio.train.run import unsharded_copy
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import model_holding
 
     recipe = tiny_recipe("model.lora={r: 4, alpha: 8}", "trainer.max_steps=2")
     with torch.no_grad():  # an adapter far from its zero start, so that merging it changes the weights
@@ -82,7 +83,11 @@ def test_lora_adapts_only_the_backbone_and_merges_back(tiny_recipe):
             if "lora_B" in name:
                 param.normal_(0.0, 0.1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = unsharded_copy(recipe, setup.rows, setup.template, state).merge_and_unload().state_dict()
+    copy = (
+        model_holding(recipe.model, recipe.run.seed, vocabulary_texts(setup.rows, setup.template), state)
+        .merge_and_unload()
+        .state_dict()
+    )
     merged = model.merge_and_unload().state_dict()
     assert torch.equal(merged["model.encoder.conv1.weight"], before["model.encoder.conv1.weight"])
     assert copy.keys() == merged.keys() and all(torch.equal(copy[k], merged[k]) for k in merged)
@@ -102,16 +107,19 @@ def test_rerun_into_a_foreign_directory_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_saved_final_model_is_a_pretrained_source(tiny_recipe):
     from grpo_audio.data.prompting import load_template
-    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import build_tokenizer_and_model
     from grpo_audio.train.run_dir import save_model_atomic
 
     setup_recipe = tiny_recipe()
     template = load_template("audio_cot_v1")
-    tokenizer, model = build_tokenizer_and_model(setup_recipe, [], template)
+    tokenizer, model = build_tokenizer_and_model(
+        setup_recipe.model, setup_recipe.run.seed, vocabulary_texts([], template)
+    )
     target = setup_recipe.run.output_dir + "_model"
     save_model_atomic(model, tokenizer, Path(target))
     recipe = tiny_recipe("model.source=pretrained", f"model.path={target}")
-    tokenizer2, model2 = build_tokenizer_and_model(recipe, [], template)
+    tokenizer2, model2 = build_tokenizer_and_model(recipe.model, recipe.run.seed, vocabulary_texts([], template))
     assert tokenizer2.get_vocab() == tokenizer.get_vocab()
     a, b = model.state_dict(), model2.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

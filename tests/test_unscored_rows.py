@@ -7,13 +7,13 @@ rows it is told to, so the failures are deterministic whatever the tiny model sa
 """
 
 import json
-import socket
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers.ports import refusing_port
 
 from grpo_audio.train import run as training
 from grpo_audio.train.callbacks import ProgressLineCallback
@@ -84,14 +84,12 @@ def test_too_many_unscored_completions_stop_training(tiny_recipe):
 
 
 def test_an_unreachable_judge_stops_the_run_before_the_model_is_built(tiny_recipe):
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
-    judge = f'{{url: "{url}", model: judge-8b, retries: 0, timeout_s: 2}}'
-    recipe = tiny_recipe(f"rewards.terms=[{{name: accuracy}}, {{name: consistency, options: {judge}}}]")
-    with pytest.raises(RewardProbeError) as caught:
-        training.build_training(recipe)
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/v1"
+        judge = f'{{url: "{url}", model: judge-8b, retries: 0, timeout_s: 2}}'
+        recipe = tiny_recipe(f"rewards.terms=[{{name: accuracy}}, {{name: consistency, options: {judge}}}]")
+        with pytest.raises(RewardProbeError) as caught:
+            training.build_training(recipe)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("reward term 'consistency': probe failed: consistency judge 'judge-8b' at " + url)

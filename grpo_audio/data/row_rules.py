@@ -1,5 +1,5 @@
 """Rules a parsed row must meet beyond its format's own fields; shared by training, evaluation, the synthetic held-out
-set (``load_manifest``) and ``grpo-audio data check``.
+set, ``load_manifest`` and ``grpo-audio data check``.
 
 * A gold answer. A row without one is a bad row (``missing_answer``) unless ``data.allow_unlabeled`` is set; then
   only rewards that do not need the answer score it (the accuracy reward returns None, "not applicable").
@@ -21,8 +21,9 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from grpo_audio.data.formats import CATEGORY_KEYS, RowProblem, SourceRow
+from grpo_audio.data.formats import CATEGORY_KEYS, SourceRow
 from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.data.records import RowProblem
 
 MMSU_CHOICE_KEYS = tuple(f"choice_{c}" for c in "abcd")  # and choice_e.. when a row has more options
 # The keys each format reads (the ``hf`` audio column is data.audio_column, added by ``known_keys``).
@@ -98,12 +99,23 @@ def _position(where: str) -> int:
 def apply_row_rules(
     rows: list[SourceRow], parse_problems: list[RowProblem], data
 ) -> tuple[list[SourceRow], list[BadRow]]:
-    """Split parsed ``rows`` into those that meet the rules and the bad ones; ``parse_problems`` (rows the format
-    could not read) join the bad rows, all in file order. ``data`` is the recipe's data section."""
-    known = known_keys(data.source, data.audio_column)
+    """``split_by_rules`` with the recipe's data section ``data`` (its source, allow_unlabeled and audio_column)."""
+    return split_by_rules(rows, parse_problems, data.source, data.allow_unlabeled, data.audio_column)
+
+
+def split_by_rules(
+    rows: list[SourceRow],
+    parse_problems: list[RowProblem],
+    fmt: str,
+    allow_unlabeled: bool,
+    audio_column: str = "audio",
+) -> tuple[list[SourceRow], list[BadRow]]:
+    """Split parsed ``rows`` of format ``fmt`` into those that meet the rules and the bad ones; ``parse_problems``
+    (rows the format could not read) join the bad rows, all in file order."""
+    known = known_keys(fmt, audio_column)
     kept, bad = [], [BadRow(p, None) for p in parse_problems]
     for item in rows:
-        problem = row_problem(item.row, item.where, known, data.allow_unlabeled)
+        problem = row_problem(item.row, item.where, known, allow_unlabeled)
         if problem is None:
             kept.append(item)
         else:

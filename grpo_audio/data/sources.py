@@ -25,12 +25,14 @@ Nothing is dropped without a trace: every skip is counted per reason, logged (a 
 ``<run_dir>/skipped.jsonl``, which is always written and empty when nothing was skipped), and summed up in the
 returned ``SkipReport``; truncations are listed in ``<run_dir>/truncated.jsonl``. ``data.max_samples`` keeps the
 first that many *usable* rows (decoding stops there).
+
+``load_heldout_rows(recipe, run_dir)`` does the same for the synthetic held-out split (its own clips, logs and
+counts under ``<run_dir>/data/heldout/``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import Counter
@@ -43,8 +45,9 @@ import soundfile as sf
 from grpo_audio.audio.covo import SAMPLE_RATE, placeholders_for_file_length
 from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
 from grpo_audio.audio.resample import DEFAULT_RESAMPLER
-from grpo_audio.data.formats import RowProblem, SourceRow, read_rows
+from grpo_audio.data.formats import SourceRow, read_rows
 from grpo_audio.data.manifest import AudioQuestion, DataError
+from grpo_audio.data.records import RowProblem
 from grpo_audio.data.row_rules import (
     ROW_REASONS,
     BadRow,
@@ -54,6 +57,7 @@ from grpo_audio.data.row_rules import (
     training_hint,
 )
 from grpo_audio.data.synthetic import write_synthetic_set
+from grpo_audio.files import write_jsonl
 
 logger = logging.getLogger("grpo_audio.data")
 
@@ -64,6 +68,7 @@ PARSE_REASONS = ("bad_json", "not_object", "missing_field", "bad_field", "empty_
 BAD_AUDIO_REASONS = ("missing_file", "not_a_file", "empty_file", "unreadable", "truncated", "no_samples", "non_finite")
 LENGTH_REASONS = ("too_short", "too_long")
 _LOGGED_SKIPS = 20  # individual warnings; the rest are only in skipped.jsonl and the summary
+HELDOUT_SEED_OFFSET = 1_000_003  # added to run.seed: the held-out split's clips come from their own random stream
 
 
 @dataclass(frozen=True)
@@ -190,9 +195,11 @@ class TruncationRecord:
 class SkipReport:
     """What the row checks and the audio policy did. ``data_file``: the file or directory the rows were read from
     (the synthetic set's manifest), for provenance. ``examined``: bad rows plus rows whose audio was looked at;
-    ``kept``: rows returned; ``skipped``: bad rows (``data.on_bad_row=skip``) and skipped clips."""
+    ``kept``: rows returned; ``skipped``: bad rows (``data.on_bad_row=skip``) and skipped clips. ``label`` starts
+    the summary line: "data" (training or evaluation rows) or "held-out"."""
 
     data_file: Path | None = None
+    label: str = "data"
     examined: int = 0
     kept: int = 0
     skipped: list[SkipRecord] = field(default_factory=list)
@@ -211,7 +218,7 @@ class SkipReport:
 
     def summary(self) -> str:
         """One line, e.g. ``data: 98 of 100 rows kept; skipped 2 (missing_file 1, non_finite 1); ...``."""
-        line = f"data: {self.kept} of {self.examined} rows kept"
+        line = f"{self.label}: {self.kept} of {self.examined} rows kept"
         if self.skipped:
             reasons = ", ".join(f"{r} {n}" for r, n in self.counts.items())
             line += f"; skipped {len(self.skipped)} ({reasons})"
@@ -296,13 +303,9 @@ def write_policy_logs(report: SkipReport, run_dir: Path, truncation_enabled: boo
     per skip (the first few) and the summary line."""
     run_dir.mkdir(parents=True, exist_ok=True)
     report.log_path = run_dir / "skipped.jsonl"
-    with report.log_path.open("w", encoding="utf-8") as fh:
-        for record in report.skipped:
-            fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    write_jsonl(report.log_path, (record.to_json() for record in report.skipped))
     if truncation_enabled:
-        with (run_dir / "truncated.jsonl").open("w", encoding="utf-8") as fh:
-            for record in report.truncated:
-                fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        write_jsonl(run_dir / "truncated.jsonl", (record.to_json() for record in report.truncated))
     for record in report.skipped[:_LOGGED_SKIPS]:
         row = f"row {record.row_id!r}: " if record.row_id else ""  # a row that could not be parsed has no id
         logger.warning("skipped %s: %s%s [%s]", record.where, row, record.message, record.reason)
@@ -353,6 +356,50 @@ def load_rows_for_recipe(
     source_rows, data_file = read_source_rows(
         data, run_dir, recipe.run.seed, problems=parse_problems, answers_outside_choices=answers_outside_choices
     )
+    return usable_rows(
+        source_rows, parse_problems, data, data_file, run_dir, run_dir / "data" / "truncated", data.max_samples
+    )
+
+
+def load_heldout_rows(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion], SkipReport]:
+    """The synthetic held-out split and what the row checks and the audio policy did to it; ``([], SkipReport())``
+    unless ``data.source`` is ``synthetic`` with ``data.synthetic.heldout_questions > 0``.
+
+    Writes ``heldout_questions`` new clips of the training tasks into ``<run_dir>/data/heldout/`` (seed
+    ``run.seed + HELDOUT_SEED_OFFSET``, a stream the training split does not use) and reads them like training rows:
+    the same row reader and rules, the same audio policy (``data.on_bad_row``, ``on_bad_audio``, the length limits;
+    all rows, ``data.max_samples`` does not apply). Its skips and truncations are logged and counted apart from the
+    training rows': ``<run_dir>/data/heldout/skipped.jsonl`` (and ``truncated.jsonl``, truncated clips under
+    ``truncated/`` there), summary lines starting "held-out:". ``report.placeholders`` saves ``build_dataset`` a
+    second decode. Raises ``DataError`` like ``load_rows_for_recipe``.
+    """
+    data = recipe.data
+    spec = data.synthetic
+    if data.source != "synthetic" or spec.heldout_questions <= 0:
+        return [], SkipReport(label="held-out")
+    directory = Path(run_dir) / "data" / "heldout"
+    seed = recipe.run.seed + HELDOUT_SEED_OFFSET
+    manifest = write_synthetic_set(directory, spec.heldout_questions, list(spec.tasks), seed)
+    parse_problems: list[RowProblem] = []
+    source_rows = read_rows("jsonl", manifest, problems=parse_problems)
+    return usable_rows(
+        source_rows, parse_problems, data, manifest, directory, directory / "truncated", None, label="held-out"
+    )
+
+
+def usable_rows(
+    source_rows: list[SourceRow],
+    parse_problems: list[RowProblem],
+    data,
+    data_file: Path,
+    log_dir: Path,
+    truncate_dir: Path,
+    max_rows: int | None,
+    label: str = "data",
+) -> tuple[list[AudioQuestion], SkipReport]:
+    """Parsed rows -> the usable ones: the row rules and ``data.on_bad_row``, then the audio policy of the recipe's
+    data section ``data`` (first ``max_rows`` usable rows at most), skips logged in ``log_dir`` (see
+    ``write_policy_logs``). ``parse_problems``: rows the reader could not parse. ``label`` starts the summary."""
     if not source_rows and not parse_problems:
         raise DataError(f"{data_file}: no rows")
     source_rows, bad_rows = apply_row_rules(source_rows, parse_problems, data)
@@ -361,13 +408,12 @@ def load_rows_for_recipe(
         problems = [b.problem for b in bad_rows]
         raise DataError(bad_rows_message(data_file, problems, training_hint(problems)))
     policy = AudioPolicy.from_data_section(data)
-    rows, report = apply_audio_policy(
-        source_rows, policy, truncate_dir=run_dir / "data" / "truncated", max_rows=data.max_samples
-    )
+    rows, report = apply_audio_policy(source_rows, policy, truncate_dir=truncate_dir, max_rows=max_rows)
     report.data_file = data_file
+    report.label = label
     report.examined += len(bad_rows)
     report.skipped[:0] = [bad_row_skip(b) for b in bad_rows]  # one report, one skipped.jsonl, row problems first
-    write_policy_logs(report, run_dir, truncation_enabled=policy.long_clips == "truncate")
+    write_policy_logs(report, log_dir, truncation_enabled=policy.long_clips == "truncate")
     if not rows:
         raise DataError(f"{data_file}: no usable rows ({report.summary()})")
     return rows, report

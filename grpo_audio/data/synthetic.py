@@ -12,11 +12,12 @@ Everything derives from ``seed`` through one ``numpy.random.Generator``: the sam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from grpo_audio.files import write_jsonl
 
 SAMPLE_RATE = 16000
 QUESTIONS = {
@@ -86,5 +87,5 @@ def write_synthetic_set(directory: Path, num_questions: int, tasks: list[str], s
             }
         )
     manifest = directory / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(manifest, rows)
     return manifest

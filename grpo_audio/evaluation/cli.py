@@ -32,8 +32,9 @@ import sys
 from pathlib import Path
 
 from grpo_audio.audio.io import AudioLoadError
-from grpo_audio.data.formats import FORMATS, detect_format
+from grpo_audio.data.formats import FORMATS
 from grpo_audio.data.manifest import DataError
+from grpo_audio.data.records import detect_format
 from grpo_audio.evaluation.scoring import FORMAT_RULES, RULES
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.loader import check_cross_section
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from grpo_audio.evaluation.runner import evaluate
-    from grpo_audio.model.checkpoint import CheckpointError
+    from grpo_audio.model.checkpoint_load import CheckpointError
 
     try:
         recipe, template, settings, out = _prepare(args)

@@ -14,11 +14,18 @@ stays near chance.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import rewards
 from grpo_audio.audio.featurizer import AudioFeaturizer
+from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import DataError
+from grpo_audio.data.prompting import PromptTemplate
+from grpo_audio.data.sources import load_heldout_rows
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 
 
@@ -92,3 +99,31 @@ def heldout_accuracy(
             samples_per_question=samples,
         )
     return {**result, "examples": examples[:4]}
+
+
+def heldout_rows(recipe: Recipe, run_dir: Path, tokenizer, template: PromptTemplate) -> list[dict]:
+    """The held-out split as prompt rows (``load_heldout_rows``: the same row reader, rules and audio policy as
+    the training rows); [] when the recipe has none."""
+    rows, report = load_heldout_rows(recipe, run_dir)
+    return list(build_dataset(rows, tokenizer, template, report.placeholders)) if rows else []
+
+
+def accuracy_options(recipe: Recipe) -> dict:
+    """The options of the recipe's ``accuracy`` term ({} without one: the default rule)."""
+    return next((dict(t.options) for t in recipe.rewards.terms if t.name == "accuracy"), {})
+
+
+def measure_heldout(recipe: Recipe, model, tokenizer, rows: list[dict], featurizer: AudioFeaturizer) -> dict | None:
+    """``heldout_accuracy`` with the recipe's completion length and accuracy options; None without rows."""
+    if not rows:
+        return None
+    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    return heldout_accuracy(
+        model, tokenizer, rows, featurizer, recipe.rollout.max_completion_length, markers, accuracy_options(recipe)
+    )
+
+
+def heldout_summary(score: dict) -> str:
+    """One line of held-out scores: greedy accuracy, sampled accuracy when measured, greedy format, n."""
+    sampled = f", {score['sampled_accuracy']:.3f} sampled" if "sampled_accuracy" in score else ""
+    return f"{score['accuracy']:.3f} greedy{sampled} (format {score['format']:.3f}, n={score['n']})"

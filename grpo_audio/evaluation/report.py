@@ -2,7 +2,8 @@
 
 Reads ``metrics.jsonl`` and ``rollouts.jsonl`` of a run directory and writes into ``RUN_DIR/report/``:
 one PNG per panel (R_total, each reward term, accuracy, KL, entropy, completion length, think length), an
-``overview.png`` grid, and ``index.html`` embedding the plots (base64) and sample rollouts at chosen steps.
+``overview.png`` grid, ``index.html`` embedding the plots (base64) and sample rollouts at chosen steps, and
+``rollouts.html``, the rollout browser (see ``grpo_audio.evaluation.browser``), linked from ``index.html``.
 With ``--compare``, a second run is overlaid on every panel.
 
 Think length is the number of whitespace-separated words inside the completion's ``<think>...</think>``
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import math
 import re
 from pathlib import Path
+
+from grpo_audio.evaluation.browser import write_browser
+from grpo_audio.files import JsonlError, read_jsonl
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -26,16 +29,14 @@ class ReportError(ValueError):
     pass
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict]:
+    """The records of a run's JSONL log (``metrics.jsonl``, ``rollouts.jsonl``); [] when the run has none."""
     if not path.is_file():
         return []
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
+    try:
+        return [record for _, record in read_jsonl(path)]
+    except JsonlError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def think_words(text: str) -> int:
@@ -45,7 +46,7 @@ def think_words(text: str) -> int:
 
 def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Metric name -> (steps, values) for every numeric metric logged per training step, plus think length."""
-    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward" in m]
+    metrics = [m for m in read_log(run_dir / "metrics.jsonl") if "reward" in m]
     if not metrics:
         raise ReportError(f"{run_dir}: metrics.jsonl has no training steps; is this a grpo-audio run directory?")
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -56,7 +57,7 @@ def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
                 steps.append(row["step"])
                 values.append(float(value))
     by_step: dict[int, list[int]] = {}
-    for rollout in read_jsonl(run_dir / "rollouts.jsonl"):
+    for rollout in read_log(run_dir / "rollouts.jsonl"):
         by_step.setdefault(rollout["step"], []).append(think_words(rollout["completion"]))
     if by_step:
         steps = sorted(by_step)
@@ -110,7 +111,10 @@ def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_ste
     fig.savefig(out_dir / "overview.png", dpi=90)
     plt.close(fig)
     page = out_dir / "index.html"
-    page.write_text(_html(run_dir, images, read_jsonl(run_dir / "rollouts.jsonl"), sample_steps, compare), "utf-8")
+    rollouts = read_log(run_dir / "rollouts.jsonl")
+    if rollouts:
+        write_browser(run_dir, out_dir, rollouts, sample_steps)
+    page.write_text(_html(run_dir, images, rollouts, sample_steps, compare), "utf-8")
     return page
 
 
@@ -140,6 +144,11 @@ def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
     ]
     if compare:
         parts.append(f"<p>Compared with {html.escape(str(compare))}</p>")
+    if rollouts:
+        parts.append(
+            "<p><a href='rollouts.html'>Rollout browser</a>: each group with its audio, question, gold answer, "
+            "completions, reward terms and advantages, with filters.</p>"
+        )
     for title, path in images:
         encoded = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")

@@ -17,7 +17,6 @@ answer's words); metrics.json counts them as ``benchmark.answers_outside_choices
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from grpo_audio.data.prompting import PromptTemplate, render_prompt
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score
+from grpo_audio.files import jsonl_line, sha256_file
 from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.rollout.hf import SamplingSettings
 
@@ -53,20 +53,6 @@ class EvalSettings:
         return self.temperature == 0
 
 
-def sha256_of(path: str | Path) -> str:
-    """sha256 of a file; for a directory (a saved dataset), of its files' relative paths and contents in order."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if file != path:
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _sampling(settings: EvalSettings) -> SamplingSettings:
     if settings.greedy:
         return SamplingSettings(max_new_tokens=settings.max_new_tokens, do_sample=False, text_only=settings.text_only)
@@ -82,7 +68,8 @@ def _sampling(settings: EvalSettings) -> SamplingSettings:
 
 def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: str | Path, echo=print) -> dict:
     """Evaluate ``recipe.model`` on ``recipe.data`` with ``template``; write the files above; return the metrics."""
-    from grpo_audio.train.run import build_tokenizer_and_model
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import build_tokenizer_and_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,8 +90,8 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
             f"(first: {unanswered[:5]})"
         )
     data_file = report.data_file
-    bench_sha = sha256_of(data_file)
-    tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
+    bench_sha = sha256_file(data_file)
+    tokenizer, model = build_tokenizer_and_model(recipe.model, recipe.run.seed, vocabulary_texts(rows, template))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     torch.manual_seed(recipe.run.seed)
@@ -138,14 +125,14 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
                     n = i * k + j
                     record = _record(row, j, texts[n], result.finish_reasons[n], settings.rule)
                     records.append(record)
-                    fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                    fh.write(jsonl_line(record, default=str))
             done = first + len(batch)
             echo(f"eval: {done}/{len(rows)} items ({time.perf_counter() - start:.1f} s)")
         for skip in report.skipped:
             for j in range(k):
                 record = _record(skip.row, j, None, None, settings.rule, skip_reason=skip.reason)
                 records.append(record)
-                fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                fh.write(jsonl_line(record, default=str))
 
     metrics = {
         "harness_version": __version__,

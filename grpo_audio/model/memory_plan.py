@@ -254,7 +254,7 @@ def memory_plan(
     micro_batches: tuple[int, ...] = (1, 2, 4, 8), lora_rank: int = 8, config: CovoAudioConfig | None = None
 ) -> MemoryPlan:
     """Counts of the released config (built on meta) and estimates for each micro-batch, without/with checkpointing."""
-    from grpo_audio.model.checkpoint import build_covo_on_meta, released_covo_config
+    from grpo_audio.model.checkpoint_format import build_covo_on_meta, released_covo_config
 
     config = config or released_covo_config()
     model = build_covo_on_meta(config)

@@ -17,7 +17,9 @@ import yaml
 
 from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.recipe.ranges import check_consistency, check_ranges
+from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, TRAINER_KEYS_REFUSED, Recipe
+from grpo_audio.recipe.templates import find_template
 from grpo_audio.recipe.typed import build_dataclass, convert, suggest
 from grpo_audio.recipe.yaml_loader import load_yaml
 
@@ -186,25 +188,16 @@ def check_cross_section(recipe: Recipe) -> None:
                 "random answers and would bring a pretrained model's accuracy down to chance; set coldstart.steps=0, "
                 "or coldstart.allow_pretrained=true to run it anyway"
             )
-    from grpo_audio.data.prompting import find_template
-
     find_template(recipe.prompt.template)
     check_rewards(recipe)
 
 
 def check_rewards(recipe: Recipe) -> None:
-    import rewards
-
     fraction = recipe.rewards.max_unscored_fraction
     if not 0.0 <= fraction <= 1.0:
         raise RecipeError(f"rewards.max_unscored_fraction={fraction}: must be between 0 and 1")
     try:
-        rewards.Rubric(
-            [rewards.TermSpec(t.name, t.weight, t.options, t.label) for t in recipe.rewards.terms],
-            recipe.rewards.combiner,
-            recipe.rewards.combiner_options,
-            fraction,
-        )
+        recipe_rubric(recipe)
     except (KeyError, ValueError, TypeError) as exc:
         raise RecipeError(f"rewards: {exc}") from None
 

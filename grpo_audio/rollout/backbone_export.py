@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     server is started from (rollout.vllm.mode 'server')."""
     import argparse
 
-    from grpo_audio.model.checkpoint import load_covo_checkpoint
+    from grpo_audio.model.checkpoint_load import load_covo_checkpoint
 
     parser = argparse.ArgumentParser(description="Write a Covo-Audio model's Qwen2 backbone as Qwen2ForCausalLM.")
     parser.add_argument("model_dir", help="Covo-Audio model directory (released format, or save_pretrained of ours)")

@@ -94,7 +94,7 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
     """The vLLM backend for the recipe and the optimizer step whose weights it holds (None: sync before use)."""
     options = recipe.rollout.vllm
     if options.mode == "server":
-        from grpo_audio.rollout.vllm_engine import VLLMServerClient
+        from grpo_audio.rollout.vllm_server import VLLMServerClient
 
         if options.backbone_dir is None:
             raise RolloutEngineError(
@@ -120,7 +120,7 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
     else:
         backbone = given
         synced_step = None  # someone else's weights: push ours before the first rollout
-    from grpo_audio.rollout.vllm_engine import InProcessVLLM
+    from grpo_audio.rollout.vllm_inprocess import InProcessVLLM
 
     try:
         backend = InProcessVLLM.start(

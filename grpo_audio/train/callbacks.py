@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from grpo_audio.files import append_jsonl
+
 # Keys shown on the progress line, in order, when present.
 _SHOWN = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length")
 
@@ -30,8 +32,7 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, **{k: _clean(v) for k, v in logs.items()}}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, [record])
 
 
 class ProgressLineCallback(TrainerCallback):
@@ -80,15 +81,15 @@ class RunRecordToTrackers(TrainerCallback):
     are added after the integrations).
     """
 
-    def __init__(self, record: dict, trainer_callbacks) -> None:
+    def __init__(self, record: dict, callback_handler) -> None:
         self.record = record
-        self.trainer_callbacks = trainer_callbacks
+        self.callback_handler = callback_handler  # the trainer's: its callbacks include the tracker integrations
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         text = json.dumps(self.record, indent=2, default=str)
-        for callback in self.trainer_callbacks():
+        for callback in self.callback_handler.callbacks:
             writer = getattr(callback, "tb_writer", None)
             if writer is not None:
                 writer.add_text("run_record", f"```\n{text}\n```")

@@ -41,6 +41,7 @@ import yaml
 
 from grpo_audio import __version__
 from grpo_audio.distributed import world_size
+from grpo_audio.files import filter_jsonl, sha256_file
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 
 MARKER = "run.json"
@@ -150,14 +151,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -200,7 +193,12 @@ def hardware() -> dict:
 
 
 def sha256_tree(path: Path) -> str:
-    """SHA-256 of a file, or of a directory's files (relative names and contents, in sorted order)."""
+    """The run record's checksum of a data file (its SHA-256) or directory: SHA-256 over, in sorted order, each
+    file's relative name, a NUL byte and the file's own hex SHA-256.
+
+    Not ``sha256_file`` on the directory (that hashes the files' bytes directly): run_record.json of runs already
+    started holds this form, and a resume compares the two records.
+    """
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
@@ -299,10 +297,7 @@ def truncate_logs_after(run_dir: Path, step: int) -> None:
         path = run_dir / name
         if not path.is_file():
             continue
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        filter_jsonl(path, lambda record: record["step"] <= step)
 
 
 def finish_run_record(run_dir: Path, status: dict, **fields) -> None:

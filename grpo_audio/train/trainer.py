@@ -1,8 +1,9 @@
 """``AudioGRPOTrainer``: TRL's GRPOTrainer with audio in generation and in every log-prob pass.
 
 Stock TRL has no audio path: a model given placeholder tokens but no audio trains without error while never
-hearing anything. This subclass overrides these extension points of TRL 1.16 (pinned exactly; the signatures are
-checked by a contract test):
+hearing anything. This subclass overrides nine methods of TRL 1.16 (pinned exactly) and transformers' Trainer;
+``tests/test_trl_seam.py`` checks each one's signature against the base method and that the base class still calls
+it. From TRL's ``GRPOTrainer``:
 
 * ``_generate_and_score_completions``: computes the batch's ``AudioRows`` once (from the rows' ``audio`` paths),
   keeps them for the calls below, and returns them in the output dict so TRL shuffles and splits them with the
@@ -16,7 +17,13 @@ checked by a contract test):
   ``top_entropy_quantile``) and the gradient are those of the sampled policy, and banned ids get no gradient;
 * ``_compute_loss``: makes the micro-batch's audio (from its inputs) current for the policy pass;
 * ``_calculate_rewards`` (several processes only): scores the global batch once, on process 0, so group-level
-  rewards see whole groups and an LLM judge is asked once per completion (see the method).
+  rewards see whole groups and an LLM judge is asked once per completion (see the method);
+* ``training_step``: the step-time split (below).
+
+From transformers' ``Trainer``:
+
+* ``create_optimizer``: the audio adapter's parameters in groups of their own learning rate, when set;
+* ``_get_output_dir`` and ``_save_checkpoint``: crash-safe checkpoints (below), with the judge caches inside.
 
 Audio is handed to the log-prob method through ``self._current_audio`` because TRL's callers do not forward
 unknown keyword arguments; the method checks that the audio rows match the token rows and fails otherwise.
@@ -50,45 +57,42 @@ from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
+from grpo_audio.train.callbacks import RunRecordToTrackers
+from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import replace_dir_atomic
+from rewards import Rubric
+from rewards.judge.cache import save_judge_caches
 
 STAGING = ".staging"
-JUDGE_CACHE_DIR = "judge_cache"
-
-
-def save_judge_caches(files: list[Path], checkpoint: Path) -> None:
-    """Copy the LLM-judge verdict caches into a checkpoint (a resume then pays no judge call twice)."""
-    for index, file in enumerate(files):
-        if file.is_file():
-            target = checkpoint / JUDGE_CACHE_DIR / f"{index}-{file.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-
-
-def restore_judge_caches(files: list[Path], checkpoint: Path) -> list[Path]:
-    """On resume, put back each cache file that the crash lost (an existing one is newer and is kept)."""
-    restored = []
-    for index, file in enumerate(files):
-        saved = checkpoint / JUDGE_CACHE_DIR / f"{index}-{file.name}"
-        if saved.is_file() and not file.exists():
-            file.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(saved, file)
-            restored.append(file)
-    return restored
 
 
 class AudioGRPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with audio (see the module docstring). Everything it needs comes at construction:
+
+    ``rubric`` (R_total and its terms; the trainer wraps it as TRL's one reward function and keeps each batch's
+    per-term breakdown in ``last_breakdown``), ``rollout_engine``, ``featurizer``, ``sampling`` (the distribution the
+    engine samples from), ``rollout_log`` (called with each batch's ``rollouts.jsonl`` records on process 0),
+    ``adapter_learning_rate``, ``judge_cache_files`` (copied into each checkpoint) and ``run_record`` (provenance +
+    recipe, sent to TensorBoard/W&B when they are enabled). The other arguments are GRPOTrainer's, but
+    ``reward_funcs``, which the rubric replaces.
+    """
+
     def __init__(
         self,
         *args,
+        rubric: Rubric,
         rollout_engine: RolloutEngine,
         featurizer: AudioFeaturizer,
         sampling: SamplingDistribution,
         rollout_log: Callable[[list[dict]], None] | None = None,
         adapter_learning_rate: float | None = None,
         judge_cache_files: list[Path] = (),
+        run_record: dict | None = None,
         **kwargs,
     ) -> None:
+        if "reward_funcs" in kwargs or len(args) > 1:
+            raise TypeError("AudioGRPOTrainer builds its reward function from rubric=; pass no reward_funcs")
+        kwargs["reward_funcs"] = [make_trl_reward(rubric, kwargs["args"].num_generations, self._keep_breakdown)]
         self.adapter_learning_rate = adapter_learning_rate
         self.judge_cache_files = [Path(p) for p in judge_cache_files]
         self.rollout_engine = rollout_engine
@@ -98,7 +102,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
         self.last_rollout: RolloutResult | None = None
-        self.last_breakdown = None  # set by the reward bridge: the rubric's per-term scores of the last batch
+        self.last_breakdown = None  # the rubric's per-term scores of the last batch (_keep_breakdown)
         self._timings: dict[str, float] = {}
         self._staging_save = False
         super().__init__(*args, **kwargs)
@@ -113,6 +117,13 @@ class AudioGRPOTrainer(GRPOTrainer):
             # rollouts come from another implementation of the policy, so the correction applies just the same: it
             # compares the trainer's log-probs with the sampled-token log-probs _generate_single_turn returns.
             self.use_vllm = True
+        if run_record is not None:
+            self.add_callback(RunRecordToTrackers(run_record, self.callback_handler))
+
+    def _keep_breakdown(self, breakdown, samples: list[dict], seconds: float) -> None:
+        """The reward function's report of each scored batch: its per-term breakdown and the time it took."""
+        self.last_breakdown = breakdown
+        self.record_time("scoring_s", seconds)
 
     def record_time(self, name: str, seconds: float) -> None:
         self._timings[name] = self._timings.get(name, 0.0) + seconds
@@ -166,6 +177,9 @@ class AudioGRPOTrainer(GRPOTrainer):
                     "step": self.state.global_step + 1,
                     "prompt_id": row.get("id"),
                     "audio": row.get("audio"),
+                    "question": row.get("question"),
+                    "choices": row.get("choices"),
+                    "answer": row.get("answer"),
                     "completion": texts[i],
                     "rewards": {name: values[i] for name, values in breakdown.terms.items()} if breakdown else {},
                     "R_total": breakdown.total[i] if breakdown else None,

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 from pathlib import Path
 
+CHECKPOINT_DIR = "judge_cache"  # the caches' copy inside a training checkpoint
 _REPLY_CHARS = 4000  # keep the judge's reply for audits, bounded so the file stays small
 
 
@@ -64,3 +66,26 @@ class JudgeCache:
             }  # fmt: skip
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def save_judge_caches(files: list[Path], checkpoint: Path) -> None:
+    """Copy the verdict cache files into ``checkpoint/judge_cache/<index>-<name>`` (a resume then pays no judge
+    call twice)."""
+    for index, file in enumerate(files):
+        if file.is_file():
+            target = Path(checkpoint) / CHECKPOINT_DIR / f"{index}-{file.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+
+
+def restore_judge_caches(files: list[Path], checkpoint: Path) -> list[Path]:
+    """On resume, put back each cache file that the crash lost (an existing one is newer and is kept); returns the
+    files restored."""
+    restored = []
+    for index, file in enumerate(files):
+        saved = Path(checkpoint) / CHECKPOINT_DIR / f"{index}-{file.name}"
+        if saved.is_file() and not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved, file)
+            restored.append(file)
+    return restored

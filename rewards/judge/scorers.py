@@ -274,65 +274,6 @@ def _score(
     )
 
 
-# The two functions spell their options out so that recipes are validated against real names.
-
-
-@register_reward("consistency", batched=True, validate=_validate("consistency"))
-def consistency(
-    completions: list[str],
-    samples: list[Mapping[str, Any]],
-    context: RewardContext,
-    *,
-    url: str = DEFAULT_URL,
-    model: str | None = None,
-    api_key_env: str | None = None,
-    timeout_s: float = 60.0,
-    max_concurrency: int = 16,
-    retries: int = 3,
-    backoff_s: float = 0.5,
-    temperature: float = 0.0,
-    max_tokens: int = 1024,
-    extra_body: Mapping[str, Any] | None = None,
-    prompt_version: str = "v1",
-    prompt_path: str | None = None,
-    cache_path: str | None = None,
-    on_failure: str = "unscored",
-    think_prefilled: bool = False,
-    max_reasoning_chars: int = 12000,
-) -> list[float | None | RewardFailure]:
-    """R_consistency in {0, 1} by LLM judge; see the module docstring."""
-    options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context")}
-    return _score("consistency", completions, samples, options)
-
-
-@register_reward("thinking", batched=True, validate=_validate("thinking"))
-def thinking(
-    completions: list[str],
-    samples: list[Mapping[str, Any]],
-    context: RewardContext,
-    *,
-    url: str = DEFAULT_URL,
-    model: str | None = None,
-    api_key_env: str | None = None,
-    timeout_s: float = 60.0,
-    max_concurrency: int = 16,
-    retries: int = 3,
-    backoff_s: float = 0.5,
-    temperature: float = 0.0,
-    max_tokens: int = 1024,
-    extra_body: Mapping[str, Any] | None = None,
-    prompt_version: str = "v1",
-    prompt_path: str | None = None,
-    cache_path: str | None = None,
-    on_failure: str = "unscored",
-    think_prefilled: bool = False,
-    max_reasoning_chars: int = 12000,
-) -> list[float | None | RewardFailure]:
-    """R_thinking in [0, 1] (steps of 0.2) by LLM judge; see the module docstring."""
-    options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context")}
-    return _score("thinking", completions, samples, options)
-
-
 def _metrics(kind: str) -> Callable[..., dict[str, float]]:
     def metrics(**options: Any) -> dict[str, float]:
         return get_judge(kind, options).stats.as_dict()
@@ -348,7 +289,44 @@ def _probe(kind: str) -> Callable[..., str]:
     return probe
 
 
-consistency.metrics = _metrics("consistency")  # type: ignore[attr-defined]
-thinking.metrics = _metrics("thinking")  # type: ignore[attr-defined]
-consistency.probe = _probe("consistency")  # type: ignore[attr-defined]
-thinking.probe = _probe("thinking")  # type: ignore[attr-defined]
+def _judge_reward(kind: str, doc: str) -> Callable[..., list[float | None | RewardFailure]]:
+    """The batched reward ``kind``, registered under that name with its validate, metrics and probe hooks.
+
+    Its options are spelled out as keyword parameters (not ``**options``) so that recipes are validated against real
+    names; both judges share this one signature.
+    """
+
+    def reward(
+        completions: list[str],
+        samples: list[Mapping[str, Any]],
+        context: RewardContext,
+        *,
+        url: str = DEFAULT_URL,
+        model: str | None = None,
+        api_key_env: str | None = None,
+        timeout_s: float = 60.0,
+        max_concurrency: int = 16,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        extra_body: Mapping[str, Any] | None = None,
+        prompt_version: str = "v1",
+        prompt_path: str | None = None,
+        cache_path: str | None = None,
+        on_failure: str = "unscored",
+        think_prefilled: bool = False,
+        max_reasoning_chars: int = 12000,
+    ) -> list[float | None | RewardFailure]:
+        options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context", "kind")}
+        return _score(kind, completions, samples, options)
+
+    reward.__name__ = reward.__qualname__ = kind
+    reward.__doc__ = doc
+    reward.metrics = _metrics(kind)  # type: ignore[attr-defined]
+    reward.probe = _probe(kind)  # type: ignore[attr-defined]
+    return register_reward(kind, batched=True, validate=_validate(kind))(reward)
+
+
+consistency = _judge_reward("consistency", "R_consistency in {0, 1} by LLM judge; see the module docstring.")
+thinking = _judge_reward("thinking", "R_thinking in [0, 1] (steps of 0.2) by LLM judge; see the module docstring.")

@@ -20,17 +20,18 @@ from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.prompting import load_template
 from grpo_audio.data.synthetic import write_synthetic_set
+from grpo_audio.data.vocabulary import vocabulary_texts
 from grpo_audio.distributed import root_parameters_unsharded
+from grpo_audio.model.build import build_tokenizer_and_model
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END
 from grpo_audio.recipe import load_recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
-from grpo_audio.train.run import build_tokenizer_and_model
 
 dist.init_process_group("gloo")
 recipe = load_recipe(None, [])
 template = load_template(recipe.prompt.template)
 rows = load_manifest(write_synthetic_set(Path(tempfile.mkdtemp()), 2, ["pitch"], seed=0))
-tokenizer, model = build_tokenizer_and_model(recipe, rows, template)
+tokenizer, model = build_tokenizer_and_model(recipe.model, recipe.run.seed, vocabulary_texts(rows, template))
 dataset = build_dataset(rows, tokenizer, template)
 prompt_ids = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in dataset]
 paths = [r["audio"] for r in dataset]

@@ -1,21 +1,24 @@
 """LLM-judge rewards against a real HTTP server on 127.0.0.1 started by the test.
 
 The fake judge reads directives that the test plants in the policy's reasoning (which the prompt carries):
-``JUDGE=<x>`` picks the reply (``1``, ``4``, ``garbage``...), ``SLEEP=<s>`` delays it, ``FAIL=<n>`` answers 500 to
-the first n attempts of that prompt, ``STATUS=<code>`` always answers that status, ``HANG`` never answers in time,
-``BADJSON`` answers 200 with a body that is not a chat completion. A prompt without ``JUDGE=`` (the probe's made-up
-row) gets ``FakeJudge.probe_reply``.
+``JUDGE=<x>`` picks the reply (``1``, ``4``, ``garbage``...), ``TOGETHER=<n>`` holds the reply until n such requests
+are in flight at once, ``FAIL=<n>`` answers 500 to the first n attempts of that prompt, ``STATUS=<code>`` always
+answers that status, ``HANG`` answers nothing until the test is over, ``BADJSON`` answers 200 with a body that is not
+a chat completion. A prompt without ``JUDGE=`` (the probe's made-up row) gets ``FakeJudge.probe_reply``.
+
+No assertion reads a clock: the fake judge counts what happened (requests in flight at once, hung requests it let go
+of itself), so a slow machine makes the tests slower, never wrong.
 """
 
 import asyncio
 import json
 import re
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers.ports import refusing_port
 
 from rewards import RewardContext, RewardError, RewardFailure, RewardProbeError, Rubric, TermSpec, get_reward
 from rewards.judge import (
@@ -36,16 +39,27 @@ REPLIES = {
 }
 
 
+# Waits in the fake judge are bounds that only a broken client reaches (the test then fails on a count); a working
+# one never waits for them
+GIVE_UP_S = 30.0
+
+
 class FakeJudge:
     def __init__(self):
         self.probe_reply = "The answer follows from the reasoning.\n<score>1</score>"
         self.lock = threading.Lock()
-        self.inflight = 0
+        self.inflight = 0  # requests received and not yet answered (decremented before the reply is written)
         self.max_inflight = 0
         self.requests = 0
         self.attempts = Counter()
         self.bodies = []
         self.headers = []
+        self.gates: dict[int, threading.Barrier] = {}  # TOGETHER=<n>: one barrier per n
+        self.gates_broken = 0  # TOGETHER requests answered without their n companions in flight
+        self.on_full = None  # called (no arguments) each time n TOGETHER requests are held; results in seen_when_full
+        self.seen_when_full = []
+        self.released = threading.Event()  # set at close: hung requests may end
+        self.hangs_given_up = 0  # HANG requests the judge ended itself because the client never let go
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,36 +78,40 @@ class FakeJudge:
                     judge.bodies.append(body)
                     judge.headers.append(dict(self.headers))
                 try:
-                    self.respond(prompt, attempt)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    reply = self.respond(prompt, attempt)
                 finally:
+                    # out of flight before the client can see the reply: it may send its next request at once
                     with judge.lock:
                         judge.inflight -= 1
+                if reply is None:
+                    return
+                try:
+                    self.send(*reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
 
             def respond(self, prompt, attempt):
-                sleep = re.search(r"SLEEP=([\d.]+)", prompt)
-                if sleep:
-                    time.sleep(float(sleep.group(1)))
+                """(status, body) of the reply, or None for no reply at all."""
+                together = re.search(r"TOGETHER=(\d+)", prompt)
+                if together:
+                    judge.wait_for_company(int(together.group(1)))
                 if "HANG" in prompt:
-                    time.sleep(3)
-                    return
+                    if not judge.released.wait(GIVE_UP_S):
+                        with judge.lock:
+                            judge.hangs_given_up += 1
+                    return None
                 fail = re.search(r"FAIL=(\d+)", prompt)
                 status = re.search(r"STATUS=(\d+)", prompt)
                 if status or (fail and attempt <= int(fail.group(1))):
-                    self.send(int(status.group(1)) if status else 500, b'{"error": "overloaded"}')
-                    return
+                    return int(status.group(1)) if status else 500, b'{"error": "overloaded"}'
                 if "BADJSON" in prompt:
-                    self.send(200, b"<html>proxy error</html>")
-                    return
+                    return 200, b"<html>proxy error</html>"
                 verdict = re.search(r"JUDGE=(\w+)", prompt)
                 if verdict is None:
                     content = judge.probe_reply
                 else:
                     content = REPLIES.get(verdict.group(1), f"Short justification.\n<score>{verdict.group(1)}</score>")
-                self.send(
-                    200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                )
+                return 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
 
             def send(self, status, data):
                 self.send_response(status)
@@ -111,7 +129,25 @@ class FakeJudge:
     def url(self):
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
+    def wait_for_company(self, n):
+        """Block until n requests wait here together, then release them all (a barrier that resets for the next
+        n). A client that never has n requests in flight leaves it to break after ``GIVE_UP_S``, counted."""
+        with self.lock:
+            gate = self.gates.setdefault(n, threading.Barrier(n, action=self._full, timeout=GIVE_UP_S))
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:
+            with self.lock:
+                self.gates_broken += 1
+
+    def _full(self):
+        if self.on_full is not None:
+            self.seen_when_full.append(self.on_full())
+
     def close(self):
+        self.released.set()
+        for gate in self.gates.values():
+            gate.abort()
         self.server.shutdown()
         self.server.server_close()
 
@@ -225,13 +261,11 @@ def test_malformed_verdict_with_on_failure_error_names_the_row(judge_server):
 
 
 def test_timeouts_are_retried_then_failed(judge_server):
-    started = time.monotonic()
     values = score("consistency", judge_server, [row("HANG"), row("JUDGE=1")], timeout_s=0.3, retries=1)
-    elapsed = time.monotonic() - started
     assert reasons(values) == ["timeout:", 1.0]
     stats = stats_of("consistency")
     assert (stats.timeouts, stats.retries, stats.failures) == (2, 1, 1)
-    assert elapsed < 2.0  # two 0.3 s attempts, not the server's 3 s hang
+    assert judge_server.hangs_given_up == 0  # the client let go of both attempts itself, the judge still holding them
     with pytest.raises(JudgeError, match="timeout"):
         score("consistency", judge_server, [row("HANG again")], timeout_s=0.2, retries=0, on_failure="error")
 
@@ -262,15 +296,11 @@ def test_4xx_and_bad_bodies_are_not_retried(judge_server):
 
 def test_connection_refused_is_retried():
     reset_judges()
-    import socket
-
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    values = get_reward("consistency").fn(
-        [row("JUDGE=1")], [SAMPLE], RewardContext(),
-        url=f"http://127.0.0.1:{port}", model="m", retries=2, backoff_s=0.01, timeout_s=1.0,
-    )  # fmt: skip
+    with refusing_port() as port:
+        values = get_reward("consistency").fn(
+            [row("JUDGE=1")], [SAMPLE], RewardContext(),
+            url=f"http://127.0.0.1:{port}", model="m", retries=2, backoff_s=0.01, timeout_s=1.0,
+        )  # fmt: skip
     assert reasons(values) == ["connection:"] and f"at http://127.0.0.1:{port})" in values[0].reason
     stats = stats_of("consistency")
     assert (stats.connection_errors, stats.retries, stats.failures) == (3, 2, 1)
@@ -278,13 +308,14 @@ def test_connection_refused_is_retried():
 
 
 def test_slow_responses_overlap_within_the_limit(judge_server):
-    completions = [row(f"SLEEP=0.2 JUDGE=1 n{i}") for i in range(12)]
-    started = time.monotonic()
-    values = score("consistency", judge_server, completions, max_concurrency=4)
-    elapsed = time.monotonic() - started
+    # each reply waits until 4 requests are in flight together: 3 waves of 4 with a client that keeps 4 in flight
+    completions = [row(f"TOGETHER=4 JUDGE=1 n{i}") for i in range(12)]
+    judge_server.on_full = lambda: stats_of("consistency").requests  # attempts sent while a wave is held unanswered
+    values = score("consistency", judge_server, completions, max_concurrency=4, timeout_s=2 * GIVE_UP_S)
     assert values == [1.0] * 12
-    assert 1 < judge_server.max_inflight <= 4
-    assert elapsed < 12 * 0.2 * 0.6  # clearly faster than one at a time (about 3 waves of 0.2 s)
+    assert judge_server.gates_broken == 0  # every wave had its 4 companions: the requests overlapped
+    assert judge_server.max_inflight == 4  # never more than the limit reached the judge
+    assert judge_server.seen_when_full == [4, 8, 12]  # nor left the client: a 5th waits until a reply frees a slot
 
 
 def test_cache_avoids_requests_and_persists(judge_server, tmp_path):
@@ -418,13 +449,10 @@ def test_probe_reports_a_reply_that_does_not_parse(judge_server):
 
 def test_probe_reports_an_unreachable_judge():
     reset_judges()
-    import socket
-
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
-    rubric = Rubric([TermSpec("thinking", options={"url": url, "model": "m", "retries": 0, "timeout_s": 1.0})])
-    with pytest.raises(RewardProbeError, match=rf"'thinking'.*at {url} did not answer the probe request: connection"):
-        rubric.probe()
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/v1"
+        rubric = Rubric([TermSpec("thinking", options={"url": url, "model": "m", "retries": 0, "timeout_s": 1.0})])
+        expected = rf"'thinking'.*at {url} did not answer the probe request: connection"
+        with pytest.raises(RewardProbeError, match=expected):
+            rubric.probe()
     reset_judges()

@@ -1,23 +1,10 @@
-"""Load and save Covo-Audio checkpoint directories in the released format, so a trained model is a drop-in replacement.
-
-Released layout (``../shared/reference/covo_audio.md``)::
-
-    config.json                          model_type covo_audio; nested llm_config (Qwen2) and encoder_config (Whisper)
-    model.safetensors.index.json         {"metadata": {"total_size": N}, "weight_map": {name: shard file}}
-    model-00001-of-0000K.safetensors     (or one model.safetensors without an index)
-    tokenizer files                      Qwen2 fast tokenizer, len(tokenizer) == audio_token_index
-
-Parameter names on disk and in our module tree (``CovoAudioForConditionalGeneration``)::
-
-    llm.model.X          <->  model.language_model.X
-    llm.lm_head.weight   <->  lm_head.weight
-    encoder.X            <->  model.encoder.X
-    audio_adapter.X      <->  model.audio_adapter.X
+"""Load a Covo-Audio checkpoint directory, released layout or ours, checking everything before and while reading.
 
 ``load_covo_checkpoint`` is the one loader (training, evaluation, benchmarks, the backbone export). It also reads the
 harness layout, the same files with our module names (``model.language_model.X`` ...), as transformers'
 ``save_pretrained`` writes them (trainer checkpoints, ``run.final_model_format: save_pretrained``). The layout is
 decided from the tensor names; that layout alone is then checked, and a problem is never retried as the other one.
+File names and the name mapping are in ``checkpoint_format``.
 
 Loading reads JSON and safetensors only: no pickle, no ``trust_remote_code``, nothing from the directory is executed.
 A pickle weight file (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``), alone or beside safetensors, is refused from its
@@ -26,121 +13,40 @@ The model is built with empty (meta) parameters and the tensors are assigned, so
 without a random initialisation first. Every problem raises a one-line ``CheckpointError`` naming the file and the
 problem: names and shapes are checked from the safetensors headers before any tensor data is read (every name the
 index gives must be in its shard; no parameter missing, none unexpected), and each tensor is checked finite as read.
-
-Saving writes the same layout and names. A PEFT (LoRA) model is saved with its adapters merged into the base weights,
-one adapted layer at a time on a copy of that layer, so the model being trained is left untouched and the extra memory
-is one layer, not a second model. The directory is written as ``<directory>.tmp-XXXX`` and renamed over the old one
-only when complete.
-
-``config.json`` is written as the released code writes it (sub-config tags ``_llm_config_type: qwen2`` /
-``_encoder_config_type: whisper``, ``architectures: [CovoAudioForCausalLM]``, or the loaded checkpoint's own value).
-Additions to the released ``config.json`` (harmless to the released loader, which ignores unknown keys):
-``audio_placeholder_token_id`` and ``adapter_hidden_size`` (see ``configuration.py``), and ``llm_config.rope_theta``
-written beside transformers-5's ``rope_parameters`` so that a transformers-4 reader gets the right RoPE base.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from grpo_audio.model.checkpoint_format import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    NAME_MAP,
+    SINGLE_NAME,
+    CheckpointError,
+    our_name,
+    released_name,
+)
 from grpo_audio.model.configuration import CovoAudioConfig
 from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
 from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, check_covo_tokens
 
-CONFIG_NAME = "config.json"
-RELEASED_ARCHITECTURE = "CovoAudioForCausalLM"  # the released model class: config.json's "architectures"
-SUB_ARCHITECTURES = {"llm_config": "Qwen2ForCausalLM", "encoder_config": "WhisperForConditionalGeneration"}
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
+RELEASED_LAYOUT = "released"  # llm.* / encoder.* / audio_adapter.*: the published checkpoint, save_covo_checkpoint
+HARNESS_LAYOUT = "harness"  # our module names (model.language_model.* ...): transformers' save_pretrained
 
-# (released prefix, our prefix); the first match wins. lm_head is a full name, the others are prefixes.
-_NAME_MAP = (
-    ("llm.model.", "model.language_model."),
-    ("llm.lm_head.weight", "lm_head.weight"),
-    ("encoder.", "model.encoder."),
-    ("audio_adapter.", "model.audio_adapter."),
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded (or a model that cannot be saved) as a Covo-Audio checkpoint."""
-
-    def __init__(self, message: str) -> None:
-        # One line, whatever a library's text put into it: the CLI prints it as a single "error: ..." line
-        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)))
-
-
-def released_name(ours: str) -> str:
-    """Our module name -> the released checkpoint name (``model.language_model.X`` -> ``llm.model.X``...)."""
-    for theirs, mine in _NAME_MAP:
-        if ours.startswith(mine):
-            return theirs + ours[len(mine) :]
-    raise CheckpointError(f"parameter {ours!r} has no name in the released Covo-Audio format")
-
-
-def our_name(released: str) -> str | None:
-    """The released checkpoint name -> our module name, or None for a name outside the released layout."""
-    for theirs, mine in _NAME_MAP:
-        if released.startswith(theirs):
-            return mine + released[len(theirs) :]
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Configs and empty models
-
-
-def released_covo_config() -> CovoAudioConfig:
-    """The full-size Covo-Audio-Chat config (Qwen2.5-7B backbone, whisper-large-v3 encoder), from the reference facts.
-
-    Only shapes and the documented ids are set; generation ids (eos/pad) come from a real checkpoint's config.
-    """
-    return CovoAudioConfig(
-        llm_config=dict(
-            hidden_size=3584,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            intermediate_size=18944,
-            rope_theta=1e6,
-            rms_norm_eps=1e-6,
-            vocab_size=168055,  # 151671 text ids + 16384 discrete speech tokens
-            max_position_embeddings=32768,
-            tie_word_embeddings=False,
-        ),
-        encoder_config=dict(
-            d_model=1280,
-            encoder_layers=32,
-            encoder_attention_heads=20,
-            encoder_ffn_dim=5120,
-            num_mel_bins=128,
-            max_source_positions=1500,
-        ),
-        audio_token_index=151671,
-        audio_placeholder_token_id=151666,
-        adapter_downsample=8,
-        adapter_hidden_size=2048,
-        dtype="bfloat16",
-    )
-
-
-def build_covo_on_meta(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
-    """The model with every parameter and buffer on the meta device: shapes and names, no memory, no init cost."""
-    with torch.device("meta"):
-        return CovoAudioForConditionalGeneration(config)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# The HF Trainer's own state in a trainer/checkpoint-N directory: pickles that hold no model weights. Like every pickle
+# they are never opened; they are let through so that such a directory (model.safetensors beside them) can be loaded.
+_TRAINER_STATE = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth")
 
 
 def _build_empty(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
@@ -150,18 +56,6 @@ def _build_empty(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
 
     with init_empty_weights(include_buffers=False):
         return CovoAudioForConditionalGeneration(config)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-
-RELEASED_LAYOUT = "released"  # llm.* / encoder.* / audio_adapter.*: the published checkpoint, save_covo_checkpoint
-HARNESS_LAYOUT = "harness"  # our module names (model.language_model.* ...): transformers' save_pretrained
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# The HF Trainer's own state in a trainer/checkpoint-N directory: pickles that hold no model weights. Like every pickle
-# they are never opened; they are let through so that such a directory (model.safetensors beside them) can be loaded.
-_TRAINER_STATE = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth")
 
 
 def _refuse_pickles(directory: Path) -> None:
@@ -346,7 +240,7 @@ def _detect_layout(listing: Path, stored: list[_StoredTensor]) -> str:
     one recognised name decides, and every other name is then checked against that layout alone."""
     if any(our_name(t.name) is not None for t in stored):
         return RELEASED_LAYOUT
-    if any(t.name.startswith(tuple(mine for _, mine in _NAME_MAP)) for t in stored):
+    if any(t.name.startswith(tuple(mine for _, mine in NAME_MAP)) for t in stored):
         return HARNESS_LAYOUT
     raise CheckpointError(
         f"{listing}: no Covo-Audio parameter names, neither released (llm.*, encoder.*, audio_adapter.*) nor "
@@ -477,227 +371,4 @@ def load_covo_checkpoint(
     return model.eval(), tokenizer
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Saving
-
-
-@dataclass
-class _Export:
-    """One tensor to write: its shape and dtype are known up front, the data is produced when its shard is written
-    (merged LoRA weights are computed then, one layer at a time)."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    read: Callable[[], torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return torch.Size(self.shape).numel() * self.dtype.itemsize
-
-
-def _local_state(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The module's own parameters and persistent buffers (no children)."""
-    yield from module.named_parameters(recurse=False)
-    skip = module._non_persistent_buffers_set
-    yield from ((n, b) for n, b in module.named_buffers(recurse=False) if n not in skip)
-
-
-def _local_state_deep(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for prefix, sub in module.named_modules():
-        for name, tensor in _local_state(sub):
-            yield (f"{prefix}.{name}" if prefix else name), tensor
-
-
-def _peft_types() -> tuple[type, type] | None:
-    """(tuner layer base class, modules_to_save wrapper) from peft, or None where peft is not installed."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils import ModulesToSaveWrapper
-    except ImportError:  # peft is a dependency; without it no model can carry adapters
-        return None
-    return BaseTunerLayer, ModulesToSaveWrapper
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The ``CovoAudioForConditionalGeneration`` inside a ``PeftModel`` (adapter layers still injected)."""
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return model
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def _export_plan(model: nn.Module, merge_lora: bool) -> dict[str, _Export]:
-    """Our names -> tensors to write, with PEFT wrappers resolved to plain weights (LoRA merged)."""
-    model = _unwrap(model)
-    peft_types = _peft_types()
-    has_adapters = peft_types is not None and any(isinstance(m, peft_types) for m in model.modules())
-    if has_adapters and not merge_lora:
-        raise ValueError(
-            "the model carries PEFT adapters and merge_lora=False: the released format has no place for adapter "
-            "tensors (save the adapter alone with model.save_pretrained, or pass merge_lora=True)"
-        )
-    tuner_layer, saved_wrapper = peft_types if has_adapters else ((), ())
-    last_merged: dict[int, dict[str, torch.Tensor]] = {}  # one layer at a time: its weight and bias share a merge
-
-    def merged(layer: nn.Module, key: str) -> torch.Tensor:
-        if id(layer) not in last_merged:
-            copy_ = copy.deepcopy(layer)  # the live layer keeps its separate adapters
-            if not copy_.merged and not copy_.disable_adapters:
-                copy_.merge(adapter_names=list(copy_.active_adapters))
-            last_merged.clear()
-            last_merged[id(layer)] = dict(_local_state_deep(copy_.get_base_layer()))
-        return last_merged[id(layer)][key].detach()
-
-    plan: dict[str, _Export] = {}
-
-    def add(name: str, tensor: torch.Tensor, read: Callable[[], torch.Tensor]) -> None:
-        plan[name] = _Export(tuple(tensor.shape), tensor.dtype, read)
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if isinstance(module, tuner_layer):  # a LoRA layer: its base layer's tensors with the adapters merged in
-            for name, tensor in _local_state_deep(module.get_base_layer()):
-                add(prefix + name, tensor, lambda m=module, k=name: merged(m, k))
-            return
-        if isinstance(module, saved_wrapper):  # modules_to_save: the trained copy is the module
-            off = module.disable_adapters
-            visit(module.original_module if off else module.modules_to_save[module.active_adapter], prefix)
-            return
-        for name, tensor in _local_state(module):
-            add(prefix + name, tensor, lambda t=tensor: t.detach())
-        for name, child in module.named_children():
-            visit(child, f"{prefix}{name}.")
-
-    visit(model, "")
-    return plan
-
-
-def _shards(plan: dict[str, _Export], max_bytes: int) -> list[list[str]]:
-    """Greedy split in parameter order; a tensor larger than the limit gets a shard of its own."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, entry in plan.items():
-        if shards[-1] and size + entry.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += entry.nbytes
-    return shards
-
-
-def _config_json(config: CovoAudioConfig, dtype: torch.dtype, architectures: list[str]) -> dict:
-    """config.json as the released code writes it: the sub-configs' type tags (``_llm_config_type: qwen2`` ...),
-    ``architectures`` naming the released model class, each sub-config's own ``architectures``, the weights' dtype."""
-    data = config.to_dict()  # carries _llm_config_type / _encoder_config_type
-    data["architectures"] = architectures
-    for key, default in SUB_ARCHITECTURES.items():
-        data[key]["architectures"] = data[key].get("architectures") or [default]
-    data["dtype"] = str(dtype).removeprefix("torch.")
-    rope = data["llm_config"].get("rope_parameters") or {}
-    if "rope_theta" in rope:
-        data["llm_config"]["rope_theta"] = rope["rope_theta"]
-    return data
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _is_checkpoint_dir(directory: Path) -> bool:
-    try:
-        return json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("model_type") == "covo_audio"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def save_covo_checkpoint(
-    model: nn.Module,
-    tokenizer,
-    directory: str | os.PathLike,
-    max_shard_size: int | str = "5GB",
-    merge_lora: bool = True,
-) -> Path:
-    """Write ``model`` and ``tokenizer`` as a released-format Covo-Audio checkpoint directory; returns its path.
-
-    ``model`` is a ``CovoAudioForConditionalGeneration`` or a PEFT model around one. With ``merge_lora`` (default) the
-    adapters are merged into the saved weights, layer by layer on copies, leaving ``model`` unchanged; with
-    ``merge_lora=False`` a model carrying adapters is refused (the released format has no adapter tensors).
-    ``max_shard_size``: bytes, or a string such as ``"5GB"`` / ``"500MiB"``; more than one shard gets an index.
-
-    Crash safety: everything is written and fsynced in ``<directory>.tmp-XXXX`` first; an existing ``directory`` is
-    then renamed to ``<directory>.old-XXXX``, the new one renamed into place and the old one deleted. A failure while
-    writing leaves the old checkpoint untouched (and removes the partial one). A directory that exists but is not a
-    Covo-Audio checkpoint is never replaced.
-    """
-    from transformers.utils.hub import convert_file_size_to_int
-
-    target = Path(directory)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not _is_checkpoint_dir(target))):
-        raise CheckpointError(f"{target}: exists and is not a Covo-Audio checkpoint directory; refusing to replace it")
-    max_bytes = convert_file_size_to_int(max_shard_size)
-    plan = _export_plan(model, merge_lora)
-    inner = _unwrap(model)
-    config = inner.config
-    released = {ours: released_name(ours) for ours in plan}
-    ids = check_covo_tokens(tokenizer, "tokenizer to save")  # never write what load_covo_checkpoint would refuse
-    if len(tokenizer) != config.audio_token_index or ids[AUDIO_PLACEHOLDER] != config.audio_placeholder_token_id:
-        raise CheckpointError(
-            f"{target}: tokenizer (len {len(tokenizer)}, <|cAUDIO|> {ids[AUDIO_PLACEHOLDER]}) does not match the "
-            f"model config (audio_token_index {config.audio_token_index}, audio_placeholder_token_id "
-            f"{config.audio_placeholder_token_id})"
-        )
-    float_dtypes = [e.dtype for e in plan.values() if e.dtype.is_floating_point]
-    dtype = max(set(float_dtypes), key=float_dtypes.count)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    try:
-        shards = _shards(plan, max_bytes)
-        weight_map: dict[str, str] = {}
-        for i, names in enumerate(shards, start=1):
-            file = SINGLE_NAME if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            tensors = {released[n]: plan[n].read().to("cpu").contiguous() for n in names}
-            save_file(tensors, str(tmp / file), metadata={"format": "pt"})
-            del tensors
-            weight_map.update({released[n]: file for n in names})
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(e.nbytes for e in plan.values())}, "weight_map": weight_map}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        # a loaded released checkpoint's own value, else the class the released checkpoint names (not ours: readers
-        # of the released format key on that name)
-        architectures = getattr(inner, "released_architectures", None) or [RELEASED_ARCHITECTURE]
-        config_data = _config_json(config, dtype, architectures)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        generation_config = getattr(inner, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for path in tmp.iterdir():
-            _fsync(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-    _fsync(target.parent)
-    return target
-
-
-__all__ = [
-    "CheckpointError",
-    "build_covo_on_meta",
-    "load_covo_checkpoint",
-    "our_name",
-    "released_covo_config",
-    "released_name",
-    "save_covo_checkpoint",
-]
+__all__ = ["CheckpointError", "check_covo_checkpoint", "load_covo_checkpoint"]

@@ -1,0 +1,92 @@
+"""The recipe's model: built in process (``tiny``) or loaded from a checkpoint directory (``pretrained``), with its
+trainable parts chosen (freezing, LoRA).
+
+Training, evaluation, the benches and the sharded-run gather all build the model here, from the recipe's ``model``
+section and the texts a tiny tokenizer is trained on; nothing here reads data files or knows about runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpo_audio.model.checkpoint_load import load_covo_checkpoint
+from grpo_audio.model.tokenizer import IM_END, check_covo_tokens
+from grpo_audio.recipe.schema import ModelSection
+
+
+def build_tokenizer_and_model(spec: ModelSection, seed: int, vocabulary_texts: Sequence[str] = ()):
+    """``(tokenizer, model)`` for ``spec``; the model's generation config stops at ``<|endoftext|>`` and
+    ``<|im_end|>``.
+
+    ``tiny``: a BPE tokenizer trained on ``vocabulary_texts`` (the prompt, questions and choices the run will
+    render; ``grpo_audio.data.vocabulary.vocabulary_texts``) and a model initialised from ``seed``; the same texts and
+    seed give the same tokenizer and weights. ``pretrained``: the checked loader on ``spec.path`` (the texts are
+    not used).
+    """
+    if spec.source == "tiny":
+        from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+
+        tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(list(vocabulary_texts)), spec.tiny.text_vocab_size)
+        model = build_tiny_model(spec.tiny, tokenizer, seed)
+    else:
+        tokenizer, model = load_pretrained(Path(spec.path))
+    check_covo_tokens(tokenizer, spec.path or "tiny tokenizer")
+    # a2t rollouts end at <|endoftext|>; <|im_end|> closes a chat turn: both stop a text-only rollout
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def load_pretrained(directory: Path):
+    """``(tokenizer, model)`` from a Covo-Audio checkpoint directory, released layout (``llm.*`` names) or a
+    ``save_pretrained`` directory of ours: the checked loader decides which, and a bad directory is an error."""
+    model, tokenizer = load_covo_checkpoint(directory)
+    return tokenizer, model
+
+
+def apply_freezing(model, spec: ModelSection) -> None:
+    """Encoder and adapter train or not as ``spec`` says (the backbone's trainable part is LoRA's business)."""
+    core = model.model
+    core.encoder.requires_grad_(not spec.freeze_encoder)
+    core.audio_adapter.requires_grad_(not spec.freeze_adapter)
+
+
+def lora_config(spec: ModelSection):
+    """peft's ``LoraConfig`` for ``spec.lora`` (None when the backbone trains fully).
+
+    Adapters go on the named projections of the Qwen2 backbone only, never on the encoder or the LM head; an
+    unfrozen adapter or encoder is trained in full and saved with the LoRA weights (``modules_to_save``).
+    """
+    if spec.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = spec.lora
+    modules_to_save = [
+        name
+        for name, frozen in (("audio_adapter", spec.freeze_adapter), ("encoder", spec.freeze_encoder))
+        if not frozen
+    ]
+    pattern = r".*language_model\..*\.(" + "|".join(lora.target_modules) + r")$"
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=pattern,
+        modules_to_save=modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def model_holding(spec: ModelSection, seed: int, vocabulary_texts: Sequence[str], state: dict):
+    """A fresh model of ``spec``'s architecture (and LoRA wrapping, so the names match) holding ``state``; every
+    key must match. Used to rebuild a whole model from a sharded run's gathered state dict."""
+    _, model = build_tokenizer_and_model(spec, seed, vocabulary_texts)
+    config = lora_config(spec)
+    if config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config)
+    model.load_state_dict(state, strict=True)
+    return model
