@@ -45,6 +45,9 @@ def test_two_step_train_writes_run_directory(tmp_path, capsys):
             assert key in m, key
     out = capsys.readouterr().out
     assert "step 2/2 | R_total" in out and "accuracy" in out
+    # the run ends with its report written and its path printed
+    assert (run / "report" / "index.html").is_file() and (run / "report" / "overview.png").is_file()
+    assert f"report (curves and rollout browser) in {run / 'report' / 'index.html'}" in out
     # the final model is in the released Covo-Audio layout, and loads back as a pretrained source
     from safetensors import safe_open
 

@@ -33,6 +33,7 @@ from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
 from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure_heldout
+from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
 from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, model_holding
 from grpo_audio.model.checkpoint_load import check_covo_checkpoint
@@ -301,7 +302,8 @@ def save_final_model(model, tokenizer, target: Path, fmt: str) -> None:
 
 
 def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
-    """Process 0: the held-out score of the trained model, and the run record closed with the data counts."""
+    """Process 0: the held-out score of the trained model, the run record closed with the data counts, and the run's
+    report (``grpo-audio report``: curves, sample rollouts, the rollout browser) written to ``report/``."""
     after = measure_heldout(recipe, model, setup.tokenizer, setup.heldout, setup.featurizer)
     if after is not None:
         setup.status["heldout_after"] = after
@@ -315,6 +317,12 @@ def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
     )
     print(f"grpo-audio: {report.summary()}", flush=True)
     print(f"grpo-audio: done; final model in {setup.run_dir / 'final_model'}", flush=True)
+    try:
+        page = render(setup.run_dir, setup.run_dir / "report")
+    except ReportError as exc:  # the model and record are written: a report that cannot be drawn is only reported
+        print(f"grpo-audio: no report written: {exc}", flush=True)
+    else:
+        print(f"grpo-audio: report (curves and rollout browser) in {page}", flush=True)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
