@@ -59,13 +59,30 @@ def train(recipe: str, run_dir: Path, overrides: list[str], log: Path) -> float:
 
 
 def heldout(run_dir: Path) -> tuple[dict, dict]:
+    """Held-out scores before and after GRPO: the synthetic split's (``heldout_before``/``heldout_after``), else the
+    recipe's first ``eval`` set's, evaluated before the first step and at the end (greedy accuracy; sampled
+    accuracy with ``eval.samples`` > 0; "format" = the share of answers the rule could parse)."""
     status = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if "heldout_before" not in status or "heldout_after" not in status:
-        raise RuntimeError(
-            f"{run_dir / 'run.json'} holds no held-out accuracy: the proof needs a recipe with a held-out split "
-            "(data.source: synthetic with data.synthetic.heldout_questions > 0)"
-        )
-    return status["heldout_before"], status["heldout_after"]
+    if "heldout_before" in status and "heldout_after" in status:
+        return status["heldout_before"], status["heldout_after"]
+    evaluation = status.get("eval") or {}
+    first, last = evaluation.get("first"), evaluation.get("last")
+    if first and last and first["step"] == 0 and last["step"] > 0:
+        return _eval_scores(first["metrics"]), _eval_scores(last["metrics"])
+    raise RuntimeError(
+        f"{run_dir / 'run.json'} holds no held-out accuracy before and after training: the proof needs a recipe "
+        "with a synthetic held-out split (data.synthetic.heldout_questions > 0) or an eval set evaluated before "
+        "training and at the end (eval.sets, with eval.before_training and eval.at_end true)"
+    )
+
+
+def _eval_scores(metrics: dict) -> dict:
+    """The first eval set's numbers in the held-out record's keys (accuracy, sampled_accuracy, format)."""
+    name = next(key.split("/")[1] for key in metrics if key.startswith("eval/") and key.endswith("/accuracy"))
+    scores = {"accuracy": metrics[f"eval/{name}/accuracy"], "format": 1.0 - metrics[f"eval/{name}/unparsed"]}
+    if f"eval/{name}/sampled_accuracy" in metrics:
+        scores["sampled_accuracy"] = metrics[f"eval/{name}/sampled_accuracy"]
+    return scores
 
 
 def run_all(

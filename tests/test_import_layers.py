@@ -21,6 +21,7 @@ ROOMS = {
     "grpo_audio.distributed": 0,
     "grpo_audio.resources": 0,
     "grpo_audio.files": 0,
+    "grpo_audio.paths": 0,
     "grpo_audio.recipe": 1,
     "grpo_audio.audio": 2,
     "grpo_audio.model": 3,

@@ -29,6 +29,7 @@ from grpo_audio.data.manifest import DataError
 from grpo_audio.data.records import RowProblem, detect_format
 from grpo_audio.data.row_rules import apply_row_rules, lookalike_keys
 from grpo_audio.data.sources import AudioPolicy, ClipInfo, bad_audio_reason, probe_all, read_source_rows
+from grpo_audio.paths import tried
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.schema import DataSection
 
@@ -64,12 +65,12 @@ def _resolve(args) -> tuple[DataSection, AudioPolicy, int]:
     if args.overrides:
         raise RecipeError("--set applies to a recipe; the target is a data file")
     if not target.exists():
-        raise DataError(f"{target}: file not found")
+        raise DataError(f"{target}: file not found{tried(target)}")
     fmt = args.format or detect_format(target)
     if fmt is None:
         raise DataError(f"{target}: cannot tell the data format from its first record; pass --format")
     if args.root and not Path(args.root).is_dir():
-        raise DataError(f"--root: directory not found: {args.root}")
+        raise DataError(f"--root: directory not found: {args.root}{tried(args.root)}")
     return DataSection(source=fmt, path=str(target), root=args.root), AudioPolicy(), 0
 
 

@@ -73,6 +73,7 @@ from typing import Any
 from grpo_audio.data.hf import HF_SUFFIXES, MMSU_COLUMNS, AudioEntryError, cache_audio_entry, open_audio_dataset
 from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.records import RejectedRowError, RowProblem, RowReporter, read_records
+from grpo_audio.paths import tried
 
 FORMATS = ("jsonl", "mmau", "mmar", "mmsu", "avqa", "hf")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -446,7 +447,7 @@ def read_rows(
             raise ValueError(f"the {fmt!r} format needs a cache_dir for a dataset's audio held as bytes or arrays")
         return _read_hf(fmt, path, split, audio_column, Path(cache_dir), root, report, outside)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: file not found{tried(path)}")
     base = Path(root).resolve() if root is not None else path.resolve().parent
     slash_is_root = fmt == "mmsu" and root is not None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_audio.data.manifest import DataError
+from grpo_audio.paths import tried
 
 HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
 HF_SUFFIXES = (".parquet", ".arrow", ".csv")  # data files always read as a Hugging Face dataset
@@ -34,7 +35,7 @@ def open_hf_dataset(path: Path, split: str | None, cache_dir: Path | None = None
     import datasets
 
     if not path.exists():
-        raise DataError(f"{path}: dataset not found")
+        raise DataError(f"{path}: dataset not found{tried(path)}")
     saved = path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
     cache = None if cache_dir is None else str(cache_dir)
     try:

@@ -48,7 +48,11 @@ def load_manifest(path: str | Path, allow_unlabeled: bool = False) -> list[Audio
         if Path(item.row.audio).is_file():
             with_audio.append(item)
         else:
-            message = f"{item.where}: row {item.row.id!r}: audio file not found: {item.row.audio}"
+            base = manifest.resolve().parent  # what formats.read_rows read a relative audio path against
+            message = (
+                f"{item.where}: row {item.row.id!r}: audio file not found: {item.row.audio} "
+                f"(relative audio paths are read from the manifest's directory {base})"
+            )
             problems.append(RowProblem(item.where, "missing_file", message, item.row.id))
     rows, bad = split_by_rules(with_audio, problems, "jsonl", allow_unlabeled)
     if bad:

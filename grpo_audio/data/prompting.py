@@ -55,14 +55,19 @@ class PromptTemplate:
 
 def load_template(name_or_path: str) -> PromptTemplate:
     path = find_template(name_or_path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return template_from_text(path.read_text(encoding="utf-8"), str(path))
+
+
+def template_from_text(text: str, path: str) -> PromptTemplate:
+    """A template from its YAML text (e.g. the copy a model directory keeps); ``path`` names it in errors."""
+    data = yaml.safe_load(text) or {}
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise RecipeError(f"{path}: prompt template lacks {missing}")
     unknown = sorted(set(data) - set(_REQUIRED))
     if unknown:
         raise RecipeError(f"{path}: unknown prompt template key(s) {unknown}")
-    return PromptTemplate(**{k: data[k] for k in _REQUIRED}, path=str(path))
+    return PromptTemplate(**{k: data[k] for k in _REQUIRED}, path=path)
 
 
 def audio_block(n_placeholders: int) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from grpo_audio.data.hf import HF_SUFFIXES, MMSU_COLUMNS, hf_column_names
 from grpo_audio.data.manifest import DataError
 from grpo_audio.files import JsonlError, parse_jsonl
+from grpo_audio.paths import tried
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def read_records(path: str | Path, report: RowReporter | None = None) -> list[tu
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{file}: file not found") from None
+        raise DataError(f"{file}: file not found{tried(file)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{file}: cannot read ({exc})") from None
     if file.suffix.lower() != ".jsonl" and text.lstrip()[:1] in ("[", "{"):

@@ -249,9 +249,11 @@ def apply_audio_policy(
     truncate_dir: Path | None = None,
     max_rows: int | None = None,
     workers: int | None = None,
+    audio_base: str = "",
 ) -> tuple[list[AudioQuestion], SkipReport]:
     """Decode every row's clip (in chunks, in file order, stopping after ``max_rows`` usable rows) and apply
-    ``policy``. Raises ``DataError`` naming the row and file for a clip the policy does not allow."""
+    ``policy``. Raises ``DataError`` naming the row and file for a clip the policy does not allow; for a missing
+    one it names ``audio_base`` too (what relative audio paths were read against, e.g. ``data.root /abs/dir``)."""
     if policy.long_clips == "truncate" and truncate_dir is None:
         raise ValueError("long_clips='truncate' needs a directory for the truncated copies")
     report = SkipReport()
@@ -268,8 +270,10 @@ def apply_audio_policy(
             clip = clips[row.audio]
             if isinstance(clip, AudioLoadError):
                 if policy.on_bad_audio == "error":
+                    missing = audio_base and bad_audio_reason(clip) == "missing_file"
+                    base = f"; relative audio paths are read from {audio_base}" if missing else ""
                     raise DataError(
-                        f"{where}: row {row.id!r}: {clip} (data.on_bad_audio=skip leaves such rows out; "
+                        f"{where}: row {row.id!r}: {clip}{base} (data.on_bad_audio=skip leaves such rows out; "
                         "grpo-audio data check lists every problem)"
                     )
                 report.skipped.append(SkipRecord(row.id, where, row.audio, bad_audio_reason(clip), str(clip), row))
@@ -387,6 +391,15 @@ def load_heldout_rows(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion],
     )
 
 
+def audio_base(data, data_file: Path) -> str:
+    """What a data file's relative audio paths are read against (``formats.read_rows``), for messages: ``data.root
+    /abs/dir`` or ``the data file's directory /abs/dir``; empty for a dataset directory (its own rules)."""
+    root = getattr(data, "root", None)
+    if root is not None:
+        return f"data.root {Path(root).resolve()}"
+    return f"the data file's directory {Path(data_file).resolve().parent}" if Path(data_file).is_file() else ""
+
+
 def usable_rows(
     source_rows: list[SourceRow],
     parse_problems: list[RowProblem],
@@ -408,7 +421,9 @@ def usable_rows(
         problems = [b.problem for b in bad_rows]
         raise DataError(bad_rows_message(data_file, problems, training_hint(problems)))
     policy = AudioPolicy.from_data_section(data)
-    rows, report = apply_audio_policy(source_rows, policy, truncate_dir=truncate_dir, max_rows=max_rows)
+    rows, report = apply_audio_policy(
+        source_rows, policy, truncate_dir=truncate_dir, max_rows=max_rows, audio_base=audio_base(data, data_file)
+    )
     report.data_file = data_file
     report.label = label
     report.examined += len(bad_rows)

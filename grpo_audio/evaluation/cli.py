@@ -7,14 +7,30 @@
 
 The model is the recipe's ``model`` section with ``source: pretrained`` and ``path`` = ``--model`` (a directory this
 harness saved, e.g. ``runs/x/final_model``). Without RECIPE, a model inside a run directory is evaluated with the
-recipe it was trained with (``RUN/recipe.yaml``: its prompt template, completion length and sampling), else with the
-embedded defaults; ``--set model.audio_ablation=silence`` replaces every clip by silence of the same length. The
-data is ``--benchmark`` (format from ``--format`` or guessed; audio relative to ``--root``, default the file's
-directory) or, without it, the recipe's ``data`` section. The recipe's audio policy (``data.on_bad_audio``,
+recipe it was trained with (``RUN/recipe.yaml``), else with the embedded defaults, and with the settings its
+directory records (below); ``--set model.audio_ablation=silence`` replaces every clip by silence of the same
+length. The data is ``--benchmark`` (format from ``--format`` or guessed; audio relative to ``--root``, default the
+file's directory) or, without it, the recipe's ``data`` section. The recipe's audio policy (``data.on_bad_audio``,
 durations) applies; a skipped clip is a missing prediction, counted as wrong. ``data.max_samples`` of the recipe is
-ignored for a benchmark (``--max-samples`` limits a quick run).
+ignored for a benchmark (``--max-samples`` limits a quick run). A relative path that does not exist is reported
+with the absolute path tried and what it was relative to.
 
-Prompt: ``--template``, else ``mmsu_v1`` (MMSU's official wording) for MMSU, else the recipe's ``prompt.template``.
+Prompt, decoding and audio settings (template, ``max_new_tokens``, ``top_p``/``top_k``, ``text_only``,
+``model.audio_ablation``, ``data.resampler``), first found wins:
+
+    1. the flags: --template, --max-new-tokens, --set KEY=VALUE (``mmsu_v1``, MMSU's official wording, for MMSU)
+    2. RECIPE, when given (all of it; the model directory's record is then not read)
+    3. the model directory's ``grpo_audio_training.json`` (written with every final_model/ and initial_model/:
+       the template it was trained with, kept whole, and the rollout and audio settings; see
+       ``grpo_audio.model.training_settings``), so a model copied out of its run keeps them
+    4. ``RUN/recipe.yaml`` next to the model directory
+    5. the embedded defaults
+
+One line says where each came from, e.g. ``eval: template short_cot_v1@v1, max_new_tokens 20, ... from
+runs/x/final_model/grpo_audio_training.json; temperature 0 (greedy) from the default``. The temperature is the
+evaluation's own (``--temperature``, default greedy), never the training one. A settings file that is there but
+unusable is an error naming the file and the field.
+
 Scoring: ``--rule``, else MMSU's letter rule for MMSU and MMAU's token rule on the extracted answer for the rest.
 Decoding: greedy (``--temperature 0``, the default); ``--samples K`` with ``--temperature T > 0`` samples K answers
 per item and reports pass@K next to the mean accuracy. Output directory (``--out``; default
@@ -28,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -53,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", help="directory the benchmark's audio paths are relative to")
     parser.add_argument("--out", help="output directory")
     parser.add_argument("--samples", type=int, default=1, help="answers per item (pass@K); default 1")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the recipe's rollout.max_completion_length")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the trained rollout.max_completion_length")
     parser.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
-    parser.add_argument("--template", help="prompt template (default: mmsu_v1 for MMSU, else the recipe's)")
+    parser.add_argument("--template", help="prompt template (default: mmsu_v1 for MMSU, else the trained one)")
     parser.add_argument("--rule", choices=RULES, help="scoring rule (default: from the format)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N usable items")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -65,18 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args):
-    from grpo_audio.data.prompting import load_template
     from grpo_audio.evaluation.runner import EvalSettings
+    from grpo_audio.model.training_settings import read_training_settings
 
+    temperature = 0.0 if args.temperature is None else args.temperature
     if args.samples < 1:
         raise RecipeError(f"--samples {args.samples}: must be at least 1")
-    if args.temperature < 0:
-        raise RecipeError(f"--temperature {args.temperature}: must be >= 0")
-    if args.samples > 1 and args.temperature == 0:
+    if temperature < 0:
+        raise RecipeError(f"--temperature {temperature}: must be >= 0")
+    if args.samples > 1 and temperature == 0:
         raise RecipeError("--samples > 1 needs --temperature > 0 (greedy decoding gives the same answer K times)")
     if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise RecipeError("--batch-size and --max-new-tokens must be at least 1")
-    recipe = load_recipe(args.recipe or trained_recipe(Path(args.model)), args.overrides)
+    model_dir = Path(args.model)
+    trained = None if args.recipe else read_training_settings(model_dir)
+    run_recipe = None if args.recipe else trained_recipe(model_dir)
+    # The model directory's record goes in as overrides ahead of --set, which beats it; the training temperature
+    # stays out (the evaluation's is --temperature)
+    recorded = [] if trained is None else [f"{k}={json.dumps(v)}" for k, v in trained.recipe_values().items()]
+    recorded = [item for item in recorded if not item.startswith("rollout.temperature=")]
+    recipe = load_recipe(args.recipe or run_recipe, recorded + args.overrides)
     recipe.model = dataclasses.replace(recipe.model, source="pretrained", path=str(args.model))
     # Evaluation trains nothing: the training-only checks (a cold start or a KL reference on a pretrained model)
     # must not refuse a training recipe reused to evaluate its own model
@@ -95,25 +120,87 @@ def _prepare(args):
         if args.max_samples is not None:
             recipe.data = dataclasses.replace(recipe.data, max_samples=args.max_samples)
     check_cross_section(recipe)
-    fmt = recipe.data.source
-    template = load_template(args.template or ("mmsu_v1" if fmt == "mmsu" else recipe.prompt.template))
+    sources = SettingSources(args, trained, run_recipe)
+    template, template_source = _template(args, recipe, trained, sources)
     settings = EvalSettings(
-        rule=args.rule or FORMAT_RULES[fmt],
+        rule=args.rule or FORMAT_RULES[recipe.data.source],
         samples=args.samples,
-        temperature=args.temperature,
+        temperature=temperature,
         top_p=recipe.rollout.top_p,
         top_k=recipe.rollout.top_k,
         max_new_tokens=args.max_new_tokens or recipe.rollout.max_completion_length,
         batch_size=args.batch_size,
         text_only=recipe.rollout.text_only,
     )
+    print(settings_line(args, recipe, settings, template.ident, template_source, sources), flush=True)
     if args.out:
         out = Path(args.out)
     else:
-        model = Path(args.model).resolve()
+        model = model_dir.resolve()
         stem = Path(recipe.data.path).stem if recipe.data.path else recipe.data.source
         out = model.parent / "eval" / f"{model.name}-{stem}-{decoding_label(settings, recipe.model.audio_ablation)}"
     return recipe, template, settings, out
+
+
+class SettingSources:
+    """Where a recipe key's value came from, by the precedence of the module docstring."""
+
+    def __init__(self, args, trained, run_recipe: str | None) -> None:
+        self.set_keys = {item.partition("=")[0].strip() for item in args.overrides}
+        self.recipe = args.recipe
+        self.trained = trained
+        self.run_recipe = run_recipe
+
+    def __call__(self, key: str) -> str:
+        if key in self.set_keys:
+            return "--set"
+        if self.recipe:
+            return f"recipe {self.recipe}"
+        if self.trained is not None and (key == "prompt.template" or key in self.trained.recipe_values()):
+            return self.trained.path
+        if self.run_recipe:
+            return self.run_recipe
+        return "the embedded defaults"
+
+
+def _template(args, recipe, trained, sources: SettingSources):
+    """``(PromptTemplate, where it came from)``: the trained template is the copy kept in the model directory, so a
+    template renamed, edited or not installed here is still the one the model saw."""
+    from grpo_audio.data.prompting import load_template, template_from_text
+
+    if args.template:
+        return load_template(args.template), "--template"
+    if recipe.data.source == "mmsu":
+        return load_template("mmsu_v1"), "MMSU's official prompt"
+    source = sources("prompt.template")
+    if trained is not None and source == trained.path:
+        return template_from_text(trained.template_content, trained.path), source
+    return load_template(recipe.prompt.template), source
+
+
+def settings_line(args, recipe, settings, template_ident: str, template_source: str, sources: SettingSources) -> str:
+    """One line naming each setting that shapes the answers and where it came from, grouped by source, e.g.
+    ``eval: template short_cot_v1@v1 and max_new_tokens 20 from X; temperature 0 (greedy) from the default``."""
+    items = [(f"template {template_ident}", template_source)]
+    tokens_source = "--max-new-tokens" if args.max_new_tokens else sources("rollout.max_completion_length")
+    items.append((f"max_new_tokens {settings.max_new_tokens}", tokens_source))
+    if settings.greedy:
+        items.append(("temperature 0 (greedy)", "--temperature" if args.temperature is not None else "the default"))
+    else:
+        items.append((f"temperature {settings.temperature:g}", "--temperature"))
+        items.append((f"top_p {settings.top_p:g}", sources("rollout.top_p")))
+        items.append((f"top_k {settings.top_k}", sources("rollout.top_k")))
+    items.append((f"text_only {json.dumps(settings.text_only)}", sources("rollout.text_only")))
+    items.append((f"audio_ablation {recipe.model.audio_ablation}", sources("model.audio_ablation")))
+    items.append((f"resampler {recipe.data.resampler}", sources("data.resampler")))
+    groups: dict[str, list[str]] = {}
+    for text, source in items:
+        groups.setdefault(source, []).append(text)
+    return "eval: " + "; ".join(f"{_listed(texts)} from {source}" for source, texts in groups.items())
+
+
+def _listed(texts: list[str]) -> str:
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"
 
 
 def trained_recipe(model_dir: Path) -> str | None:

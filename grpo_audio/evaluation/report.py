@@ -45,10 +45,12 @@ def think_words(text: str) -> int:
 
 
 def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """Metric name -> (steps, values) for every numeric metric logged per training step, plus think length."""
-    metrics = [m for m in read_log(run_dir / "metrics.jsonl") if "reward" in m]
-    if not metrics:
+    """Metric name -> (steps, values) for every numeric metric logged per training step, plus think length; the
+    held-out evaluations' records (``eval/...``, also at step 0 and after the last step) count too."""
+    logged = read_log(run_dir / "metrics.jsonl")
+    if not any("reward" in m for m in logged):
         raise ReportError(f"{run_dir}: metrics.jsonl has no training steps; is this a grpo-audio run directory?")
+    metrics = [m for m in logged if "reward" in m or any(k.startswith("eval/") for k in m)]
     out: dict[str, tuple[list[int], list[float]]] = {}
     for row in metrics:
         for key, value in row.items():
@@ -65,12 +67,19 @@ def series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     return out
 
 
+def _is_eval_accuracy(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 3 and parts[0] == "eval" and parts[2] == "accuracy"
+
+
 def panels(data: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, str]]:
     """(title, metric key) for each panel, in display order, for the metrics this run has."""
     wanted = [("R_total", "reward")]
     means = [k for k in data if k.startswith("rewards/") and k.endswith("/mean")]
     terms = sorted(k[len("rewards/") : -len("/mean")] for k in means)
     wanted += [(f"reward term: {t}", f"rewards/{t}/mean") for t in terms if t != "R_total"]
+    # one panel per held-out set (eval/<name>/accuracy; per-category curves stay in metrics.jsonl)
+    wanted += [(f"held-out {k.split('/')[1]}: accuracy", k) for k in sorted(data) if _is_eval_accuracy(k)]
     wanted += [
         ("zero-variance groups", "frac_reward_zero_std"),
         ("KL to reference", "kl"),

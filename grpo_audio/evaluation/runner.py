@@ -27,12 +27,12 @@ import torch
 from grpo_audio import __version__
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.formats import OUTSIDE_FLAG
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, render_prompt
-from grpo_audio.data.sources import load_rows_for_recipe
+from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score
-from grpo_audio.files import jsonl_line, sha256_file
+from grpo_audio.files import sha256_file, write_jsonl
 from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.rollout.hf import SamplingSettings
 
@@ -66,19 +66,20 @@ def _sampling(settings: EvalSettings) -> SamplingSettings:
     )
 
 
-def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: str | Path, echo=print) -> dict:
-    """Evaluate ``recipe.model`` on ``recipe.data`` with ``template``; write the files above; return the metrics."""
-    from grpo_audio.data.vocabulary import vocabulary_texts
-    from grpo_audio.model.build import build_tokenizer_and_model
+def load_eval_rows(recipe, out_dir: Path) -> tuple[list[AudioQuestion], SkipReport]:
+    """The benchmark rows of ``recipe.data`` (the audio policy applied; ``skipped.jsonl`` in ``out_dir``), every one
+    with a gold answer. Rows whose answer is not among the choices (the older MMAR-meta.json has 5) are kept and
+    scored by the official rule, as the official scripts do, rather than refused as training refuses them."""
+    rows, report = load_rows_for_recipe(recipe, out_dir, answers_outside_choices="keep")
+    check_eval_rows(rows, report)
+    return rows, report
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # Rows whose answer is not among the choices (the older MMAR-meta.json has 5) are scored, by the official rule,
-    # as the official scripts do, rather than refused as training refuses them
-    rows, report = load_rows_for_recipe(recipe, out, answers_outside_choices="keep")
+
+def check_eval_rows(rows: list[AudioQuestion], report: SkipReport) -> None:
+    """Every row is scored: a row that could not be read would drop out of the total, one without a gold answer
+    could not be scored (a skipped clip is fine: it counts as a wrong prediction)."""
     unreadable = [s for s in report.skipped if s.row is None]
     if unreadable:
-        # a skipped clip still counts as a wrong prediction; a row that could not be read would drop out of the total
         raise DataError(
             f"{report.data_file}: evaluation scores every row; {len(unreadable)} could not be read (first: "
             f"{unreadable[0].where}: {unreadable[0].message}); data.on_bad_row=skip applies to training only"
@@ -89,6 +90,65 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
             f"{report.data_file}: evaluation needs a gold answer on every row; {len(unanswered)} have none "
             f"(first: {unanswered[:5]})"
         )
+
+
+def prompt_texts(rows: list[AudioQuestion], tokenizer, template: PromptTemplate, featurizer: AudioFeaturizer):
+    """Each row's full prompt text (chat template, the clip's placeholders, question and choices)."""
+    return [
+        render_prompt(tokenizer, template, r.question, r.choices, featurizer.features(r.audio).n_placeholders)
+        for r in rows
+    ]
+
+
+def predict(
+    model,
+    tokenizer,
+    featurizer: AudioFeaturizer,
+    engine,
+    rows: list[AudioQuestion],
+    prompt_ids: list[list[int]],
+    rule: str,
+    samples: int,
+    batch_size: int,
+    device: torch.device,
+    on_batch=None,
+) -> list[dict]:
+    """One scored record per (row, sample): ``engine`` decodes ``samples`` completions of each row's prompt, in
+    batches of ``batch_size`` rows, and the rule ``rule`` scores them (see ``_record``). ``on_batch(done)`` is told
+    how many rows are done after each batch."""
+    records: list[dict] = []
+    for first in range(0, len(rows), batch_size):
+        batch = rows[first : first + batch_size]
+        ids = [p for p in prompt_ids[first : first + batch_size] for _ in range(samples)]
+        audio = featurizer.rows([r.audio for r in batch for _ in range(samples)], model, device)
+        result = engine.generate(model, ids, audio)
+        texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
+        for i, row in enumerate(batch):
+            for j in range(samples):
+                n = i * samples + j
+                records.append(_record(row, j, texts[n], result.finish_reasons[n], rule))
+        if on_batch is not None:
+            on_batch(first + len(batch))
+    return records
+
+
+def skipped_records(report: SkipReport, samples: int, rule: str) -> list[dict]:
+    """A ``missing`` record per sample of every row whose clip the audio policy skipped (wrong, in the total)."""
+    return [
+        _record(skip.row, j, None, None, rule, skip_reason=skip.reason)
+        for skip in report.skipped
+        for j in range(samples)
+    ]
+
+
+def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: str | Path, echo=print) -> dict:
+    """Evaluate ``recipe.model`` on ``recipe.data`` with ``template``; write the files above; return the metrics."""
+    from grpo_audio.data.vocabulary import vocabulary_texts
+    from grpo_audio.model.build import build_tokenizer_and_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, report = load_eval_rows(recipe, out)
     data_file = report.data_file
     bench_sha = sha256_file(data_file)
     tokenizer, model = build_tokenizer_and_model(recipe.model, recipe.run.seed, vocabulary_texts(rows, template))
@@ -104,35 +164,20 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     if hasattr(engine, "sync_weights"):  # vLLM: make sure the engine holds this model's weights
         engine.sync_weights(model, 0)
     k = settings.samples
-    records: list[dict] = []
+    prompts = prompt_texts(rows, tokenizer, template, featurizer)
+    if prompts:
+        (out / "prompt.txt").write_text(f"# template {template.ident}\n{prompts[0]}\n", encoding="utf-8")
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     start = time.perf_counter()
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
-        for first in range(0, len(rows), settings.batch_size):
-            batch = rows[first : first + settings.batch_size]
-            prompts = [
-                render_prompt(tokenizer, template, r.question, r.choices, featurizer.features(r.audio).n_placeholders)
-                for r in batch
-            ]
-            if first == 0:
-                (out / "prompt.txt").write_text(f"# template {template.ident}\n{prompts[0]}\n", encoding="utf-8")
-            ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            prompt_ids = [p for p in ids for _ in range(k)]
-            audio = featurizer.rows([r.audio for r in batch for _ in range(k)], model, device)
-            result = engine.generate(model, prompt_ids, audio)
-            texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
-            for i, row in enumerate(batch):
-                for j in range(k):
-                    n = i * k + j
-                    record = _record(row, j, texts[n], result.finish_reasons[n], settings.rule)
-                    records.append(record)
-                    fh.write(jsonl_line(record, default=str))
-            done = first + len(batch)
-            echo(f"eval: {done}/{len(rows)} items ({time.perf_counter() - start:.1f} s)")
-        for skip in report.skipped:
-            for j in range(k):
-                record = _record(skip.row, j, None, None, settings.rule, skip_reason=skip.reason)
-                records.append(record)
-                fh.write(jsonl_line(record, default=str))
+
+    def progress(done: int) -> None:
+        echo(f"eval: {done}/{len(rows)} items ({time.perf_counter() - start:.1f} s)")
+
+    records = predict(
+        model, tokenizer, featurizer, engine, rows, prompt_ids, settings.rule, k, settings.batch_size, device, progress
+    )
+    records += skipped_records(report, k, settings.rule)
+    write_jsonl(out / "predictions.jsonl", records, default=str)
 
     metrics = {
         "harness_version": __version__,

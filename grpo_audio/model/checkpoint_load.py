@@ -39,6 +39,7 @@ from grpo_audio.model.checkpoint_format import (
 from grpo_audio.model.configuration import CovoAudioConfig
 from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
 from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, check_covo_tokens
+from grpo_audio.paths import tried
 
 RELEASED_LAYOUT = "released"  # llm.* / encoder.* / audio_adapter.*: the published checkpoint, save_covo_checkpoint
 HARNESS_LAYOUT = "harness"  # our module names (model.language_model.* ...): transformers' save_pretrained
@@ -318,7 +319,9 @@ def _checked_layout(directory: Path):
     """The checks that need no tensor data: files, config, safetensors headers, layout, names and shapes against an
     empty (meta) model. Returns ``(config, layout, empty model, name mapping)``."""
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory" if directory.exists() else f"{directory}: not found")
+        raise CheckpointError(
+            f"{directory}: not a directory" if directory.exists() else f"{directory}: not found{tried(directory)}"
+        )
     _refuse_pickles(directory)
     config = _read_config(directory)
     listing, stored = _scan_headers(directory)

@@ -167,6 +167,7 @@ def save_covo_checkpoint(
     directory: str | os.PathLike,
     max_shard_size: int | str = "5GB",
     merge_lora: bool = True,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` as a released-format Covo-Audio checkpoint directory; returns its path.
 
@@ -174,6 +175,8 @@ def save_covo_checkpoint(
     adapters are merged into the saved weights, layer by layer on copies, leaving ``model`` unchanged; with
     ``merge_lora=False`` a model carrying adapters is refused (the released format has no adapter tensors).
     ``max_shard_size``: bytes, or a string such as ``"5GB"`` / ``"500MiB"``; more than one shard gets an index.
+    ``extra_files`` (name -> UTF-8 text, e.g. the training settings) are written with the checkpoint, so they are
+    part of the same atomic replacement.
 
     Crash safety: everything is written and fsynced in ``<directory>.tmp-XXXX`` first; an existing ``directory`` is
     then renamed to ``<directory>.old-XXXX``, the new one renamed into place and the old one deleted. A failure while
@@ -225,6 +228,8 @@ def save_covo_checkpoint(
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         for path in tmp.iterdir():
             _fsync(path)
     except BaseException:

@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from grpo_audio.paths import tried
 from grpo_audio.recipe.errors import RecipeError
+from grpo_audio.recipe.eval_checks import check_eval
 from grpo_audio.recipe.ranges import check_consistency, check_ranges
 from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, TRAINER_KEYS_REFUSED, Recipe
@@ -32,7 +34,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         where = str(path)
         file = Path(path)
         if not file.is_file():
-            raise RecipeError(f"recipe file not found: {where}")
+            raise RecipeError(f"recipe file not found: {where}{tried(where)}")
         try:
             data = load_yaml(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -158,11 +160,11 @@ def check_cross_section(recipe: Recipe) -> None:
         if data.source in ("hf", "mmsu"):  # a dataset directory (MMSU's release is one) or a file
             if not Path(data.path).exists():
                 what = "dataset" if data.source == "hf" else "file or dataset directory"
-                raise RecipeError(f"data.path: {what} not found: {data.path}")
+                raise RecipeError(f"data.path: {what} not found: {data.path}{tried(data.path)}")
         elif not Path(data.path).is_file():
-            raise RecipeError(f"data.path: file not found: {data.path}")
+            raise RecipeError(f"data.path: file not found: {data.path}{tried(data.path)}")
     if data.root is not None and not Path(data.root).is_dir():
-        raise RecipeError(f"data.root: directory not found: {data.root}")
+        raise RecipeError(f"data.root: directory not found: {data.root}{tried(data.root)}")
     if data.max_duration_s is not None and data.max_duration_s <= data.min_duration_s:
         raise RecipeError(
             f"data.max_duration_s={data.max_duration_s} must be greater than data.min_duration_s={data.min_duration_s}"
@@ -173,7 +175,7 @@ def check_cross_section(recipe: Recipe) -> None:
         if not recipe.model.path:
             raise RecipeError("model.source is 'pretrained' but model.path is not set")
         if not Path(recipe.model.path).is_dir():
-            raise RecipeError(f"model.path: directory not found: {recipe.model.path}")
+            raise RecipeError(f"model.path: directory not found: {recipe.model.path}{tried(recipe.model.path)}")
         if recipe.model.lora is None and float(recipe.trainer.get("beta", 0.0)) > 0:
             raise RecipeError(
                 f"trainer.beta={recipe.trainer['beta']} with a pretrained model and no model.lora: TRL would rebuild "
@@ -190,6 +192,7 @@ def check_cross_section(recipe: Recipe) -> None:
             )
     find_template(recipe.prompt.template)
     check_rewards(recipe)
+    check_eval(recipe)
 
 
 def check_rewards(recipe: Recipe) -> None:

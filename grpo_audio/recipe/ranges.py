@@ -94,6 +94,12 @@ RANGES: list[tuple[str, Range, str]] = [
     ("coldstart.steps", NON_NEGATIVE, "0 = no warm-up"),
     ("coldstart.batch_size", AT_LEAST_ONE, ""),
     ("coldstart.learning_rate", POSITIVE, ""),
+    # evaluation during training
+    ("eval.every_steps", NON_NEGATIVE, "0 = only before training and at the end"),
+    ("eval.batch_size", AT_LEAST_ONE, ""),
+    ("eval.max_new_tokens", AT_LEAST_ONE, "null = rollout.max_completion_length"),
+    ("eval.samples", NON_NEGATIVE, "0 = greedy only"),
+    ("eval.sets[].max_samples", AT_LEAST_ONE, "null = all"),
     # rewards
     ("rewards.terms[].weight", FINITE, "0 logs the term without training on it"),
     # rollout

@@ -1,7 +1,8 @@
 """The recipe schema: one dataclass per section. Every field has help text and is read by the harness.
 
 A recipe file (YAML) has the top-level sections ``model``, ``data``, ``prompt``, ``rewards``, ``rollout``,
-``trainer`` and ``run``; all are optional and default to the embedded demo (tiny model, synthetic audio, CPU).
+``trainer``, ``coldstart``, ``eval`` and ``run``; all are optional and default to the embedded demo (tiny model,
+synthetic audio, CPU).
 ``trainer`` holds fields of TRL's ``GRPOConfig`` (validated against TRL's own field list), except the few that
 another section owns (sampling lives in ``rollout``, the seed and output directory in ``run``, weights in
 ``rewards``), so that each setting has exactly one place.
@@ -289,6 +290,55 @@ class RolloutSection:
 
 
 @dataclass
+class EvalSetSection:
+    """One held-out set evaluated during training, read like ``data`` (same formats, same audio policy)."""
+
+    name: str = _help("Name in the metrics: eval/<name>/accuracy (letters, digits, '_', '-', '.').", "heldout")
+    source: Literal["synthetic", "jsonl", "hf", "mmau", "mmar", "mmsu", "avqa"] = _help(
+        "Format, as data.source. 'synthetic' is the recipe's synthetic held-out split (data.source 'synthetic' "
+        "with data.synthetic.heldout_questions > 0): new clips of the training tasks.",
+        "jsonl",
+    )
+    path: str | None = _help("The set's file or dataset directory, as data.path (not for 'synthetic').", None)
+    root: str | None = _help("Directory relative audio paths are resolved against (default: the file's).", None)
+    split: str | None = _help("Split of a Hugging Face DatasetDict (source 'hf' or 'mmsu').", None)
+    audio_column: str = _help("Audio column of a Hugging Face dataset.", "audio")
+    max_samples: int | None = _help("Evaluate only the first N usable items (null = all).", None)
+    template: str | None = _help(
+        "Prompt template (default: the recipe's prompt.template, so the score is the trained prompt's).", None
+    )
+    rule: Literal["mmau", "mmsu"] | None = _help(
+        "Scoring rule (default: the format's official one: MMSU's letter rule for mmsu, MMAU's for the rest).", None
+    )
+
+
+@dataclass
+class EvalSection:
+    """Held-out sets scored by the benchmarks' official rules while training runs (the code of ``grpo-audio
+    eval``): before the first step, every ``every_steps`` steps and at the end, greedy (and ``samples`` sampled
+    answers per item when asked). Results go to metrics.jsonl (eval/<name>/accuracy and per category), the
+    trackers, the report's curves and run.json."""
+
+    sets: list[EvalSetSection] = _help("The held-out sets (none: no evaluation during training).", factory=list)
+    every_steps: int = _help("Evaluate every N optimizer steps (0 = only before training and at the end).", 0)
+    before_training: bool = _help("Evaluate the starting point (step 0) of a fresh run.", True)
+    at_end: bool = _help("Evaluate the final model (skipped when the last step was just evaluated).", True)
+    batch_size: int = _help("Items per generate call.", 32)
+    max_new_tokens: int | None = _help("Completion length (default: rollout.max_completion_length).", None)
+    samples: int = _help(
+        "K > 0 also samples K answers per item at rollout.temperature/top_p/top_k and logs their mean accuracy "
+        "(eval/<name>/sampled_accuracy) and pass@K; 0 = greedy only.",
+        0,
+    )
+    best_metric: str | None = _help(
+        "Keep the best checkpoint by this metric, e.g. 'eval/heldout/accuracy': its trainer checkpoint is never "
+        "rotated away, and run.json names it ('best'). Needs every_steps > 0, a multiple of trainer.save_steps.",
+        None,
+    )
+    best_mode: Literal["max", "min"] = _help("Whether a larger or a smaller best_metric is better.", "max")
+
+
+@dataclass
 class RunSection:
     final_model_format: Literal["covo", "save_pretrained"] = _help(
         "Format of final_model/: 'covo' = the released Covo-Audio layout (llm.*, encoder.*, audio_adapter.* names, "
@@ -325,6 +375,7 @@ class Recipe:
     rollout: RolloutSection = field(default_factory=RolloutSection)
     trainer: dict[str, Any] = field(default_factory=dict)
     coldstart: ColdStartSection = field(default_factory=ColdStartSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     run: RunSection = field(default_factory=RunSection)
     source_path: str | None = field(default=None, metadata={"help": "The recipe file (set by the loader)."})
 

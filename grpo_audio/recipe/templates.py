@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grpo_audio.paths import tried
 from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.resources import shipped_dir
 
@@ -16,7 +17,7 @@ def find_template(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
-            raise RecipeError(f"prompt.template: file not found: {name_or_path}")
+            raise RecipeError(f"prompt.template: file not found: {name_or_path}{tried(name_or_path)}")
         return candidate
     directory = shipped_dir("prompts")
     path = directory / f"{name_or_path}.yaml"

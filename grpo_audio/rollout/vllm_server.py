@@ -13,7 +13,10 @@ serve <backbone_dir> --enable-prompt-embeds --skip-tokenizer-init --logprobs-mod
 * At start the client checks the server's flags (``/server_info``) and reads its weight dtype; a server that cannot
   be used as configured raises ``VLLMServerError`` saying what to change.
 
-Standard library HTTP only: the trainer's environment needs no vLLM.
+Requests go through the ``openai`` package's client (no retries: a sampling request is not repeated behind the
+trainer's back): the completions API for rollouts (the vLLM-only fields, ``prompt_embeds`` and the token-id options,
+in ``extra_body``), and the same client's plain ``get``/``post`` for vLLM's dev-mode endpoints, which are outside the
+OpenAI API. The trainer's environment needs no vLLM.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
+import openai
 import torch
 
 from grpo_audio.rollout.backbone_export import export_backbone
@@ -44,6 +49,15 @@ class VLLMServerClient:
         self.backbone_dir = Path(backbone_dir)
         self.timeout_s = timeout_s
         self.max_parallel = max_parallel
+        limits = httpx2.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
+        self.client = openai.OpenAI(
+            base_url=self.url + "/v1",
+            api_key="EMPTY",  # the library needs one; a vllm serve without --api-key ignores it
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(limits=limits),
+        )
+        self.root = self.client.with_options(base_url=self.url)  # the dev-mode endpoints are outside /v1
         models = self._request("GET", "/v1/models")["data"]
         if not models:
             raise VLLMServerError(f"the vLLM server at {self.url} serves no model")
@@ -51,27 +65,16 @@ class VLLMServerClient:
         self.dtype = self._check_server_config()
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:2000]
-            if err.code == 404 and path in ("/collective_rpc", "/reset_prefix_cache", "/server_info"):
-                raise VLLMServerError(
-                    f"{self.url}{path} is missing: start the server with VLLM_SERVER_DEV_MODE=1 (weight sync needs "
-                    "its /collective_rpc and /reset_prefix_cache endpoints)"
-                ) from err
-            raise VLLMServerError(f"{method} {self.url}{path} failed with HTTP {err.code}: {detail}") from err
-        except urllib.error.URLError as err:
-            raise VLLMServerError(
-                f"no vLLM server answers at {self.url} ({err.reason}); start one (see grpo_audio/rollout/"
-                "vllm_server.py) or fix rollout.vllm.server_url"
-            ) from err
+        """A JSON request to ``path`` under the server root ({} for an empty reply)."""
+        with self._errors(method, path):
+            if method == "GET":
+                payload = self.root.get(path, cast_to=str)
+            else:
+                payload = self.root.post(path, body=body, cast_to=str)
         return json.loads(payload) if payload else {}
+
+    def _errors(self, method: str, path: str):
+        return _server_errors(self.url, method, path, self.timeout_s)
 
     def _check_server_config(self) -> torch.dtype:
         """The server's weight dtype, after checking the flags the engine relies on."""
@@ -92,23 +95,24 @@ class VLLMServerClient:
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _complete(self, embeds: torch.Tensor, fields: dict) -> list[SampledCompletion]:
-        body = {
-            "model": self.model_name,
+        extra = {
             "prompt_embeds": self.encode_embeds(embeds.to(self.dtype)),
             **fields,
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
-        choices = sorted(self._request("POST", "/v1/completions", body)["choices"], key=lambda c: c["index"])
+        with self._errors("POST", "/v1/completions"):
+            completion = self.client.completions.create(model=self.model_name, prompt=None, extra_body=extra)
+        choices = sorted(completion.choices, key=lambda c: c.index)
         if len(choices) != fields["n"]:
             raise VLLMServerError(f"the server returned {len(choices)} completions for n={fields['n']}")
         return [
             SampledCompletion(
-                token_ids=list(c["token_ids"]),
+                token_ids=list((c.model_extra or {})["token_ids"]),
                 # JSON null: a NaN log-prob; TRL's correction leaves NaN positions uncorrected
-                logprobs=[float("nan") if x is None else float(x) for x in c["logprobs"]["token_logprobs"]],
-                finish_reason=check_finish(c["finish_reason"]),
+                logprobs=[float("nan") if x is None else float(x) for x in c.logprobs.token_logprobs],
+                finish_reason=check_finish(c.finish_reason),
             )
             for c in choices
         ]
@@ -134,3 +138,29 @@ class VLLMServerClient:
             self._request("POST", "/reset_prefix_cache")
         if distributed:
             torch.distributed.barrier()
+
+
+@contextmanager
+def _server_errors(url: str, method: str, path: str, timeout_s: float) -> Iterator[None]:
+    """Turns the ``openai`` client's errors into ``VLLMServerError`` saying what to change."""
+    try:
+        yield
+    except openai.APIStatusError as err:
+        bare = path.split("?")[0]
+        if err.status_code == 404 and bare in ("/collective_rpc", "/reset_prefix_cache", "/server_info"):
+            raise VLLMServerError(
+                f"{url}{bare} is missing: start the server with VLLM_SERVER_DEV_MODE=1 (weight sync needs its "
+                "/collective_rpc and /reset_prefix_cache endpoints)"
+            ) from err
+        detail = err.response.text[:2000]
+        raise VLLMServerError(f"{method} {url}{path} failed with HTTP {err.status_code}: {detail}") from err
+    except openai.APITimeoutError as err:
+        raise VLLMServerError(
+            f"{method} {url}{path}: no reply within {timeout_s} s (rollout.vllm.server_timeout_s)"
+        ) from err
+    except openai.APIConnectionError as err:
+        cause = err.__cause__ or err
+        raise VLLMServerError(
+            f"no vLLM server answers at {url} ({type(cause).__name__}: {cause}); start one (see "
+            "grpo_audio/rollout/vllm_server.py) or fix rollout.vllm.server_url"
+        ) from err

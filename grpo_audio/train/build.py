@@ -80,10 +80,12 @@ def make_trainer(
     judge_caches: list[Path] = (),
     extra_callbacks=(),
     run_record: dict | None = None,
+    evaluator=None,
 ):
     """The recipe's ``AudioGRPOTrainer`` for a built model and dataset: rollout engine, rubric, LoRA wrapping,
     sampling distribution, ``rollouts.jsonl`` and ``metrics.jsonl`` in ``run_dir``, the progress line instead of
-    transformers' printed log dicts."""
+    transformers' printed log dicts, and the held-out ``evaluator`` (``grpo_audio.evaluation.during_training``) run
+    as the recipe's ``eval`` section says."""
     from grpo_audio.train.trainer import AudioGRPOTrainer
 
     trainer = AudioGRPOTrainer(
@@ -100,6 +102,8 @@ def make_trainer(
         adapter_learning_rate=recipe.model.adapter_learning_rate,
         judge_cache_files=judge_caches,
         run_record=run_record,
+        evaluator=evaluator,
+        eval_spec=recipe.eval,
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from grpo_audio.distributed import share_from_main
 from grpo_audio.files import append_jsonl
 
 # Keys shown on the progress line, in order, when present.
@@ -96,3 +97,60 @@ class RunRecordToTrackers(TrainerCallback):
             wandb = getattr(callback, "_wandb", None)
             if wandb is not None and getattr(wandb, "run", None) is not None:
                 wandb.config.update({"grpo_audio_run_record": self.record}, allow_val_change=True)
+
+
+class PeriodicEvaluation(TrainerCallback):
+    """The recipe's ``eval`` section while training runs (``grpo_audio.evaluation.during_training``).
+
+    Step 0 (a fresh run, ``before_training``) and the end (``at_end``, unless the last step was just evaluated): the
+    metrics are logged as a record of their own (``log``, the trainer's: metrics.jsonl and the trackers). Every
+    ``every_steps`` steps: they join that step's metrics (``record``), so they are logged with it. Process 0 evaluates,
+    the others wait for its numbers (``share_from_main``: every process must call the callback alike).
+
+    Best checkpoint (``best_metric``): a better value at an evaluated step makes that step's checkpoint (saved in the
+    same step, since every_steps is a multiple of save_steps) the trainer state's ``best_model_checkpoint``, which
+    checkpoint rotation never deletes; the end's evaluation can make the final model the best.
+    """
+
+    def __init__(self, evaluator, spec, record, log) -> None:
+        self.evaluator = evaluator
+        self.spec = spec  # the recipe's EvalSection
+        self.record = record
+        self.log = log
+        self.history: list[dict] = []  # {"step", "metrics"} of every evaluation of this process's lifetime
+        self.final_is_best = False
+        self._last_step: int | None = None
+
+    def _evaluate(self, model, step: int) -> dict[str, float]:
+        metrics = share_from_main(lambda: self.evaluator(model, step))
+        self.history.append({"step": step, "metrics": metrics})
+        self._last_step = step
+        return metrics
+
+    def _improves(self, state, metrics: dict[str, float]) -> bool:
+        name = self.spec.best_metric
+        if name is None or metrics.get(name) is None:
+            return False
+        value, best = metrics[name], state.best_metric
+        return best is None or (value > best if self.spec.best_mode == "max" else value < best)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.spec.before_training and state.global_step == 0:
+            self.log(self._evaluate(model, 0))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.spec.every_steps
+        if every > 0 and state.global_step % every == 0:
+            metrics = self._evaluate(model, state.global_step)
+            if self._improves(state, metrics):
+                state.best_metric = metrics[self.spec.best_metric]
+                state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            self.record(metrics)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.spec.at_end and self._last_step != state.global_step:
+            metrics = self._evaluate(model, state.global_step)
+            if self._improves(state, metrics):
+                state.best_metric = metrics[self.spec.best_metric]
+                self.final_is_best = True
+            self.log(metrics)

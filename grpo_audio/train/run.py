@@ -32,13 +32,15 @@ from grpo_audio.data.prompting import PromptTemplate, load_template
 from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
+from grpo_audio.evaluation.during_training import HeldOutEvaluator, load_eval_sets
 from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure_heldout
 from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
 from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, model_holding
 from grpo_audio.model.checkpoint_load import check_covo_checkpoint
 from grpo_audio.model.checkpoint_save import save_covo_checkpoint
-from grpo_audio.recipe import Recipe, recipe_to_dict
+from grpo_audio.model.training_settings import settings_files
+from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.train.build import grpo_config, make_trainer
 from grpo_audio.train.coldstart import run_coldstart
@@ -102,7 +104,8 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
     model = trained_model(recipe, setup)  # a collective when the weights are sharded: every process calls it
     if trainer.accelerator.is_main_process:
-        save_final_model(model, setup.tokenizer, setup.run_dir / "final_model", recipe.run.final_model_format)
+        target = setup.run_dir / "final_model"
+        save_final_model(model, setup.tokenizer, target, recipe.run.final_model_format, settings_files(recipe))
         finish_run(recipe, setup, model)
     return setup.run_dir
 
@@ -137,6 +140,7 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         return heldout
 
     heldout = share_from_main(starting_point)
+    evaluator = build_evaluator(recipe, run_dir, tokenizer, featurizer)
     if fresh and recipe.coldstart.steps > 0:
         broadcast_parameters(model)  # the cold start ran on process 0 only
     if recipe.model.source == "tiny":
@@ -154,7 +158,13 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         judge_caches,
         extra_callbacks,
         run_record={"provenance": data.provenance, "recipe": recipe_to_dict(recipe)},
+        evaluator=evaluator,
     )
+    if evaluator is not None and weights_are_sharded(trainer):
+        raise RecipeError(
+            "eval.sets: evaluation during training decodes on process 0 with the whole model, which sharded weights "
+            "(FSDP, ZeRO-3) do not give it; drop eval.sets and evaluate the checkpoints with grpo-audio eval"
+        )
     return TrainingSetup(
         run_dir,
         trainer,
@@ -217,6 +227,15 @@ def build_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTempl
     return tokenizer, model
 
 
+def build_evaluator(recipe: Recipe, run_dir: Path, tokenizer, featurizer: AudioFeaturizer) -> HeldOutEvaluator | None:
+    """The recipe's eval sets read and rendered (process 0, files under ``RUN/eval_sets/``; every process gets them),
+    as the evaluator the trainer runs during training; None without eval sets."""
+    if not recipe.eval.sets:
+        return None
+    sets = share_from_main(lambda: load_eval_sets(recipe, run_dir, tokenizer, featurizer))
+    return HeldOutEvaluator(recipe, sets, tokenizer, featurizer, run_dir)
+
+
 def audio_featurizer(recipe: Recipe) -> AudioFeaturizer:
     """Clip -> audio embeddings, reused across the passes of a batch when encoder and adapter are frozen."""
     return AudioFeaturizer(
@@ -231,8 +250,14 @@ def prepare_starting_point(
 ) -> None:
     """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights.
 
-    Both run on ``device`` (the trainer's, ``GRPOConfig.device``): the model is built or loaded on the host and the
-    Trainer moves it only later, so without this a GPU run would do its cold start and held-out scoring on the CPU.
+    The starting point's weights go to ``initial_model/`` (with the training settings, as ``final_model/``): always
+    for a tiny model (TRL rebuilds its KL reference from them), and for a pretrained model after a cold start, whose
+    GRPO starting point exists nowhere else (there, a full copy of the model on disk, in the released layout with
+    any LoRA merged; a pretrained run without a cold start starts from ``model.path`` itself).
+
+    The cold start and the held-out score run on ``device`` (the trainer's, ``GRPOConfig.device``): the model is
+    built or loaded on the host and the Trainer moves it only later, so without this a GPU run would do its cold
+    start and held-out scoring on the CPU.
     """
     if device is not None and (recipe.coldstart.steps > 0 or heldout):
         model.to(device)
@@ -246,7 +271,10 @@ def prepare_starting_point(
         print(f"grpo-audio: held-out accuracy before GRPO {heldout_summary(before)}", flush=True)
     if recipe.model.source == "tiny":
         # The initial weights (after the cold start): the run can be reproduced from them
-        save_model_atomic(model, tokenizer, run_dir / "initial_model")
+        save_model_atomic(model, tokenizer, run_dir / "initial_model", settings_files(recipe))
+    elif recipe.coldstart.steps > 0:
+        # merges LoRA on copies of each layer: the model about to train keeps its adapters
+        save_covo_checkpoint(model, tokenizer, run_dir / "initial_model", extra_files=settings_files(recipe))
 
 
 def announce(recipe: Recipe, setup: TrainingSetup) -> None:
@@ -292,13 +320,14 @@ def trained_model(recipe: Recipe, setup: TrainingSetup):
     return model
 
 
-def save_final_model(model, tokenizer, target: Path, fmt: str) -> None:
+def save_final_model(model, tokenizer, target: Path, fmt: str, extra_files: dict[str, str] | None = None) -> None:
     """``final_model/`` in the released Covo-Audio layout (``covo``) or transformers' ``save_pretrained`` layout,
-    written aside and renamed into place."""
+    written aside and renamed into place; ``extra_files`` (the training settings, ``settings_files``) are written
+    with it, inside the same atomic replacement."""
     if fmt == "covo":
-        save_covo_checkpoint(model, tokenizer, target)
+        save_covo_checkpoint(model, tokenizer, target, extra_files=extra_files)
     else:
-        save_model_atomic(model, tokenizer, target)
+        save_model_atomic(model, tokenizer, target, extra_files)
 
 
 def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
@@ -308,6 +337,9 @@ def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
     if after is not None:
         setup.status["heldout_after"] = after
         print(f"grpo-audio: held-out accuracy after GRPO {heldout_summary(after)}", flush=True)
+    evaluation = setup.trainer.periodic_eval
+    if evaluation is not None:
+        setup.status["eval"] = evaluation_summary(recipe, setup.trainer, evaluation)
     report = setup.data.report
     finish_run_record(
         setup.run_dir,
@@ -323,6 +355,19 @@ def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
         print(f"grpo-audio: no report written: {exc}", flush=True)
     else:
         print(f"grpo-audio: report (curves and rollout browser) in {page}", flush=True)
+
+
+def evaluation_summary(recipe: Recipe, trainer, evaluation) -> dict:
+    """run.json's ``eval``: the first and last evaluation of this process's lifetime and, with ``best_metric``, the
+    best value and where its weights are (a trainer checkpoint, or ``final_model``)."""
+    history = evaluation.history
+    summary = {"first": history[0] if history else None, "last": history[-1] if history else None}
+    metric = recipe.eval.best_metric
+    if metric is not None and trainer.state.best_metric is not None:
+        where = "final_model" if evaluation.final_is_best else trainer.state.best_model_checkpoint
+        summary["best"] = {"metric": metric, "value": trainer.state.best_metric, "weights": where}
+        print(f"grpo-audio: best {metric} {trainer.state.best_metric:.3f}: {where}", flush=True)
+    return summary
 
 
 def checkpoint_step(checkpoint: Path) -> int:

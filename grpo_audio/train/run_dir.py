@@ -12,9 +12,10 @@ Layout::
     data/               generated data (synthetic source)
     metrics.jsonl       one JSON object per logged step
     rollouts.jsonl      one JSON object per completion
-    initial_model/      the tiny model's initial weights (tiny source)
+    initial_model/      the GRPO starting point (tiny source; pretrained source after a cold start)
     trainer/checkpoint-N/  crash-safe checkpoints (model, optimizer, scheduler, RNG, step, data position)
     final_model/        the trained model and tokenizer
+                        (both model directories hold grpo_audio_training.json: prompt template and decoding)
 
 Resume rules (``run.resume``/``run.overwrite``): a directory that we did not write is never touched; with
 ``overwrite`` ours is replaced; otherwise a run with a complete checkpoint continues from the last one (or
@@ -318,11 +319,14 @@ def replace_dir_atomic(staged: Path, target: Path) -> None:
         os.replace(staged, target)
 
 
-def save_model_atomic(model, tokenizer, target: Path) -> None:
-    """Write to ``<target>.tmp`` and rename, so an interrupted save never leaves a half-written model."""
+def save_model_atomic(model, tokenizer, target: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Write to ``<target>.tmp`` and rename, so an interrupted save never leaves a half-written model.
+    ``extra_files`` (name -> UTF-8 text, e.g. the training settings) are written into the staged directory too."""
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     replace_dir_atomic(tmp, target)

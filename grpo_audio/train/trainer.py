@@ -57,7 +57,7 @@ from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
-from grpo_audio.train.callbacks import RunRecordToTrackers
+from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import replace_dir_atomic
 from rewards import Rubric
@@ -72,8 +72,9 @@ class AudioGRPOTrainer(GRPOTrainer):
     ``rubric`` (R_total and its terms; the trainer wraps it as TRL's one reward function and keeps each batch's
     per-term breakdown in ``last_breakdown``), ``rollout_engine``, ``featurizer``, ``sampling`` (the distribution the
     engine samples from), ``rollout_log`` (called with each batch's ``rollouts.jsonl`` records on process 0),
-    ``adapter_learning_rate``, ``judge_cache_files`` (copied into each checkpoint) and ``run_record`` (provenance +
-    recipe, sent to TensorBoard/W&B when they are enabled). The other arguments are GRPOTrainer's, but
+    ``adapter_learning_rate``, ``judge_cache_files`` (copied into each checkpoint), ``run_record`` (provenance +
+    recipe, sent to TensorBoard/W&B when they are enabled) and ``evaluator`` with ``eval_spec`` (held-out sets scored
+    during training: ``PeriodicEvaluation``, kept as ``periodic_eval``). The other arguments are GRPOTrainer's, but
     ``reward_funcs``, which the rubric replaces.
     """
 
@@ -88,6 +89,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         adapter_learning_rate: float | None = None,
         judge_cache_files: list[Path] = (),
         run_record: dict | None = None,
+        evaluator: Callable | None = None,
+        eval_spec=None,
         **kwargs,
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
@@ -119,6 +122,15 @@ class AudioGRPOTrainer(GRPOTrainer):
             self.use_vllm = True
         if run_record is not None:
             self.add_callback(RunRecordToTrackers(run_record, self.callback_handler))
+        self.periodic_eval = None
+        if evaluator is not None:
+            self.periodic_eval = PeriodicEvaluation(evaluator, eval_spec, self._record_metrics, self.log)
+            self.add_callback(self.periodic_eval)
+
+    def _record_metrics(self, metrics: dict[str, float]) -> None:
+        """Values logged with the current step's TRL metrics (averaged like them over the logging interval)."""
+        for key, value in metrics.items():
+            self._metrics["train"][key].append(value)
 
     def _keep_breakdown(self, breakdown, samples: list[dict], seconds: float) -> None:
         """The reward function's report of each scored batch: its per-term breakdown and the time it took."""

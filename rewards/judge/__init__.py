@@ -1,8 +1,9 @@
 """LLM-judge rewards (``consistency``, ``thinking``) and the client, cache, parser and counters behind them.
 
-Standard library only; importing this package registers the two judge rewards. See ``rewards.judge.scorers`` for
-the reward definitions and options, ``rewards.judge.client`` for the HTTP behaviour (concurrency, timeouts,
-retries), ``rewards.judge.verdicts`` for the reply contract, ``rewards.judge.cache`` for the verdict cache.
+No torch; the client is the ``openai`` package's. Importing this package registers the two judge rewards. See
+``rewards.judge.scorers`` for the reward definitions and options (structured verdicts included),
+``rewards.judge.client`` for the request behaviour (concurrency, timeouts, retries, structured output),
+``rewards.judge.verdicts`` for the reply contract, ``rewards.judge.cache`` for the verdict cache.
 """
 
 from rewards.judge.cache import JudgeCache

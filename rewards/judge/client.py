@@ -1,42 +1,52 @@
-"""A small client for any OpenAI-compatible ``/v1/chat/completions`` endpoint (``vllm serve``, SGLang, TGI, OpenAI).
+"""The judge's client for any OpenAI-compatible chat-completions server (``vllm serve``, SGLang, TGI, OpenAI).
 
-Standard library only (no httpx/aiohttp dependency): asyncio orchestrates the batch, and each HTTP exchange runs
-with ``http.client`` in a worker thread.
+Built on the ``openai`` package's ``AsyncOpenAI`` client; nothing here speaks HTTP itself.
 
-* Concurrency: at most ``max_concurrency`` requests in flight (an ``asyncio.Semaphore`` over a thread pool of the
-  same size).
-* Timeout: ``timeout_s`` bounds each attempt end to end (connect, send, wait, read). On expiry the socket is shut
-  down so the worker thread is freed at once rather than lingering.
-* Retries: up to ``retries`` more attempts after timeouts, connection errors, HTTP 408/429 and 5xx, sleeping
-  ``backoff_s * 2**k`` (k = 0, 1, ...; capped at ``max_backoff_s``, times a random factor in [0.5, 1] so that
-  concurrent failures do not retry in lockstep). Other 4xx statuses (bad model name, context too long) and 2xx
-  bodies that are not a chat completion fail at once: retrying cannot fix them.
+* Concurrency: at most ``max_concurrency`` requests in flight (an ``asyncio.Semaphore`` around each request, its
+  retries included).
+* Timeout: ``timeout_s`` per attempt (the library's connect, write and read timeouts).
+* Retries: the library's (``max_retries = retries``): after timeouts, connection errors, HTTP 408/409/429 and 5xx,
+  sleeping ``backoff_s * 2**k`` (k = 0, 1, ...; capped at ``max_backoff_s``, times a random factor in [0.5, 1] so
+  that concurrent failures do not retry in lockstep; a server's ``Retry-After`` wins). Other 4xx statuses (bad model
+  name, context too long) and 2xx bodies that are not a chat completion fail at once: retrying cannot fix them.
+* Structured output: a ``constraint`` given to the client (vLLM's ``structured_outputs`` request field, e.g.
+  ``{"choice": [...]}`` or ``{"regex": ...}``) goes with every request. Under ``structured: auto`` a server that
+  rejects the field (HTTP 400/422 naming it) is asked again without it, and the client stops sending it; a server
+  that ignores the field is caught by the strict verdict parser. Under any other mode a rejection is an HTTP error.
+
+Every attempt is counted in ``JudgeStats`` as it happens (``requests``, ``retries``, ``timeouts``, ``http_errors``,
+``connection_errors``, ``latency_s``) by a transport that wraps the library's own, so the counts include the retries
+the library makes on its own.
 
 ``chat(prompts)`` returns, in order, each reply's text or the ``JudgeRequestError`` that ended its attempts; it
-never raises for a single request's failure, so the caller decides (None + counted, or an error).
+never raises for a single request's failure, so the caller decides (None + counted, or an error). The ``openai``
+client is made per batch inside the batch's event loop (its connection pool belongs to that loop), so ``chat`` can be
+called from synchronous code, also from a thread that runs an event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import random
-import socket
-import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+import openai
 
 from rewards.judge.stats import JudgeStats
 
 T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
+STRUCTURED_MODES = ("auto", "choice", "regex", "off")
+NO_KEY = "EMPTY"  # sent as the bearer token when no api_key_env is set (the library needs one; vLLM ignores it)
 
 
 class JudgeRequestError(Exception):
@@ -63,6 +73,7 @@ class JudgeConfig:
     max_backoff_s: float = 30.0
     temperature: float = 0.0
     max_tokens: int = 1024
+    structured: str = "auto"
     extra_body: tuple[tuple[str, str], ...] = field(default=())  # (key, JSON value) pairs: hashable
 
     @staticmethod
@@ -80,6 +91,17 @@ class JudgeConfig:
             path = (path if path.endswith("/v1") else path + "/v1") + "/chat/completions"
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return parts.scheme, parts.hostname, port, path
+
+    def base_url(self) -> str:
+        """The API base the ``openai`` client appends ``/chat/completions`` to."""
+        self.endpoint()  # raises on a malformed URL
+        parts = urlsplit(self.url)
+        path = parts.path.rstrip("/")
+        if path.endswith("/chat/completions"):
+            path = path[: -len("/chat/completions")]
+        elif not path.endswith("/v1"):
+            path += "/v1"
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -101,132 +123,174 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-class _Attempt:
-    """Lets the event loop abort an attempt whose worker thread is blocked on the socket."""
+class _CountingTransport(httpx2.AsyncBaseTransport):
+    """The library's transport, with each attempt (first tries and the library's retries) counted as it ends."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sock: socket.socket | None = None
-        self.aborted = False
+    def __init__(self, inner: httpx2.AsyncBaseTransport, stats: JudgeStats) -> None:
+        self.inner = inner
+        self.stats = stats
 
-    def abort(self) -> None:
-        with self.lock:
-            self.aborted = True
-            if self.sock is not None:
-                try:
-                    self.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv(); close() alone would not
-                except OSError:
-                    pass
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.stats.requests += 1
+        if request.headers.get("x-stainless-retry-count", "0") != "0":  # set by the library on every attempt
+            self.stats.retries += 1
+        started = time.monotonic()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx2.TimeoutException:
+            self.stats.timeouts += 1
+            raise
+        except httpx2.TransportError:
+            self.stats.connection_errors += 1
+            raise
+        finally:
+            self.stats.latency_s += time.monotonic() - started
+        if not 200 <= response.status_code < 300:
+            self.stats.http_errors += 1
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _OpenAI(openai.AsyncOpenAI):
+    """``AsyncOpenAI`` with the judge's backoff (``backoff_s``, ``max_backoff_s``) instead of the library's."""
+
+    def __init__(self, *, backoff_s: float, max_backoff_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    def _calculate_retry_timeout(self, remaining_retries: int, options: Any, response_headers: Any = None) -> float:
+        retry_after = self._parse_retry_after_header(response_headers)
+        if retry_after is not None and 0 < retry_after <= self._max_backoff_s:
+            return retry_after
+        done = min(options.get_max_retries(self.max_retries) - remaining_retries, 60)
+        return min(self._max_backoff_s, self._backoff_s * 2**done) * random.uniform(0.5, 1.0)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost ``OSError`` under the library's wrappers (e.g. ``ConnectionRefusedError``), for messages; else
+    the exception the library wrapped."""
+    found, seen = error.__cause__ or error, {id(error)}
+    while (error := error.__cause__ or error.__context__) is not None and id(error) not in seen:  # type: ignore[assignment]
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            found = error
+    return found
+
+
+def _rejects_structured_output(error: openai.APIStatusError) -> bool:
+    return error.status_code in (400, 422) and "structured_outputs" in _error_text(error)
+
+
+def _error_text(error: openai.APIStatusError) -> str:
+    try:
+        return error.response.text
+    except Exception:  # a streamed or closed body
+        return str(error)
 
 
 class JudgeClient:
-    def __init__(self, config: JudgeConfig, stats: JudgeStats | None = None) -> None:
+    def __init__(
+        self, config: JudgeConfig, stats: JudgeStats | None = None, constraint: Mapping[str, Any] | None = None
+    ) -> None:
+        """``constraint``: vLLM's ``structured_outputs`` value for every request (None, or ``structured: off``:
+        unconstrained)."""
+        if config.structured not in STRUCTURED_MODES:
+            raise ValueError(f"judge structured must be one of {STRUCTURED_MODES}, got {config.structured!r}")
         self.config = config
         self.stats = stats if stats is not None else JudgeStats()
-        self._scheme, self._host, self._port, self._path = config.endpoint()
+        self.base_url = config.base_url()
+        self.constraint = dict(constraint) if constraint and config.structured != "off" else None
+        self.structured_supported: bool | None = None  # None: not known yet; False: the server rejected the field
 
-    # -- one HTTP exchange, in a worker thread ------------------------------------------------------------------
+    def _client(self) -> _OpenAI:
+        # the pool holds one connection per request in flight (a request keeps its slot through its retries)
+        limits = httpx2.Limits(
+            max_connections=self.config.max_concurrency, max_keepalive_connections=self.config.max_concurrency
+        )
+        transport = _CountingTransport(httpx2.AsyncHTTPTransport(limits=limits), self.stats)
+        return _OpenAI(
+            base_url=self.base_url,
+            api_key=self.config.api_key() or NO_KEY,
+            timeout=self.config.timeout_s,
+            max_retries=self.config.retries,
+            backoff_s=self.config.backoff_s,
+            max_backoff_s=self.config.max_backoff_s,
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport),
+        )
 
-    def _post(self, body: bytes, headers: dict[str, str], attempt: _Attempt) -> tuple[int, bytes]:
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.config.timeout_s)
+    def _extra_body(self, constrained: bool) -> dict[str, Any]:
+        body = {k: json.loads(v) for k, v in self.config.extra_body}
+        if constrained and self.constraint is not None:
+            body.setdefault("structured_outputs", self.constraint)  # the recipe's own extra_body wins
+        return body
+
+    async def _one(self, client: _OpenAI, prompt: str, semaphore: asyncio.Semaphore) -> str | JudgeRequestError:
+        async with semaphore:
+            constrained = self.structured_supported is not False
+            try:
+                return await self._ask(client, prompt, constrained)
+            except openai.APIStatusError as exc:
+                if not (constrained and self.config.structured == "auto" and _rejects_structured_output(exc)):
+                    return self._status_error(exc)
+                self.structured_supported = False
+            except JudgeRequestError as exc:
+                return exc
+            try:  # the server does not know vLLM's structured output: ask without it, the strict parser decides
+                return await self._ask(client, prompt, constrained=False)
+            except openai.APIStatusError as exc:
+                return self._status_error(exc)
+            except JudgeRequestError as exc:
+                return exc
+
+    async def _ask(self, client: _OpenAI, prompt: str, constrained: bool) -> str:
         try:
-            conn.connect()
-            with attempt.lock:
-                if attempt.aborted:
-                    raise TimeoutError("aborted before sending")
-                attempt.sock = conn.sock
-            conn.request("POST", self._path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def _payload(self, prompt: str) -> bytes:
-        payload: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
-        payload.update({k: json.loads(v) for k, v in self.config.extra_body})
-        return json.dumps(payload).encode()
-
-    @staticmethod
-    def _reply_text(status: int, data: bytes) -> str:
-        if status in (408, 429) or status >= 500:
-            raise JudgeRequestError("http", f"HTTP {status}: {data[:200]!r}", retryable=True, status=status)
-        if not 200 <= status < 300:
-            raise JudgeRequestError("http", f"HTTP {status}: {data[:300]!r}", retryable=False, status=status)
+            completion = await client.chat.completions.create(
+                model=self.config.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=self.config.temperature,
+                max_tokens=self.config.max_tokens,
+                extra_body=self._extra_body(constrained) or None,
+            )
+        except openai.APITimeoutError as exc:
+            raise JudgeRequestError("timeout", f"no reply within {self.config.timeout_s}s", retryable=True) from exc
+        except openai.APIConnectionError as exc:
+            cause = _root_cause(exc)
+            raise JudgeRequestError("connection", f"{type(cause).__name__}: {cause}", retryable=True) from exc
+        except openai.APIStatusError:
+            raise
+        except (openai.OpenAIError, ValueError, TypeError) as exc:  # a 2xx body the library cannot read
+            raise self._bad(f"not a chat completion ({exc!r})") from exc
+        if constrained and self.constraint is not None:
+            self.structured_supported = True
         try:
-            content = json.loads(data)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise JudgeRequestError(
-                "bad_response", f"not a chat completion ({exc!r}): {data[:200]!r}", retryable=False
-            ) from exc
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise self._bad(f"not a chat completion ({exc!r}): {str(completion)[:200]!r}") from exc
         if not isinstance(content, str):
-            raise JudgeRequestError("bad_response", f"message content is {content!r}", retryable=False)
+            raise self._bad(f"message content is {content!r}")
         return content
 
-    # -- orchestration ------------------------------------------------------------------------------------------
+    def _bad(self, message: str) -> JudgeRequestError:
+        self.stats.bad_responses += 1
+        return JudgeRequestError("bad_response", message, retryable=False)
 
-    async def _one(
-        self, prompt: str, semaphore: asyncio.Semaphore, pool: ThreadPoolExecutor
-    ) -> str | JudgeRequestError:
-        loop = asyncio.get_running_loop()
-        body = self._payload(prompt)
-        headers = {"Content-Type": "application/json"}
-        key = self.config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        tries = 0
-        while True:
-            attempt = _Attempt()
-            async with semaphore:
-                self.stats.requests += 1
-                started = time.monotonic()
-                future = loop.run_in_executor(pool, self._post, body, headers, attempt)
-                try:
-                    status, data = await asyncio.wait_for(future, timeout=self.config.timeout_s)
-                    reply: str | JudgeRequestError = self._reply_text(status, data)
-                except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
-                    attempt.abort()
-                    reply = JudgeRequestError("timeout", f"no reply within {self.config.timeout_s}s", retryable=True)
-                except JudgeRequestError as exc:
-                    reply = exc
-                except (OSError, http.client.HTTPException) as exc:
-                    reply = JudgeRequestError("connection", f"{type(exc).__name__}: {exc}", retryable=True)
-                finally:
-                    self.stats.latency_s += time.monotonic() - started
-            if isinstance(reply, str):
-                return reply
-            self._count(reply)
-            if not reply.retryable or tries >= self.config.retries:
-                return reply
-            delay = min(self.config.max_backoff_s, self.config.backoff_s * 2**tries) * random.uniform(0.5, 1.0)
-            tries += 1
-            self.stats.retries += 1
-            await asyncio.sleep(delay)
-
-    def _count(self, error: JudgeRequestError) -> None:
-        counter = {
-            "timeout": "timeouts",
-            "http": "http_errors",
-            "connection": "connection_errors",
-            "bad_response": "bad_responses",
-        }[error.kind]
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+    @staticmethod
+    def _status_error(error: openai.APIStatusError) -> JudgeRequestError:
+        status = error.status_code
+        retryable = status in (408, 409, 429) or status >= 500
+        text = _error_text(error)[:300].encode()
+        return JudgeRequestError("http", f"HTTP {status}: {text!r}", retryable=retryable, status=status)
 
     async def achat(self, prompts: Sequence[str]) -> list[str | JudgeRequestError]:
         """Async version of ``chat``."""
         if not prompts:
             return []
         semaphore = asyncio.Semaphore(self.config.max_concurrency)
-        pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix="judge")
-        try:
-            return list(await asyncio.gather(*(self._one(p, semaphore, pool) for p in prompts)))
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        async with self._client() as client:
+            return list(await asyncio.gather(*(self._one(client, p, semaphore) for p in prompts)))
 
     def chat(self, prompts: Sequence[str]) -> list[str | JudgeRequestError]:
         """Send all prompts (concurrently, with retries); each result is the reply text or the final error."""

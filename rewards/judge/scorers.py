@@ -31,7 +31,20 @@ holding a bearer token, default none), ``timeout_s`` (per attempt, 60), ``max_co
 the request, e.g. ``{chat_template_kwargs: {enable_thinking: false}}`` for Qwen3), ``prompt_version`` (``v1``),
 ``prompt_path`` (a custom template file), ``cache_path`` (JSONL file persisting verdicts; without it verdicts are
 cached in memory for the process), ``on_failure`` (``unscored`` | ``error``), ``think_prefilled``,
-``max_reasoning_chars`` (12000; longer reasoning keeps head and tail).
+``max_reasoning_chars`` (12000; longer reasoning keeps head and tail), ``structured`` (below).
+
+Structured verdicts (``structured``): the judge's reply is constrained with vLLM's structured output (the request
+field ``structured_outputs``), so that even a weak judge can only answer with a verdict the strict parser accepts:
+
+* ``auto`` (default): the choice list below; a server that rejects the field (not vLLM) is asked again without it,
+  and the strict parser decides;
+* ``choice``: the reply is exactly one of ``<score>0</score>``, ``<score>1</score>`` (consistency) or
+  ``<score>0</score>`` ... ``<score>5</score>`` (thinking); a server that rejects the field fails the request;
+* ``regex``: up to 400 characters of justification without ``<``, then the ``<score>`` tag (lets the judge say why
+  first; same rejection rule as ``choice``);
+* ``off``: no constraint, the strict parser alone (servers without structured output that reject unknown fields).
+
+A recipe's ``extra_body`` that sets ``structured_outputs`` itself wins over these.
 
 Not stated in the paper: the judge model and its prompts. Audio-Thinker uses Qwen3-8B-Base for both judges;
 the prompts here are ours (versioned files). Audio-Thinker grades thinking in steps of 0.1; Covo-Audio (and
@@ -55,7 +68,7 @@ from typing import Any
 from rewards import _checks
 from rewards.answer_span import parse_completion
 from rewards.judge.cache import JudgeCache
-from rewards.judge.client import DEFAULT_URL, JudgeClient, JudgeConfig, JudgeRequestError
+from rewards.judge.client import DEFAULT_URL, STRUCTURED_MODES, JudgeClient, JudgeConfig, JudgeRequestError
 from rewards.judge.prompts import load_template, render
 from rewards.judge.stats import JudgeStats
 from rewards.judge.verdicts import MalformedVerdictError, parse_consistency, parse_thinking
@@ -63,6 +76,9 @@ from rewards.registry import RewardContext, RewardFailure, register_reward
 
 PARSERS: dict[str, Callable[[str], float]] = {"consistency": parse_consistency, "thinking": parse_thinking}
 ON_FAILURE = ("unscored", "error")
+# The scores each verdict may carry (the contract of rewards.judge.verdicts), for the structured-output constraint.
+SCORES: dict[str, str] = {"consistency": "01", "thinking": "012345"}
+JUSTIFICATION_CHARS = 400  # structured: regex
 
 # The probe's made-up row: short, unambiguous, and coherent, so any working judge gives a parseable verdict.
 PROBE_SAMPLE = {"question": "Which animal is barking in the clip?", "choices": ["a cat", "a dog"]}
@@ -72,6 +88,16 @@ PROBE_ANSWER = "a dog"
 
 class JudgeError(RuntimeError):
     """The judge gave no usable verdict for a row and ``on_failure`` is ``error``."""
+
+
+def constraint(kind: str, structured: str) -> dict[str, Any] | None:
+    """vLLM's ``structured_outputs`` value that makes every reply a verdict ``kind``'s parser accepts (None: off)."""
+    scores = SCORES[kind]
+    if structured in ("auto", "choice"):
+        return {"choice": [f"<score>{s}</score>" for s in scores]}
+    if structured == "regex":
+        return {"regex": f"[^<]{{0,{JUSTIFICATION_CHARS}}}<score>[{scores}]</score>"}
+    return None
 
 
 class Judge:
@@ -85,7 +111,8 @@ class Judge:
         self.cache = cache
         self.stats = JudgeStats()
         self.template, self.version = load_template(kind, prompt_version, prompt_path)
-        self.client = JudgeClient(config, self.stats)
+        self.constraint = constraint(kind, config.structured)
+        self.client = JudgeClient(config, self.stats, self.constraint)
         self.parse = PARSERS[kind]
 
     def score(
@@ -176,7 +203,7 @@ class Judge:
         """
         where = f"{self.kind} judge {self.config.model!r} at {self.config.url}"
         prompt = self.prompt(PROBE_SAMPLE, PROBE_REASONING, PROBE_ANSWER, max_reasoning_chars=12000)
-        (reply,) = JudgeClient(self.config, JudgeStats()).chat([prompt])
+        (reply,) = JudgeClient(self.config, JudgeStats(), self.constraint).chat([prompt])
         if isinstance(reply, JudgeRequestError):
             raise JudgeError(f"{where} did not answer the probe request: {reply.kind}: {reply}")
         try:
@@ -193,7 +220,7 @@ _CACHES: dict[str, JudgeCache] = {}
 _LOCK = threading.Lock()
 
 _CONFIG_KEYS = ("url", "model", "api_key_env", "timeout_s", "max_concurrency", "retries", "backoff_s",
-                "temperature", "max_tokens")  # fmt: skip
+                "temperature", "max_tokens", "structured")  # fmt: skip
 
 
 def get_judge(kind: str, options: Mapping[str, Any]) -> Judge:
@@ -241,6 +268,7 @@ def _validate(kind: str) -> Callable[[dict[str, Any]], None]:
                 "default: the row gets no R_total and no advantage) or 'error'"
             )
         _checks.choice(options, "on_failure", ON_FAILURE)
+        _checks.choice(options, "structured", STRUCTURED_MODES)
         _checks.number(options, "timeout_s", minimum=0.001)
         _checks.number(options, "max_concurrency", minimum=1, integer=True)
         _checks.number(options, "retries", minimum=0, integer=True)
@@ -317,6 +345,7 @@ def _judge_reward(kind: str, doc: str) -> Callable[..., list[float | None | Rewa
         on_failure: str = "unscored",
         think_prefilled: bool = False,
         max_reasoning_chars: int = 12000,
+        structured: str = "auto",
     ) -> list[float | None | RewardFailure]:
         options = {k: v for k, v in locals().items() if k not in ("completions", "samples", "context", "kind")}
         return _score(kind, completions, samples, options)

@@ -11,12 +11,14 @@ of itself), so a slow machine makes the tests slower, never wrong.
 """
 
 import asyncio
+import inspect
 import json
 import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai
 import pytest
 from helpers.ports import refusing_port
 
@@ -47,6 +49,7 @@ GIVE_UP_S = 30.0
 class FakeJudge:
     def __init__(self):
         self.probe_reply = "The answer follows from the reasoning.\n<score>1</score>"
+        self.rejects_structured = False  # answer 400 to a body with vLLM's structured_outputs (a non-vLLM server)
         self.lock = threading.Lock()
         self.inflight = 0  # requests received and not yet answered (decremented before the reply is written)
         self.max_inflight = 0
@@ -76,9 +79,12 @@ class FakeJudge:
                     judge.attempts[prompt] += 1
                     attempt = judge.attempts[prompt]
                     judge.bodies.append(body)
-                    judge.headers.append(dict(self.headers))
+                    judge.headers.append({k.lower(): v for k, v in self.headers.items()})  # case-insensitive
                 try:
-                    reply = self.respond(prompt, attempt)
+                    if judge.rejects_structured and "structured_outputs" in body:
+                        reply = 400, b'{"error": "Unrecognized request argument supplied: structured_outputs"}'
+                    else:
+                        reply = self.respond(prompt, attempt)
                 finally:
                     # out of flight before the client can see the reply: it may send its next request at once
                     with judge.lock:
@@ -208,7 +214,7 @@ def test_consistency_good_verdicts_and_skips(judge_server, monkeypatch):
     assert body["model"] == "judge-8b" and body["temperature"] == 0.0
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert "Who speaks?" in body["messages"][0]["content"] and "(B) Woman" in body["messages"][0]["content"]
-    assert judge_server.headers[0]["Authorization"] == "Bearer sekrit"
+    assert judge_server.headers[0]["authorization"] == "Bearer sekrit"
 
 
 def test_thinking_verdicts(judge_server):
@@ -456,3 +462,59 @@ def test_probe_reports_an_unreachable_judge():
         with pytest.raises(RewardProbeError, match=expected):
             rubric.probe()
     reset_judges()
+
+
+@pytest.mark.parametrize(
+    ("kind", "structured", "expected"),
+    [
+        ("consistency", None, {"choice": ["<score>0</score>", "<score>1</score>"]}),
+        ("thinking", "choice", {"choice": [f"<score>{n}</score>" for n in range(6)]}),
+        ("consistency", "regex", {"regex": "[^<]{0,400}<score>[01]</score>"}),
+        ("thinking", "off", None),
+    ],
+)
+def test_structured_verdict_constraint_is_sent(judge_server, kind, structured, expected):
+    extra = {} if structured is None else {"structured": structured}
+    assert score(kind, judge_server, [row("JUDGE=1")], **extra) == [1.0 if kind == "consistency" else 0.2]
+    assert judge_server.bodies[0].get("structured_outputs") == expected
+    if expected and "choice" in expected:  # every reply the constraint allows parses, and nothing else does
+        parse = parse_consistency if kind == "consistency" else parse_thinking
+        assert [parse(reply) for reply in expected["choice"]] == [n / (len(expected["choice"]) - 1) for n in
+                                                                  range(len(expected["choice"]))]  # fmt: skip
+    if expected and "regex" in expected:
+        assert re.fullmatch(expected["regex"], "Coherent.\n<score>1</score>")
+        assert not re.fullmatch(expected["regex"], "<score>1</score><score>0</score>")
+
+
+def test_a_recipe_structured_outputs_wins(judge_server):
+    mine = {"structured_outputs": {"regex": "<score>1</score>"}}
+    score("consistency", judge_server, [row("JUDGE=1")], extra_body=mine)
+    assert judge_server.bodies[0]["structured_outputs"] == {"regex": "<score>1</score>"}
+
+
+def test_auto_falls_back_when_the_server_rejects_structured_output(judge_server):
+    judge_server.rejects_structured = True
+    values = score("consistency", judge_server, [row("JUDGE=1")])
+    assert values == [1.0]
+    assert ["structured_outputs" in body for body in judge_server.bodies] == [True, False]
+    # the client remembers: the next batch goes unconstrained at once, the strict parser deciding
+    assert reasons(score("consistency", judge_server, [row("JUDGE=0"), row("JUDGE=garbage")])) == [0.0, "malformed"]
+    assert ["structured_outputs" in body for body in judge_server.bodies[2:]] == [False, False]
+    stats = stats_of("consistency")
+    assert (stats.requests, stats.http_errors, stats.retries, stats.malformed, stats.failures) == (4, 1, 0, 1, 1)
+
+
+def test_a_forced_constraint_the_server_rejects_is_an_http_error(judge_server):
+    judge_server.rejects_structured = True
+    values = score("consistency", judge_server, [row("JUDGE=1")], structured="choice")
+    assert reasons(values) == ["http:"] and "structured_outputs" in values[0].reason
+    assert judge_server.requests == 1
+    with pytest.raises(ValueError, match="option 'structured' must be one of"):
+        Rubric([TermSpec("consistency", options={"model": "m", "structured": "json"})])
+
+
+def test_the_backoff_hook_still_exists_in_the_openai_client():
+    """The client sets the retry delays (``backoff_s``) by overriding this method of the library's client: a library
+    that renamed it would silently bring back its own delays."""
+    params = list(inspect.signature(openai.AsyncOpenAI._calculate_retry_timeout).parameters)
+    assert params == ["self", "remaining_retries", "options", "response_headers"]
