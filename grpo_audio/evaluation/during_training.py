@@ -135,21 +135,17 @@ class HeldOutEvaluator:
         metrics["time/eval_s"] = time.perf_counter() - start
         return metrics
 
+    def _records(self, model, item: EvalSet, kind: str, samples: int, device: torch.device) -> list[dict]:
+        """Scored records of ``samples`` answers per row decoded ``kind`` ("greedy" or "sampled"), skipped clips
+        included as missing."""
+        engine = self._engine(model, kind)
+        args = (item.rows, item.prompt_ids, item.rule, samples, self.batch_size, device)
+        records = predict(model, self.tokenizer, self.featurizer, engine, *args)
+        return records + skipped_records(item.skipped, samples, item.rule)
+
     def _score_set(self, model, item: EvalSet, step: int, device: torch.device) -> dict[str, float]:
         prefix = f"eval/{item.name}"
-        greedy = predict(
-            model,
-            self.tokenizer,
-            self.featurizer,
-            self._engine(model, "greedy"),
-            item.rows,
-            item.prompt_ids,
-            item.rule,
-            1,
-            self.batch_size,
-            device,
-        )
-        greedy += skipped_records(item.skipped, 1, item.rule)
+        greedy = self._records(model, item, "greedy", 1, device)
         write_jsonl(self.run_dir / "eval_sets" / item.name / f"step_{step}.jsonl", greedy, default=str)
         result = compute_metrics(greedy, 1)
         overall = result["overall"]
@@ -161,20 +157,7 @@ class HeldOutEvaluator:
             for value, stats in values.items():
                 metrics[f"{prefix}/{key}/{value}/accuracy"] = stats["accuracy"]
         if self.samples > 0:
-            sampled = predict(
-                model,
-                self.tokenizer,
-                self.featurizer,
-                self._engine(model, "sampled"),
-                item.rows,
-                item.prompt_ids,
-                item.rule,
-                self.samples,
-                self.batch_size,
-                device,
-            )
-            sampled += skipped_records(item.skipped, self.samples, item.rule)
-            stats = compute_metrics(sampled, self.samples)["overall"]
-            metrics[f"{prefix}/sampled_accuracy"] = stats["accuracy"]
-            metrics[f"{prefix}/pass_at_k"] = stats["pass_at_k"]
+            stats = compute_metrics(self._records(model, item, "sampled", self.samples, device), self.samples)
+            metrics[f"{prefix}/sampled_accuracy"] = stats["overall"]["accuracy"]
+            metrics[f"{prefix}/pass_at_k"] = stats["overall"]["pass_at_k"]
         return metrics
