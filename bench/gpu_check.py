@@ -30,14 +30,15 @@ every phase to ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (a killed run kee
 recorded too, and make the exit status 1. ``--preset tiny`` runs the same code on tiny widths (same tokenizer and
 vocabulary, 2 s clips, 2 prompts x G=4, 8-token completions) on the CPU in about a minute: ``tests/test_gpu_check.py``.
 
-On a lent GPU (torch 2.11, transformers 5.17, peft, accelerate there; no trl, datasets, soundfile, soxr), in one
-call of the device tool, from the repository root with the wheels below in ``.whl/`` (10 files, 4.4 MiB)::
+On a GPU machine (torch 2.11, transformers 5.17, peft, accelerate there; no trl, datasets, soundfile, soxr), from
+the repository root with the wheels below in ``.whl/`` (10 files, 4.4 MiB) and ``OUT`` an empty output directory::
 
-    run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-        python3 bench/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log", carry=[".whl"], timeout_s=480)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 bench/gpu_check.py --out OUT 2>&1 \
+        | tee OUT/gpu_check.log
 
-(one line; the LoRA phases fit an H100, the full step may need ``kind="nvidia-h200"``). The wheels
+(the LoRA phases fit an 80 GB H100, the full step may need a 141 GB H200). The wheels
 (``echo /.whl/ >> .git/info/exclude`` first), Python 3.12, manylinux x86-64::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
