@@ -49,7 +49,6 @@ from grpo_audio.data.prompting import load_template  # noqa: E402
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.train.reward_bridge import make_trl_reward  # noqa: E402
 from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
 
 MODES = {
@@ -113,7 +112,7 @@ def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Pat
     )
     trainer = AudioGRPOTrainer(
         model=model,
-        reward_funcs=[make_trl_reward(rubric, args.G)],
+        rubric=rubric,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -27,7 +27,7 @@ import torch
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.manifest import AudioQuestion
 from grpo_audio.data.prompting import load_template
-from grpo_audio.data.sources import SkipReport, load_heldout_rows
+from grpo_audio.data.sources import SkipReport
 from grpo_audio.evaluation.metrics import compute_metrics
 from grpo_audio.evaluation.runner import check_eval_rows, load_eval_rows, predict, prompt_texts, skipped_records
 from grpo_audio.evaluation.scoring import FORMAT_RULES
@@ -64,15 +64,22 @@ def eval_set_recipe(recipe: Recipe, spec: EvalSetSection) -> Recipe:
     return dataclasses.replace(recipe, data=data)
 
 
-def load_eval_sets(recipe: Recipe, run_dir: Path, tokenizer, featurizer: AudioFeaturizer) -> list[EvalSet]:
+def load_eval_sets(
+    recipe: Recipe,
+    run_dir: Path,
+    tokenizer,
+    featurizer: AudioFeaturizer,
+    heldout_split: tuple[list[AudioQuestion], SkipReport],
+) -> list[EvalSet]:
     """Process 0, before training: every set of ``recipe.eval`` read and its prompts rendered (raises ``DataError``
-    for a set that cannot be scored, naming the file)."""
+    for a set that cannot be scored, naming the file). ``heldout_split`` is the synthetic held-out split as
+    ``load_heldout_rows`` gave it (read once per run, for the old held-out score and the 'synthetic' sets alike)."""
     sets = []
     for spec in recipe.eval.sets:
         out = run_dir / "eval_sets" / spec.name
         out.mkdir(parents=True, exist_ok=True)
         if spec.source == "synthetic":
-            rows, report = load_heldout_rows(recipe, run_dir)
+            rows, report = heldout_split
             check_eval_rows(rows, report)
             rows = rows[: spec.max_samples] if spec.max_samples else rows
         else:

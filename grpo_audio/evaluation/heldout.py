@@ -14,16 +14,14 @@ stays near chance.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 import rewards
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate
-from grpo_audio.data.sources import load_heldout_rows
+from grpo_audio.data.sources import SkipReport
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
@@ -101,10 +99,10 @@ def heldout_accuracy(
     return {**result, "examples": examples[:4]}
 
 
-def heldout_rows(recipe: Recipe, run_dir: Path, tokenizer, template: PromptTemplate) -> list[dict]:
-    """The held-out split as prompt rows (``load_heldout_rows``: the same row reader, rules and audio policy as
-    the training rows); [] when the recipe has none."""
-    rows, report = load_heldout_rows(recipe, run_dir)
+def heldout_rows(split: tuple[list[AudioQuestion], SkipReport], tokenizer, template: PromptTemplate) -> list[dict]:
+    """The held-out split (``load_heldout_rows``: the same row reader, rules and audio policy as the training rows)
+    as prompt rows; [] when the recipe has none."""
+    rows, report = split
     return list(build_dataset(rows, tokenizer, template, report.placeholders)) if rows else []
 
 

@@ -29,7 +29,7 @@ from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion
 from grpo_audio.data.prompting import PromptTemplate, load_template
-from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
+from grpo_audio.data.sources import SkipReport, load_heldout_rows, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
 from grpo_audio.evaluation.during_training import HeldOutEvaluator, load_eval_sets
@@ -130,17 +130,18 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
     featurizer = audio_featurizer(recipe)
     fresh = opened.run.resume_checkpoint is None
 
-    def starting_point() -> list[dict]:
+    def starting_point():
         (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
-        heldout = heldout_rows(recipe, run_dir, tokenizer, template)
+        split = load_heldout_rows(recipe, run_dir)
+        heldout = heldout_rows(split, tokenizer, template)
         if fresh:
             prepare_starting_point(
                 recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, opened.status, args.device
             )
-        return heldout
+        return split, heldout
 
-    heldout = share_from_main(starting_point)
-    evaluator = build_evaluator(recipe, run_dir, tokenizer, featurizer)
+    heldout_split, heldout = share_from_main(starting_point)
+    evaluator = build_evaluator(recipe, run_dir, tokenizer, featurizer, heldout_split)
     if fresh and recipe.coldstart.steps > 0:
         broadcast_parameters(model)  # the cold start ran on process 0 only
     if recipe.model.source == "tiny":
@@ -227,12 +228,14 @@ def build_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTempl
     return tokenizer, model
 
 
-def build_evaluator(recipe: Recipe, run_dir: Path, tokenizer, featurizer: AudioFeaturizer) -> HeldOutEvaluator | None:
+def build_evaluator(
+    recipe: Recipe, run_dir: Path, tokenizer, featurizer: AudioFeaturizer, heldout_split
+) -> HeldOutEvaluator | None:
     """The recipe's eval sets read and rendered (process 0, files under ``RUN/eval_sets/``; every process gets them),
     as the evaluator the trainer runs during training; None without eval sets."""
     if not recipe.eval.sets:
         return None
-    sets = share_from_main(lambda: load_eval_sets(recipe, run_dir, tokenizer, featurizer))
+    sets = share_from_main(lambda: load_eval_sets(recipe, run_dir, tokenizer, featurizer, heldout_split))
     return HeldOutEvaluator(recipe, sets, tokenizer, featurizer, run_dir)
 
 

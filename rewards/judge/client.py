@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -43,6 +44,7 @@ import openai
 from rewards.judge.stats import JudgeStats
 
 T = TypeVar("T")
+logger = logging.getLogger("rewards.judge")
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 STRUCTURED_MODES = ("auto", "choice", "regex", "off")
@@ -235,6 +237,13 @@ class JudgeClient:
             except openai.APIStatusError as exc:
                 if not (constrained and self.config.structured == "auto" and _rejects_structured_output(exc)):
                     return self._status_error(exc)
+                if self.structured_supported is not False:  # said once per client, not once per request
+                    logger.warning(
+                        "judge %s rejects vLLM's structured_outputs (HTTP %s); asking without it, so verdicts are "
+                        "no longer constrained and only the strict parser checks them",
+                        self.base_url,
+                        exc.status_code,
+                    )
                 self.structured_supported = False
             except JudgeRequestError as exc:
                 return exc

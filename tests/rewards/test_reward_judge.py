@@ -492,9 +492,12 @@ def test_a_recipe_structured_outputs_wins(judge_server):
     assert judge_server.bodies[0]["structured_outputs"] == {"regex": "<score>1</score>"}
 
 
-def test_auto_falls_back_when_the_server_rejects_structured_output(judge_server):
+def test_auto_falls_back_when_the_server_rejects_structured_output(judge_server, caplog):
     judge_server.rejects_structured = True
-    values = score("consistency", judge_server, [row("JUDGE=1")])
+    with caplog.at_level("WARNING", logger="rewards.judge"):
+        values = score("consistency", judge_server, [row("JUDGE=1")])
+    said = [r.getMessage() for r in caplog.records if "rejects vLLM's structured_outputs" in r.getMessage()]
+    assert len(said) == 1 and "no longer constrained" in said[0]  # the fallback is said, once
     assert values == [1.0]
     assert ["structured_outputs" in body for body in judge_server.bodies] == [True, False]
     # the client remembers: the next batch goes unconstrained at once, the strict parser deciding
