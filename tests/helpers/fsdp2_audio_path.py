@@ -73,4 +73,7 @@ if dist.get_rank() == 0:
     }
     with open(sys.argv[1], "w", encoding="utf-8") as fh:
         json.dump(result, fh)
+# Both ranks leave together: a rank tearing gloo down while the other still works on rank 0's file write has been
+# seen to abort ("terminate called without an active exception") after everything had passed
+dist.barrier()
 dist.destroy_process_group()
