@@ -98,6 +98,36 @@ class RewardBreakdown:
             dict(self.scalars), part(self.failed), self.unscored[start:end],
         )  # fmt: skip
 
+    def take(self, indices: Sequence[int]) -> RewardBreakdown:
+        """The per-completion values of the rows at ``indices``, in that order (batch-level values kept whole)."""
+
+        def pick(values: list) -> list:
+            return [values[i] for i in indices] if values else []
+
+        def part(columns: dict[str, list]) -> dict[str, list]:
+            return {name: pick(values) for name, values in columns.items()}
+
+        return RewardBreakdown(
+            part(self.terms), part(self.weighted), dict(self.weights), pick(self.total), part(self.extra),
+            dict(self.scalars), part(self.failed), pick(self.unscored),
+        )  # fmt: skip
+
+    @staticmethod
+    def concat(parts: Sequence[RewardBreakdown]) -> RewardBreakdown:
+        """The rows of several batches' breakdowns, one after another; batch-level ``weights`` and ``scalars`` are
+        the first batch's."""
+        first = parts[0]
+
+        def joined(columns: str) -> dict[str, list]:
+            names = getattr(first, columns)
+            return {name: [v for p in parts for v in getattr(p, columns)[name]] for name in names}
+
+        return RewardBreakdown(
+            joined("terms"), joined("weighted"), dict(first.weights), [t for p in parts for t in p.total],
+            joined("extra"), dict(first.scalars), joined("failed"),
+            [u for p in parts for u in p.unscored] if all(p.unscored for p in parts) else [],
+        )  # fmt: skip
+
     def unscored_count(self) -> int:
         return sum(reason is not None for reason in self.unscored)
 

@@ -39,6 +39,11 @@ class Group:
     def zero_variance(self) -> bool:
         return len({r.get("R_total") for r in self.records}) == 1
 
+    @property
+    def dropped(self) -> str | None:
+        """Why dynamic sampling left this group out of the loss (its records' ``dropped``), or None."""
+        return self.records[0].get("dropped")
+
 
 def groups(rollouts: list[dict]) -> list[Group]:
     """Consecutive records with the same (step, prompt_id), in file order."""
@@ -126,9 +131,11 @@ def _group_html(group: Group, terms: list[str], page_dir: Path) -> str:
     first = group.records[0]
     zero = group.zero_variance
     head = (
-        f"<section class='group' data-step='{group.step}' data-zero-variance='{int(zero)}'>"
+        f"<section class='group' data-step='{group.step}' data-zero-variance='{int(zero)}' "
+        f"data-dropped='{int(group.dropped is not None)}'>"
         f"<h3>step {group.step} · prompt {html.escape(str(group.prompt_id))}"
         + (" <span class='badge'>zero variance</span>" if zero else "")
+        + (f" <span class='badge'>dropped: {html.escape(group.dropped)}</span>" if group.dropped else "")
         + "</h3>"
         + audio_html(first.get("audio"), page_dir)
         + f"<dl><dt>question</dt><dd>{_field(first, 'question')}</dd><dt>choices</dt><dd>{_field(first, 'choices')}"
@@ -176,7 +183,7 @@ tr.format td:nth-child(2){outline:2px dashed #e80}
 """
 
 # Filters are data attributes on the rows (data-wrong, data-unscored, data-format) and on the groups
-# (data-zero-variance); hiding uses the hidden attribute so a DOM check can count what is shown.
+# (data-zero-variance, data-dropped); hiding uses the hidden attribute so a DOM check can count what is shown.
 _SCRIPT = """
 (function () {
   var boxes = document.querySelectorAll('#filters input[type=checkbox]');
@@ -184,10 +191,12 @@ _SCRIPT = """
   function apply() {
     var on = [];
     boxes.forEach(function (b) { if (b.checked) on.push(b.value); });
-    var rowFilters = on.filter(function (f) { return f !== 'zero-variance'; });
+    var groupFilters = ['zero-variance', 'dropped'];
+    var rowFilters = on.filter(function (f) { return groupFilters.indexOf(f) < 0; });
     var shownGroups = 0, shownRows = 0;
     document.querySelectorAll('.group').forEach(function (g) {
       var groupOk = (on.indexOf('zero-variance') < 0 || g.dataset.zeroVariance === '1')
+        && (on.indexOf('dropped') < 0 || g.dataset.dropped === '1')
         && (step.value === '' || g.dataset.step === step.value);
       var rows = 0;
       g.querySelectorAll('tr.completion').forEach(function (r) {
@@ -238,6 +247,7 @@ def render_browser(
         "<label><input type='checkbox' value='unscored'> unscored (R_total null)</label>",
         "<label><input type='checkbox' value='format'> format failures (format 0)</label>",
         "<label><input type='checkbox' value='zero-variance'> zero-variance groups</label>",
+        "<label><input type='checkbox' value='dropped'> dropped by dynamic sampling</label>",
         "<span id='count'></span></div>",
         *(_group_html(g, terms, page_dir) for g in chosen),
         f"<script>{_SCRIPT}</script></body></html>",

@@ -106,6 +106,7 @@ RANGES: list[tuple[str, Range, str]] = [
     ("rollout.vllm.gpu_memory_utilization", FRACTION, "a share of the accelerator's memory"),
     ("rollout.vllm.max_model_len", AT_LEAST_ONE, "null = the backbone's max_position_embeddings"),
     ("rollout.vllm.server_timeout_s", POSITIVE, ""),
+    ("rollout.dynamic_sampling.max_extra_rounds", NON_NEGATIVE, "0 = filter without refilling"),
     # trainer: TRL's GRPOConfig / transformers' TrainingArguments fields, where the recipe sets them
     ("trainer.learning_rate", POSITIVE, ""),
     ("trainer.per_device_train_batch_size", AT_LEAST_ONE, ""),
@@ -186,6 +187,15 @@ def check_consistency(recipe) -> None:
         raise RecipeError(
             "trainer.num_train_epochs=0 with trainer.max_steps=-1 (the default): the run would train no step; set "
             "trainer.max_steps >= 1 or trainer.num_train_epochs > 0"
+        )
+    loss_type = trainer.get("loss_type", "dapo")  # TRL 1.16's default
+    if loss_type in ("grpo", "sapo", "dr_grpo", "luspo") and (
+        trainer.get("entropy_coef", 0.0) != 0 or trainer.get("use_adaptive_entropy", False)
+    ):
+        raise RecipeError(
+            f"trainer.entropy_coef with trainer.loss_type={loss_type}: the harness rescales per-sequence losses so "
+            "that rows outside the loss do not shrink the step, which would scale TRL's entropy bonus too; use "
+            "loss_type dapo or bnpo with an entropy bonus"
         )
     tiny = recipe.model.tiny
     if recipe.model.source == "tiny":

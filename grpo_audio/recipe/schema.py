@@ -274,6 +274,21 @@ class VLLMOptions:
 
 
 @dataclass
+class DynamicSamplingSpec:
+    """DAPO's dynamic sampling (group filtering): groups whose R_total has no variance (advantage 0 for every
+    completion), or no scored completion, are dropped, and the step is refilled with fresh prompts until it holds its
+    full number of informative groups (grpo_audio/rollout/dynamic_sampling.py)."""
+
+    enabled: bool = _help("Drop zero-variance groups and refill the step with informative ones.", False)
+    max_extra_rounds: int = _help(
+        "Generation rounds after the first, each sampling one more generation batch of fresh prompts (verl's "
+        "max_num_gen_batches - 1, ms-swift's max_resample_times). When they run out the step trains on the "
+        "informative groups it has, and says so in the log.",
+        3,
+    )
+
+
+@dataclass
 class RolloutSection:
     engine: Literal["hf", "vllm"] = _help(
         "Rollout engine: 'hf' (transformers generate) or 'vllm' (vLLM serving the Qwen2 backbone from prompt "
@@ -287,6 +302,9 @@ class RolloutSection:
     top_k: int = _help("Top-k sampling (0 = off).", 0)
     max_completion_length: int = _help("Maximum tokens per completion.", 64)
     text_only: bool = _help("Never sample discrete speech tokens (ids >= config.audio_token_index).", True)
+    dynamic_sampling: DynamicSamplingSpec = _help(
+        "DAPO's dynamic sampling: train only on groups whose rewards differ.", factory=DynamicSamplingSpec
+    )
 
 
 @dataclass

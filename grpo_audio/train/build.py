@@ -104,6 +104,7 @@ def make_trainer(
         run_record=run_record,
         evaluator=evaluator,
         eval_spec=recipe.eval,
+        dynamic_sampling=recipe.rollout.dynamic_sampling,
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),

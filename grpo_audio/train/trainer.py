@@ -41,6 +41,7 @@ checkpoints, after every process has written its share (its RNG state).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import shutil
 import time
@@ -49,6 +50,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather, gather_object
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
@@ -57,13 +59,34 @@ from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
+from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import replace_dir_atomic
-from rewards import Rubric
+from rewards import RewardBreakdown, Rubric
 from rewards.judge.cache import save_judge_caches
 
 STAGING = ".staging"
+# Loss types that average per sequence: the mean over a micro-batch's rows counts rows without loss tokens, so
+# _compute_loss rescales them to the number of loss-bearing rows (see there)
+PER_SEQUENCE_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
+
+
+@dataclasses.dataclass
+class Replay:
+    """A step's batch chosen by dynamic sampling, handed to TRL's generate-and-score path instead of new rollouts.
+
+    ``result``: this process's rows' rollouts; ``rewards``: the global (rows, 1) reward tensor TRL's
+    ``_calculate_rewards`` would return; ``breakdown``: this process's rows' reward breakdown; ``fillers``: per local
+    row, True when its group is a filler (no variance; kept out of the loss); ``rounds``: per local row, the round it
+    was sampled in.
+    """
+
+    result: RolloutResult
+    rewards: torch.Tensor
+    breakdown: object
+    fillers: list[bool]
+    rounds: list[int]
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -91,6 +114,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         run_record: dict | None = None,
         evaluator: Callable | None = None,
         eval_spec=None,
+        dynamic_sampling=None,
         **kwargs,
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
@@ -108,7 +132,23 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.last_breakdown = None  # the rubric's per-term scores of the last batch (_keep_breakdown)
         self._timings: dict[str, float] = {}
         self._staging_save = False
+        # rollout.dynamic_sampling when enabled (grpo_audio.rollout.dynamic_sampling), else None
+        self.dynamic_sampling = dynamic_sampling if dynamic_sampling is not None and dynamic_sampling.enabled else None
+        self._replay: Replay | None = None
+        self._global_breakdown = None  # the last _calculate_rewards' breakdown of the global batch
+        self._row_index_by_id: dict | None = None
+        # The KL reference is scored under the text-only mask and the temperature but without a top-k/top-p cut of
+        # its own: a token sampled inside the policy's nucleus but outside the reference's would get log-prob NEG
+        # there, and the KL estimator exp(ref - pol) - (ref - pol) - 1 would be about 1e9 (TRL and verl score the
+        # reference on the full distribution too). Without truncation the two distributions are the same.
+        self.reference_sampling = dataclasses.replace(sampling, top_k=0, top_p=1.0)
         super().__init__(*args, **kwargs)
+        if self.loss_type in PER_SEQUENCE_LOSSES and self._entropy_bonus_enabled:
+            raise ValueError(
+                f"trainer.entropy_coef with loss_type {self.loss_type!r}: the harness rescales per-sequence losses so "
+                "that rows outside the loss do not shrink the step, which would scale TRL's entropy bonus too; use "
+                "loss_type 'dapo' or 'bnpo' with an entropy bonus"
+            )
         if sampling.temperature != self.temperature:
             raise ValueError(
                 f"the log-prob passes' temperature {sampling.temperature} differs from GRPOConfig.temperature "
@@ -144,31 +184,42 @@ class AudioGRPOTrainer(GRPOTrainer):
         missing = [i for i, row in enumerate(inputs) if not row.get("audio")]
         if missing:
             raise ValueError(f"batch rows {missing} have no 'audio' path; every training row needs a clip")
+        if self.dynamic_sampling is None or not self.model.training:
+            return self._score_batch(inputs)
+        start = time.perf_counter()
+        batch = self._sample_informative_batch(inputs)
+        sampling_s = time.perf_counter() - start
+        try:
+            output = self._score_batch(batch)
+        finally:
+            self._replay = None
+        self.record_time("generate_and_score_s", sampling_s)
+        return output
+
+    def _audio_rows(self, inputs) -> AudioRows:
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
-        paths = [row["audio"] for row in inputs]
         with root_parameters_unsharded(model):
-            self._current_audio = self.featurizer.rows(paths, model, self.accelerator.device)
+            audio = self.featurizer.rows([row["audio"] for row in inputs], model, self.accelerator.device)
         self.record_time("audio_features_s", time.perf_counter() - start)
+        return audio
+
+    def _score_batch(self, inputs):
+        """TRL's generate-and-score path with the rows' audio (rollouts replayed when dynamic sampling chose them),
+        then the rows outside the loss masked and the loss-bearing rows counted."""
+        start = time.perf_counter()
+        parts = ("audio_features_s", "rollout_s", "scoring_s")
+        before = sum(self._timings.get(k, 0.0) for k in parts)  # dynamic sampling's rounds came before
+        self._current_audio = self._audio_rows(inputs)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             audio, self._current_audio = self._current_audio, None
         output.update(audio.as_dict())
-        breakdown = self.last_breakdown  # this process's rows (the reward bridge, or _calculate_rewards)
-        if breakdown is not None and len(breakdown.unscored) == len(inputs):
-            # An unscored row (a weighted reward term failed) has R_total None, so TRL already gives it advantage 0;
-            # zeroing its completion mask also keeps it out of the KL term, the entropy and the token count the loss
-            # is divided by. Recounted on every process alike: the count is a collective (gather).
-            mask = output["completion_mask"]
-            scored = torch.tensor([reason is None for reason in breakdown.unscored], device=mask.device)
-            mask = output["completion_mask"] = mask * scored.unsqueeze(1).to(mask.dtype)
-            loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
-            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._mask_rows_outside_the_loss(output, len(inputs))
         elapsed = time.perf_counter() - start
         self.record_time("generate_and_score_s", elapsed)
-        parts = ("audio_features_s", "rollout_s", "scoring_s")
-        self.record_time("logprob_s", elapsed - sum(self._timings.get(k, 0.0) for k in parts))
+        self.record_time("logprob_s", elapsed - (sum(self._timings.get(k, 0.0) for k in parts) - before))
         if self.rollout_log is not None:
             records = self._rollout_records(inputs, output)
             if self.accelerator.num_processes > 1:
@@ -177,11 +228,55 @@ class AudioGRPOTrainer(GRPOTrainer):
                 self.rollout_log(records)
         return output
 
+    def _mask_rows_outside_the_loss(self, output: dict, rows: int) -> None:
+        """Zero the completion mask of the rows that must not train, and count what is left (collectives: every
+        process runs this alike).
+
+        An unscored row (a weighted reward term failed) has R_total None, so TRL already gives it advantage 0; a
+        dynamic-sampling filler has advantage 0 too. Zeroing their completion mask also keeps them out of the KL term,
+        the entropy and the token count the loss is divided by (``num_items_in_batch``). ``num_loss_rows`` counts the
+        global batch's rows that keep a loss token, for the per-sequence losses (``_compute_loss``); the share of
+        those with a non-zero advantage is logged as ``advantage/nonzero_frac``.
+        """
+        breakdown = self.last_breakdown  # this process's rows (the reward bridge, or _calculate_rewards)
+        excluded = [False] * rows
+        if breakdown is not None and len(breakdown.unscored) == rows:
+            excluded = [reason is not None for reason in breakdown.unscored]
+        if self._replay is not None:
+            excluded = [a or b for a, b in zip(excluded, self._replay.fillers, strict=True)]
+        mask = output["completion_mask"]
+        keep = torch.tensor([not e for e in excluded], device=mask.device)
+        mask = output["completion_mask"] = mask * keep.unsqueeze(1).to(mask.dtype)
+        loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        bearing = loss_mask.sum(dim=1) > 0
+        teaching = bearing & (output["advantages"] != 0)
+        counts = torch.stack([bearing.sum(), teaching.sum()]).unsqueeze(0)
+        totals = self.accelerator.gather(counts).sum(dim=0)
+        output["num_loss_rows"] = totals[0].float()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["advantage/nonzero_frac"].append((totals[1] / totals[0].clamp(min=1)).item())
+
     def _rollout_records(self, inputs, output) -> list[dict]:
         """One record per completion of this (local) batch, in batch order (before TRL shuffles it)."""
-        result, breakdown = self.last_rollout, self.last_breakdown
+        replay = self._replay
+        records = self._records(
+            inputs,
+            self.last_rollout,
+            self.last_breakdown,
+            output["advantages"].tolist(),
+            self.accelerator.process_index,
+        )
+        for i, record in enumerate(records):
+            record["round"] = replay.rounds[i] if replay else 0
+            # a filler group (dynamic sampling ran out of rounds) is in the batch but outside the loss
+            record["dropped"] = (
+                "zero reward variance (filled the step, outside the loss)" if replay and replay.fillers[i] else None
+            )
+        return records
+
+    def _records(self, inputs, result: RolloutResult, breakdown, advantages: list, rank: int) -> list[dict]:
         texts = self.processing_class.batch_decode(result.completion_ids, skip_special_tokens=True)
-        advantages = output["advantages"].tolist()
         records = []
         for i, row in enumerate(inputs):
             records.append(
@@ -201,10 +296,131 @@ class AudioGRPOTrainer(GRPOTrainer):
                     "advantage": advantages[i],
                     "length": len(result.completion_ids[i]),
                     "finish_reason": result.finish_reasons[i],
-                    "rank": self.accelerator.process_index,
+                    "rank": rank,
                 }
             )
         return records
+
+    def _sample_informative_batch(self, inputs: list[dict]) -> list[dict]:
+        """Dynamic sampling (``grpo_audio.rollout.dynamic_sampling``): rounds of rollouts and rewards until the global
+        generation batch holds its number of informative groups (or the rounds run out); returns this process's rows
+        of the chosen batch and sets ``self._replay`` so that TRL's path scores them without sampling again.
+
+        Every process sees every round's rows, rollouts and rewards (gathered), so all make the same choice, and the
+        batch is the one a single process would choose: its global row ``j`` is on process ``j // len(inputs)``.
+        """
+        group_size, processes = self.num_generations, self.accelerator.num_processes
+        rank, local = self.accelerator.process_index, len(inputs)
+        target = local * processes // group_size  # groups per generation batch, over all processes
+        step = self.state.global_step
+        rounds, reasons, round_inputs = [], [], inputs
+        seen = {row["id"] for row in inputs}
+        for round_index in range(1 + self.dynamic_sampling.max_extra_rounds):
+            if round_index > 0:
+                round_inputs = self._refill_rows(target, step, round_index, seen)[rank * local : (rank + 1) * local]
+            candidates = self._sample_round(round_inputs)
+            seen.update(row["id"] for row in candidates["rows"])
+            rounds.append(candidates)
+            reasons += classify_groups(candidates["rewards"][:, 0].tolist(), group_size)
+            if sum(reason is None for reason in reasons) >= target:
+                break
+        selection = select_groups(reasons, target)
+        pool = {
+            key: [value for candidates in rounds for value in candidates[key]]
+            for key in ("rows", "completion_ids", "logprobs", "finish_reasons")
+        }
+        pool_rewards = torch.cat([candidates["rewards"] for candidates in rounds])
+        pool_breakdown = RewardBreakdown.concat([candidates["breakdown"] for candidates in rounds])
+        pool_round = [r for r, candidates in enumerate(rounds) for _ in candidates["rows"]]
+
+        def rows_of(groups):
+            return [g * group_size + k for g in groups for k in range(group_size)]
+
+        chosen = rows_of(selection.batch)
+        fillers = set(rows_of(selection.fillers))
+        mine = chosen[rank * local : (rank + 1) * local]
+        logprobs = None if any(pool["logprobs"][j] is None for j in mine) else [pool["logprobs"][j] for j in mine]
+        self._replay = Replay(
+            result=RolloutResult(
+                completion_ids=[pool["completion_ids"][j] for j in mine],
+                finish_reasons=[pool["finish_reasons"][j] for j in mine],
+                logprobs=logprobs,
+            ),
+            rewards=pool_rewards[chosen],
+            breakdown=pool_breakdown.take(mine),
+            fillers=[j in fillers for j in mine],
+            rounds=[pool_round[j] for j in mine],
+        )
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/groups_generated"].append(float(len(reasons)))
+        metrics["dynamic_sampling/groups_kept"].append(float(len(selection.kept)))
+        metrics["dynamic_sampling/rounds"].append(float(len(rounds)))
+        metrics["dynamic_sampling/filler_groups"].append(float(selection.short))
+        metrics["dynamic_sampling/zero_std_frac_generated"].append(
+            sum(reason is not None and reason != SURPLUS for reason in reasons) / len(reasons)
+        )
+        if self.accelerator.is_main_process:
+            if selection.short:
+                print(
+                    f"grpo-audio: step {step + 1}: dynamic sampling found {len(selection.kept)} of {target} "
+                    f"informative groups in {len(rounds)} round(s); {selection.short} group(s) without reward "
+                    "variance fill the step outside the loss",
+                    flush=True,
+                )
+            if self.rollout_log is not None and selection.dropped:
+                self.rollout_log(self._dropped_records(selection, pool, pool_breakdown, pool_round))
+        return [pool["rows"][j] for j in mine]
+
+    def _dropped_records(self, selection, pool: dict, breakdown, pool_round: list[int]) -> list[dict]:
+        """``rollouts.jsonl`` records of the groups dynamic sampling dropped (no advantage: they never trained)."""
+        group_size = self.num_generations
+        records = []
+        for group, reason in sorted(selection.dropped.items()):
+            rows = list(range(group * group_size, (group + 1) * group_size))
+            result = RolloutResult(
+                [pool["completion_ids"][j] for j in rows], [pool["finish_reasons"][j] for j in rows]
+            )
+            part = self._records([pool["rows"][j] for j in rows], result, breakdown.take(rows), [None] * len(rows), -1)
+            for j, record in zip(rows, part, strict=True):
+                record.update(round=pool_round[j], dropped=reason)
+            records += part
+        return records
+
+    def _refill_rows(self, groups: int, step: int, round_index: int, seen: set) -> list[dict]:
+        """The global rows of refill round ``round_index``: ``groups`` fresh prompts, each repeated G times."""
+        dataset = self.train_dataset
+        if self._row_index_by_id is None:
+            self._row_index_by_id = {row_id: i for i, row_id in enumerate(dataset["id"])}
+        exclude = {self._row_index_by_id[row_id] for row_id in seen if row_id in self._row_index_by_id}
+        drawn = refill_indices(len(dataset), groups, self.args.seed, step, round_index, exclude)
+        return [dataset[i] for i in drawn for _ in range(self.num_generations)]
+
+    def _sample_round(self, inputs: list[dict]) -> dict:
+        """Rollouts and rewards of one round (no log-prob pass), gathered over processes in global row order."""
+        self._current_audio = self._audio_rows(inputs)
+        try:
+            prompts = [row["prompt"] for row in inputs]
+            prompt_ids, _, multimodal_fields = self._tokenize_prompts(prompts)
+            self._generate_single_turn(prompt_ids, None, multimodal_fields, self.num_generations)
+        finally:
+            self._current_audio = None
+        result = self.last_rollout
+        completions = self.processing_class.batch_decode(result.completion_ids, skip_special_tokens=True)
+        rewards = self._calculate_rewards(inputs, prompts, completions, result.completion_ids)
+        breakdown = self._global_breakdown if self.accelerator.num_processes > 1 else self.last_breakdown
+        logprobs = result.logprobs if result.logprobs is not None else [None] * len(inputs)
+        local = [(row, ids, lp, reason) for row, ids, lp, reason in zip(
+            inputs, result.completion_ids, logprobs, result.finish_reasons, strict=True
+        )]  # fmt: skip
+        rows = gather_object(local) if self.accelerator.num_processes > 1 else local
+        return {
+            "rows": [r[0] for r in rows],
+            "completion_ids": [r[1] for r in rows],
+            "logprobs": [r[2] for r in rows],
+            "finish_reasons": [r[3] for r in rows],
+            "rewards": rewards,
+            "breakdown": breakdown,
+        }
 
     def training_step(self, model, inputs, num_items_in_batch):
         start = time.perf_counter()
@@ -281,6 +497,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         the result is then gathered as TRL does. Only plain (synchronous, non-model) reward functions take this
         path, which is what the harness builds. One process: TRL's own method, unchanged.
         """
+        if self._replay is not None:  # dynamic sampling scored these rows already
+            self.last_breakdown = self._replay.breakdown
+            return self._replay.rewards.to(self.accelerator.device)
         if self.accelerator.num_processes == 1:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         sizes = gather_object([len(prompts)])
@@ -306,6 +525,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             return columns, self.last_breakdown
 
         columns, breakdown = share_from_main(score_everything)
+        self._global_breakdown = breakdown
         self.last_breakdown = None if breakdown is None else breakdown.rows(start, start + len(prompts))
         local = torch.tensor(
             [[column[i] for column in columns] for i in range(start, start + len(prompts))],
@@ -317,6 +537,9 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None:
             raise ValueError("this trainer takes audio, not images")
+        if self._replay is not None:  # dynamic sampling chose these rollouts already
+            self.last_rollout = self._replay.result
+            return self._replay.result.completion_ids, self._replay.result.logprobs
         audio = self._require_audio(len(prompt_ids))
         with (
             unwrap_model_for_generation(
@@ -344,13 +567,26 @@ class AudioGRPOTrainer(GRPOTrainer):
         return result.completion_ids, result.logprobs
 
     def _compute_loss(self, model, inputs):
+        """TRL's loss with the micro-batch's audio; per-sequence losses averaged over loss-bearing rows only.
+
+        TRL's ``grpo``/``sapo`` loss is ``(1/B) sum_i l_i`` over the B rows of a micro-batch (``dr_grpo`` and
+        ``luspo`` also divide by B), so a row kept out of the loss (unscored, or a dynamic-sampling filler: zero
+        mask, ``l_i = 0``) still counts in B and shrinks the step. Rescaled by ``B * processes *
+        steps_per_generation / N``, with N the loss-bearing rows of the global generation batch
+        (``num_loss_rows``), the step is ``(1/N) sum`` over those rows: the same gradient as the batch without the
+        masked rows, and TRL's loss unchanged when every row bears loss.
+        """
         self._current_audio = AudioRows.from_inputs(inputs)
         self._policy_pass = True
         try:
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs)
         finally:
             self._current_audio = None
             self._policy_pass = False
+        if self.loss_type in PER_SEQUENCE_LOSSES and self.model.training and "num_loss_rows" in inputs:
+            rows = inputs["completion_ids"].size(0) * self.accelerator.num_processes * self.args.steps_per_generation
+            loss = loss * (rows / inputs["num_loss_rows"].clamp(min=1.0))
+        return loss
 
     def _log_outside_mass(self, outside: torch.Tensor, mask: torch.Tensor) -> None:
         """Append the mean of ``outside`` over the scored positions of every process to the step's metrics."""
@@ -358,6 +594,16 @@ class AudioGRPOTrainer(GRPOTrainer):
         totals = self.accelerator.gather(totals).sum(dim=0)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["text_only/outside_mass"].append((totals[0] / totals[1].clamp(min=1)).item())
+
+    def _is_reference_pass(self, model) -> bool:
+        """Whether TRL is scoring the KL reference: its own reference model, or (LoRA) the policy with its adapters
+        switched off, or with the initial adapter ``ref`` active (TRL's ``use_adapter``)."""
+        if self.ref_model is not None:
+            return model is self.ref_model
+        for module in self.accelerator.unwrap_model(model).modules():
+            if isinstance(module, BaseTunerLayer):
+                return bool(module.disable_adapters) or "ref" in module.active_adapters
+        return False
 
     def _require_audio(self, rows: int) -> AudioRows:
         audio = self._current_audio
@@ -388,6 +634,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if images:
             raise ValueError(f"unexpected image inputs {sorted(images)} for an audio model")
         audio = self._require_audio(input_ids.size(0))
+        sampling = self.reference_sampling if self._is_reference_pass(model) else self.sampling
         batch_size = batch_size or input_ids.size(0)
         # the outside mass is logged once per micro-batch, from the policy pass; the old/reference passes skip it
         log_outside = self._policy_pass and self.sampling.restricts_vocabulary
@@ -405,7 +652,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                 outputs = model(
                     **model_inputs,
                     logprob_labels=labels,
-                    sampling=self.sampling,
+                    sampling=sampling,
                     logprob_entropy=compute_entropy,
                     logprob_outside_mass=log_outside,
                 )
