@@ -6,9 +6,9 @@ Three ways the trainer can get a batch's audio (``grpo_audio.audio.featurizer.Au
 config otherwise:
 
 * ``reuse + cache``: the harness default while the encoder and adapter are frozen: adapter features computed once
-  per clip (one encoder call for all new clips of a batch) and kept in an LRU cache across steps, so a clip seen
-  before costs no encoder call at all;
-* ``reuse, no cache`` (``embed_cache_mb=0``): features computed once per generation batch (one encoder call) and
+  per clip (one encoder call per new clip, so its features do not depend on its batch-mates) and kept in an LRU
+  cache across steps, so a clip seen before costs no encoder call at all;
+* ``reuse, no cache`` (``embed_cache_mb=0``): features computed once per generation batch (one call per clip) and
   shared by the rollout and every log-prob pass, recomputed the next step;
 * ``no reuse`` (the ``mel`` form, what the harness uses when the encoder or adapter trains): log-mels go into every
   forward and the encoder and adapter run inside it: in the rollout's prompt embedding and in each log-prob pass.

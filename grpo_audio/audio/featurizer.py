@@ -1,8 +1,8 @@
 """Audio for a batch of rows, in the form ``CovoAudioModel.forward`` takes, and how it is computed.
 
 Two forms (see ``grpo_audio.model.modeling``):
-* ``embeds``: adapter outputs (B, N_max, H), computed once per generation batch, one encoder call for all unique
-  clips, and reused by the rollout and by every log-prob pass (old, reference, policy). Valid only while the
+* ``embeds``: adapter outputs (B, N_max, H), computed once per clip (one encoder call each, cached across steps),
+  and reused by the rollout and by every log-prob pass (old, reference, policy). Valid only while the
   encoder and the adapter are frozen (no gradient has to flow into them).
 * ``mel``: log-mel segments (B, S_max, 128, 3000) + segments per row; the encoder/adapter run inside each forward,
   so gradients reach whichever of them is trained.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,19 @@ class AudioRows:
         return cls(**{k: inputs.get(k) for k in AUDIO_KEYS})
 
 
+@contextmanager
+def eval_mode(*modules: torch.nn.Module):
+    """The modules in eval mode inside the block, back in their own mode after it."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(modules, modes, strict=True):
+            m.train(training)
+
+
 def covo_core(model):
     """The ``CovoAudioModel`` inside a (possibly PEFT- or accelerate-wrapped) ``CovoAudioForConditionalGeneration``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -62,8 +76,8 @@ class AudioFeaturizer:
     features of each clip (``embed_cache_mb`` megabytes; 0 disables it). The second is valid because the form is
     only used while the encoder and adapter are frozen: a clip's features never change during the run, so a
     clip seen in an earlier step costs no encoder call at all. ``encoder_calls`` counts the encoder invocations
-    made here; tests and benchmarks read it. ``resampler`` ("sinc", the release's, or "soxr"; recipe
-    ``data.resampler``) brings each clip to 24 kHz and each segment to 16 kHz.
+    made here (one per clip encoded: ``clip_embeddings``); tests and benchmarks read it. ``resampler`` ("sinc",
+    the release's, or "soxr"; recipe ``data.resampler``) brings each clip to 24 kHz and each segment to 16 kHz.
     """
 
     def __init__(
@@ -120,21 +134,28 @@ class AudioFeaturizer:
         return AudioRows(audio_embeds=padded[rows.to(padded.device)])
 
     def clip_embeddings(self, paths: list[str], model, device: torch.device) -> list[torch.Tensor]:
-        """(n_placeholders, H) adapter features per clip; one encoder call for all clips not cached yet."""
-        missing = [p for p in paths if p not in self._embeds]
+        """(n_placeholders, H) adapter features per clip; one encoder call per clip not cached yet.
+
+        Each clip is encoded on its own, never batched with other clips: a batched matmul rounds differently with
+        the batch's size and content (measured: up to 2e-6 apart on the tiny model), so a clip's features would
+        depend on which clips it first shared a batch with. Encoded alone, they are a function of the clip: a
+        resumed run (empty cache) and dynamic sampling's refill rounds get bit-identical features. The encoder's
+        share of a step is small, and with the cache each clip is encoded once per run.
+
+        Frozen features are computed in eval mode: no dropout, and no draw from the global random stream (in train
+        mode Whisper's encoder draws one number per layer per call for its layer drop, even at layerdrop 0), so
+        which clips happen to be cached never moves the stream that TRL's batch shuffle and the update use.
+        """
+        missing = list(dict.fromkeys(p for p in paths if p not in self._embeds))
         computed: dict[str, torch.Tensor] = {}
-        if missing:
-            feats = {p: self.features(p) for p in missing}
-            segments = torch.cat([feats[p].input_features for p in missing]).to(device)
-            with torch.no_grad():
-                encoded = covo_core(model).encode_segments(segments)  # (sum S, 188, H), one encoder call
+        core = covo_core(model)
+        for p in missing:
+            feats = self.features(p)
+            with torch.no_grad(), eval_mode(core.encoder, core.audio_adapter):
+                encoded = core.encode_segments(feats.input_features.to(device))  # (S, 188, H)
             self.encoder_calls += 1
-            self.clips_encoded += len(missing)
-            offset = 0
-            for p in missing:
-                s = feats[p].input_features.size(0)
-                computed[p] = encoded[offset : offset + s].reshape(-1, encoded.size(-1))[: feats[p].n_placeholders]
-                offset += s
+            self.clips_encoded += 1
+            computed[p] = encoded.reshape(-1, encoded.size(-1))[: feats.n_placeholders]
         out = []
         for p in paths:
             if p in computed:
