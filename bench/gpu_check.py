@@ -239,6 +239,7 @@ def phase_recipe(
         f"rollout.max_completion_length={completion}",
         f"trainer.per_device_train_batch_size={micro_batch}",
         f"trainer.gradient_accumulation_steps={g // micro_batch}",
+        f"trainer.steps_per_generation={g // micro_batch}",  # one generation batch of G per step, as the recipe has
         "trainer.max_steps=1",
         f"trainer.gradient_checkpointing={str(checkpointing).lower()}",
         "trainer.save_strategy=no",
