@@ -115,3 +115,36 @@ def test_max_unscored_fraction_must_be_a_share(value):
     with pytest.raises(RecipeError, match=r"rewards.max_unscored_fraction=.*between 0 and 1"):
         load_recipe(None, [f"rewards.max_unscored_fraction={value}"])
     assert load_recipe(None, []).rewards.max_unscored_fraction == 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])
+def test_rows_outside_the_loss_do_not_shrink_a_per_sequence_step(tiny_recipe, loss_type):
+    """k unscored rows give the same gradient as the same batch without them (TRL's per-sequence losses divide by
+    the micro-batch's row count, masked rows included: without the rescaling the step is 6/8 of this)."""
+    setup = training.build_training(
+        tiny_recipe(
+            flaky_terms([1, 6]),
+            f"trainer.loss_type={loss_type}",
+            "trainer.beta=0.04",
+            "rewards.max_unscored_fraction=0.5",
+        )
+    )
+    trainer = setup.trainer
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    output = trainer._generate_and_score_completions(two_groups(setup))
+    assert output["num_loss_rows"].item() == 6
+    keep = torch.tensor([0, 2, 3, 4, 5, 7])
+    without = {k: v[keep] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in output.items()}
+
+    def gradient(inputs):
+        trainer.model.zero_grad()
+        trainer.compute_loss(trainer.model, inputs).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    with_masked, alone = gradient(output), gradient(without)
+    assert with_masked and with_masked.keys() == alone.keys()
+    for name, grad in with_masked.items():
+        torch.testing.assert_close(grad, alone[name], rtol=1e-5, atol=1e-8)
+    assert any(g.abs().max() > 0 for g in alone.values())
