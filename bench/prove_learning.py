@@ -1,7 +1,8 @@
 """Proof of learning: held-out accuracy before and after GRPO over several seeds, and the silence control.
 
     python bench/prove_learning.py [--recipe configs/learn_pitch.yaml] [--seeds 0 1 2] [--silence-seeds 0]
-                                   [--out runs/proof] [--set key=value ...]
+                                   [--out runs/proof] [--set key=value ...] [--arm LABEL:KEY=VALUE[;...]]
+                                   [--threshold 0.8]
 
 Runs ``grpo-audio train`` once per seed (cold start, then GRPO; each run in a subprocess of its own, one after
 the other) and once per ``--silence-seeds`` seed with ``model.audio_ablation=silence`` (every clip replaced by
@@ -10,7 +11,11 @@ silence of the same length: same prompts, no content), then prints one table fro
 * greedy: held-out accuracy of greedy answers before GRPO (after the cold start) and after it;
 * sampled: the expected held-out accuracy of the policy (k samples per question at temperature 1), the number to
   compare with chance (a model at chance can score far from chance greedily; see ``grpo_audio.evaluation.heldout``);
-* wall time of the whole run (data, cold start, held-out scoring, GRPO, final save).
+* wall time of the whole run (data, cold start, held-out scoring, GRPO, final save);
+* with an eval set sampled during training (``eval.samples`` > 0, at the rollout temperature): its sampled accuracy
+  before and after, and the optimizer steps and completions generated (dynamic sampling's dropped ones included)
+  until it first reaches ``--threshold`` (``learning_curve``). ``--arm`` runs every seed again with other
+  overrides, and the median ratio of completions to the threshold is printed per arm.
 
 It then writes the run report of the first seed with the first silence run overlaid
 (``grpo-audio report <out>/seed<N> --compare <out>/silence-seed<N>``: ``<out>/seed<N>/report/``). ``--set``
@@ -85,15 +90,54 @@ def _eval_scores(metrics: dict) -> dict:
     return scores
 
 
+def learning_curve(run_dir: Path, threshold: float) -> dict:
+    """The first eval set's sampled accuracy (``eval.samples`` > 0: at the rollout temperature) over the run, against
+    the completions generated so far (every completion is a line of ``rollouts.jsonl``, dynamic sampling's dropped
+    ones included), and where it first reaches ``threshold``.
+
+    Returns ``{"curve": [(step, completions, sampled accuracy)], "reached_step", "reached_completions"}`` (the
+    last two None when the curve never reaches the threshold).
+    """
+    per_step: dict[int, int] = {}
+    with (run_dir / "rollouts.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            step = json.loads(line)["step"]
+            per_step[step] = per_step.get(step, 0) + 1
+    curve = []
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        metrics = json.loads(line)
+        key = next((k for k in metrics if k.startswith("eval/") and k.endswith("/sampled_accuracy")), None)
+        if key is None:
+            continue
+        step = int(metrics.get("step", 0))
+        curve.append((step, sum(n for s, n in per_step.items() if s <= step), float(metrics[key])))
+    reached = next((point for point in curve if point[2] >= threshold), None)
+    return {
+        "curve": curve,
+        "reached_step": reached[0] if reached else None,
+        "reached_completions": reached[1] if reached else None,
+    }
+
+
 def run_all(
-    recipe: str, seeds: list[int], silence_seeds: list[int], out: Path, overrides: list[str], reuse: bool = False
+    recipe: str,
+    seeds: list[int],
+    silence_seeds: list[int],
+    out: Path,
+    overrides: list[str],
+    reuse: bool = False,
+    arms: dict[str, list[str]] | None = None,
+    threshold: float = 0.8,
 ) -> list[dict]:
+    """Every (arm, seed, audio) run. ``arms``: label -> overrides added to ``overrides`` (default: one arm, none)."""
     out.mkdir(parents=True, exist_ok=True)
-    plan = [(seed, "audio") for seed in seeds] + [(seed, "silence") for seed in silence_seeds]
+    arms = arms or {"": []}
+    plan = [(arm, seed, "audio") for arm in arms for seed in seeds]
+    plan += [(arm, seed, "silence") for arm in arms for seed in silence_seeds]
     results = []
-    for seed, audio in plan:
-        name = f"seed{seed}" if audio == "audio" else f"silence-seed{seed}"
-        extra = [f"run.seed={seed}"] + (["model.audio_ablation=silence"] if audio == "silence" else [])
+    for arm, seed, audio in plan:
+        name = (f"{arm}-" if arm else "") + (f"seed{seed}" if audio == "audio" else f"silence-seed{seed}")
+        extra = arms[arm] + [f"run.seed={seed}"] + (["model.audio_ablation=silence"] if audio == "silence" else [])
         saved = out / f"{name}.result.json"
         if reuse and saved.is_file():
             results.append(json.loads(saved.read_text(encoding="utf-8")))
@@ -103,7 +147,16 @@ def run_all(
         seconds = train(recipe, out / name, overrides + extra, out / f"{name}.log")
         before, after = heldout(out / name)
         results.append(
-            {"run": name, "seed": seed, "audio": audio, "before": before, "after": after, "seconds": seconds}
+            {
+                "run": name,
+                "arm": arm,
+                "seed": seed,
+                "audio": audio,
+                "before": before,
+                "after": after,
+                "seconds": seconds,
+                **learning_curve(out / name, threshold),
+            }
         )
         saved.write_text(json.dumps(results[-1], indent=1), encoding="utf-8")
         print(
@@ -113,6 +166,26 @@ def run_all(
             flush=True,
         )
     return results
+
+
+def curve_table(results: list[dict], threshold: float) -> str:
+    """Per run: sampled accuracy at the rollout temperature (the eval section's) at the start and the end, and the
+    optimizer steps and completions generated until it first reached ``threshold``."""
+    lines = [
+        f"| arm | seed | audio | sampled at T, before | sampled at T, after | steps to {threshold:g} | "
+        f"completions to {threshold:g} |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        curve = r.get("curve") or []
+        first = f"{curve[0][2]:.3f}" if curve else "n/a"
+        last = f"{curve[-1][2]:.3f}" if curve else "n/a"
+        steps = "never" if r.get("reached_step") is None else str(r["reached_step"])
+        completions = "never" if r.get("reached_completions") is None else f"{r['reached_completions']:,}"
+        lines.append(
+            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} | {first} | {last} | {steps} | {completions} |"
+        )
+    return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
@@ -130,6 +203,32 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_arms(specs: list[str]) -> dict[str, list[str]]:
+    """``--arm`` values -> {label: overrides}, the plain arm (no overrides) first."""
+    arms: dict[str, list[str]] = {"": []}
+    for spec in specs:
+        label, sep, rest = spec.partition(":")
+        if not sep or not label or label in arms:
+            raise RuntimeError(f"--arm {spec!r}: expected LABEL:KEY=VALUE[;KEY=VALUE] with a new label")
+        arms[label] = [item for item in rest.split(";") if item]
+    return arms
+
+
+def completions_ratio(results: list[dict], arm: str) -> float | None:
+    """Median completions to the threshold of ``arm``'s audio runs over the plain arm's (None if either never)."""
+
+    def median(label):
+        values = sorted(
+            r["reached_completions"]
+            for r in results
+            if r.get("arm", "") == label and r["audio"] == "audio" and r.get("reached_completions") is not None
+        )
+        return values[len(values) // 2] if values else None
+
+    mine, plain = median(arm), median("")
+    return None if mine is None or plain is None else mine / plain
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default=str(ROOT / "configs" / "learn_pitch.yaml"))
@@ -137,6 +236,18 @@ def main(argv=None) -> int:
     parser.add_argument("--silence-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--out", default="runs/proof", help="directory of the run directories")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--arm",
+        dest="arms",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[;KEY=VALUE]",
+        help="a second (third, ...) arm: every seed and silence seed again with these overrides, labelled LABEL "
+        "(the first arm, 'plain', has none); e.g. --arm 'dynamic:rollout.dynamic_sampling.enabled=true'",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.8, help="the sampled accuracy whose first reach is reported"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the plot")
     parser.add_argument(
         "--reuse", action="store_true", help="take a run's result from <out>/<run>.result.json when it exists"
@@ -144,7 +255,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     try:
-        results = run_all(args.recipe, args.seeds, args.silence_seeds, out, args.overrides, args.reuse)
+        arms = parse_arms(args.arms)
+        results = run_all(
+            args.recipe, args.seeds, args.silence_seeds, out, args.overrides, args.reuse, arms, args.threshold
+        )
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -157,6 +271,16 @@ def main(argv=None) -> int:
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU")
     print()
     print(table(results))
+    if any(r.get("curve") for r in results):
+        print()
+        print(curve_table(results, args.threshold))
+        for arm in list(arms)[1:]:
+            ratio = completions_ratio(results, arm)
+            if ratio is not None:
+                print(
+                    f"\ncompletions to {args.threshold:g}, arm {arm!r} / plain (median over seeds that reach it): "
+                    f"{ratio:.2f}"
+                )
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     audio = next((r for r in results if r["audio"] == "audio"), None)
     silence = next((r for r in results if r["audio"] == "silence"), None)

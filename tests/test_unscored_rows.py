@@ -148,3 +148,15 @@ def test_rows_outside_the_loss_do_not_shrink_a_per_sequence_step(tiny_recipe, lo
     for name, grad in with_masked.items():
         torch.testing.assert_close(grad, alone[name], rtol=1e-5, atol=1e-8)
     assert any(g.abs().max() > 0 for g in alone.values())
+
+
+def test_progress_line_shows_dynamic_sampling_groups_only_when_it_runs():
+    lines = []
+    callback = ProgressLineCallback(["mixed"], printer=lambda line, flush: lines.append(line))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1, max_steps=2)
+    callback.on_train_begin(None, state, None)
+    logs = {"reward": 0.5, "rewards/mixed/mean": 0.5}
+    callback.on_log(None, state, None, logs=logs)
+    grouped = {"dynamic_sampling/groups_kept": 4.0, "dynamic_sampling/groups_generated": 12.0}
+    callback.on_log(None, state, None, logs={**logs, **grouped, "dynamic_sampling/rounds": 3.0})
+    assert "groups" not in lines[0] and "| groups 4/12 in 3 round(s) |" in lines[1]

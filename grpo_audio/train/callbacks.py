@@ -38,7 +38,8 @@ class MetricsFileCallback(TrainerCallback):
 
 class ProgressLineCallback(TrainerCallback):
     """Prints ``step i/N | R_total | every reward term | KL | s/step | ETA`` after each logged step, with
-    ``unscored n (x%)`` before the timing when some completions got no R_total because a reward term failed."""
+    ``groups kept/generated in r round(s)`` under dynamic sampling, and ``unscored n (x%)`` before the timing when
+    some completions got no R_total because a reward term failed."""
 
     def __init__(self, term_names: list[str], printer=print) -> None:
         self.term_names = term_names
@@ -66,6 +67,11 @@ class ProgressLineCallback(TrainerCallback):
         for key in _SHOWN[1:]:
             if key in logs and logs[key] is not None:
                 parts.append(f"{key.split('/')[-1]} {logs[key]:.3g}")
+        if "dynamic_sampling/groups_generated" in logs:  # groups trained on / generated, over how many rounds
+            parts.append(
+                f"groups {logs['dynamic_sampling/groups_kept']:g}/{logs['dynamic_sampling/groups_generated']:g} "
+                f"in {logs['dynamic_sampling/rounds']:g} round(s)"
+            )
         if logs.get("rewards/unscored_frac"):  # completions left without R_total because a reward term failed
             count = logs.get("rewards/unscored")
             counted = f"{count:g} " if count is not None else ""
