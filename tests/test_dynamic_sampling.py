@@ -26,7 +26,7 @@ from grpo_audio.rollout.dynamic_sampling import (
     refill_indices,
     select_groups,
 )
-from grpo_audio.train.run import train
+from grpo_audio.train.run import build_training, train
 
 TESTS = Path(__file__).resolve().parent
 G = 4
@@ -186,3 +186,24 @@ def test_two_processes_with_dynamic_sampling_equal_one(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     a, b = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_step_without_any_informative_group_trains_on_nothing(tmp_path):
+    """The random model writes no answer tags: format is 0 everywhere, every group has zero variance, and with no
+    refill round the step is all fillers, outside the loss. It runs (no backward error) and moves no weight."""
+    run_dir = tmp_path / "run"
+    recipe = load_recipe(
+        None,
+        [
+            *overrides(run_dir, "trainer.max_steps=1", "rollout.dynamic_sampling.max_extra_rounds=0"),
+            "rewards.terms=[{name: format, weight: 1.0}]",
+        ],
+    )
+    setup = build_training(recipe)
+    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
+    setup.trainer.train()
+    (row,) = step_metrics(run_dir)
+    assert row["dynamic_sampling/groups_kept"] == 0 and row["dynamic_sampling/filler_groups"] == PROMPTS
+    assert row["grad_norm"] == 0.0
+    assert all(torch.equal(p, before[n]) for n, p in setup.model.named_parameters())

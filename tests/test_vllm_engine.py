@@ -431,3 +431,41 @@ def test_server_mode_weight_sync_reloads_the_backbone(server, model, tokenizer):
         check_against_teacher_forcing(trained, tokenizer, ids, audio, result, temperature=1.0)
     finally:
         engine.sync_weights(model, 2)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_with_the_vllm_engine_replays_the_engines_logprobs(tmp_path):
+    """Refill rounds sample with vLLM, and the chosen rollouts' engine log-probs reach TRL's importance-sampling
+    correction unchanged (the ratio stays 1: the replayed log-probs belong to the replayed tokens)."""
+    run = tmp_path / "run"
+    tests = Path(__file__).resolve().parent
+    overrides = [
+        f"run.output_dir={run}",
+        *VLLM_TRAIN,
+        "trainer.max_steps=2",
+        "trainer.learning_rate=1e-3",
+        "rollout.temperature=0.7",
+        'rewards.terms=[{name: "helpers.mixed_signal:half_informative", label: mixed}]',
+        "rollout.dynamic_sampling.enabled=true",
+        "rollout.dynamic_sampling.max_extra_rounds=2",
+        *TINY_OVERRIDES,
+    ]
+    argv = [sys.executable, "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    steps = [
+        m for m in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if "reward" in m
+    ]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        low, high = (m[f"sampling/importance_sampling_ratio/{k}"] for k in ("min", "max"))
+        assert 1 - 1e-4 < low <= high < 1 + 1e-4
+        assert m["dynamic_sampling/groups_generated"] >= 2
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert sum(m["dynamic_sampling/groups_generated"] for m in steps) * 4 == len(rollouts)
+    assert any(r["dropped"] for r in rollouts)

@@ -586,6 +586,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         if self.loss_type in PER_SEQUENCE_LOSSES and self.model.training and "num_loss_rows" in inputs:
             rows = inputs["completion_ids"].size(0) * self.accelerator.num_processes * self.args.steps_per_generation
             loss = loss * (rows / inputs["num_loss_rows"].clamp(min=1.0))
+        if torch.is_grad_enabled() and not loss.requires_grad:
+            # Every row of this micro-batch is outside the loss (dynamic sampling found no informative group, or
+            # all are unscored): no completion position was scored, so the loss is a constant 0. A zero that
+            # touches every trainable parameter gives them all a zero gradient, as DDP's reducer expects of each
+            # process, instead of a backward error.
+            loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
         return loss
 
     def _log_outside_mass(self, outside: torch.Tensor, mask: torch.Tensor) -> None:
