@@ -40,7 +40,8 @@ def _record(step, pid, audio, completion, accuracy, fmt, advantage, **extra) -> 
 
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
-    """A hand-made run: 2 steps x 2 groups of G=4, real WAV clips outside the run directory."""
+    """A hand-made run: 2 steps x 2 groups of G=4 (and a group dynamic sampling dropped at step 2), real WAV clips
+    outside the run directory."""
     clips = tmp_path / "clips dir"  # a space: the src must be URL-quoted
     clips.mkdir()
     audio = {}
@@ -64,6 +65,13 @@ def run_dir(tmp_path) -> Path:
         _record(2, "q0", audio["q0"], THINK.format("low", "low"), None, 1, 0.0, **q),
         # step 2, q2: every answer right: zero variance
         *[_record(2, "q2", audio["q2"], THINK.format("mid", "two"), 1, 1, 0.0) for _ in range(4)],
+        # step 2, q1 again, from dynamic sampling's second round: dropped (no advantage: it never trained)
+        *[
+            _record(
+                2, "q1", audio["q1"], THINK.format("high", "high"), 1, 1, None, round=1, dropped="zero reward variance"
+            )
+            for _ in range(4)
+        ],
     ]
     run = tmp_path / "run"
     run.mkdir()
@@ -80,8 +88,9 @@ def _rollouts(run: Path) -> list[dict]:
 def test_groups_are_consecutive_records_of_one_step_and_prompt(run_dir):
     found = groups(_rollouts(run_dir))
     shape = [(g.step, g.prompt_id, len(g.records)) for g in found]
-    assert shape == [(1, "q0", 4), (1, "q1", 4), (2, "q0", 4), (2, "q2", 4)]
-    assert [g.zero_variance for g in found] == [False, True, False, True]
+    assert shape == [(1, "q0", 4), (1, "q1", 4), (2, "q0", 4), (2, "q2", 4), (2, "q1", 4)]
+    assert [g.zero_variance for g in found] == [False, True, False, True, True]
+    assert [g.dropped for g in found] == [None, None, None, None, "zero reward variance"]
 
 
 def test_steps_are_thinned_evenly_to_stay_under_the_cap(run_dir):
@@ -126,7 +135,7 @@ def test_rollout_browser_in_headless_chromium(run_dir, tmp_path):
         assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         sources = page.evaluate("[...document.querySelectorAll('audio')].map((a) => a.src)")
-        assert len(sources) == 4  # one clip per group
+        assert len(sources) == 5  # one clip per group
         for src in sources:
             url = urllib.parse.urlparse(src)
             assert url.scheme == "file" and Path(urllib.parse.unquote(url.path)).is_file(), src
@@ -141,14 +150,15 @@ def test_rollout_browser_in_headless_chromium(run_dir, tmp_path):
         )
         assert duration == pytest.approx(0.5, abs=0.01)  # the browser itself reads the clip
 
-        assert page.evaluate(_VISIBLE) == [4, 16]
+        assert page.evaluate(_VISIBLE) == [5, 20]
         assert page.evaluate("document.body.innerText").count("<script>alert(1)</script>") == 1
         wrong = [i for i, r in enumerate(records) if r["rewards"]["accuracy"] == 0]
         expected = {
             "wrong": [len({i // 4 for i in wrong}), len(wrong)],  # groups are runs of 4 records
             "unscored": [1, 1],
             "format": [1, 1],
-            "zero-variance": [2, 8],
+            "zero-variance": [3, 12],
+            "dropped": [1, 4],
         }
         assert expected["wrong"] == [3, 7]
         for name, shown in expected.items():
@@ -156,7 +166,7 @@ def test_rollout_browser_in_headless_chromium(run_dir, tmp_path):
             page.evaluate(box)
             assert page.evaluate(_VISIBLE) == shown, name
             page.evaluate(box)  # unchecked again
-            assert page.evaluate(_VISIBLE) == [4, 16], name
+            assert page.evaluate(_VISIBLE) == [5, 20], name
         # filters combine: wrong answers within zero-variance groups
         for name in ("wrong", "zero-variance"):
             page.evaluate(f"document.querySelector(\"#filters input[value='{name}']\").click()")
