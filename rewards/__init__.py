@@ -2,16 +2,18 @@
 
 A reward is a pure function ``score(completion: str, sample: Mapping) -> float | None``: it sees the completion
 text and the dataset row (answer, choices, question, metadata), never waveforms. ``None`` means "not applicable"
-(for example no gold answer) and is never the same as 0. A reward that applies but cannot score a row (an LLM
-judge that never answered) returns ``RewardFailure(reason)``: never a number, it leaves the row unscored (R_total
-None, no advantage, no loss) when the term's weight is non-zero; see ``rewards.rubric``.
+(for example no gold answer) and is never the same as 0. A batched reward also gets the batch's ``RewardContext``:
+the step, G and, per completion, its length in tokens and finish reason, with the run's length limit. A reward that
+applies but cannot score a row (an LLM judge that never answered) returns ``RewardFailure(reason)``: never a
+number, it leaves the row unscored (R_total None, no advantage, no loss) when the term's weight is non-zero; see
+``rewards.rubric``.
 
 Built-in rewards (importing this package registers them; it needs no torch):
 
 ==================  ==========  ===========================================================================
 name                range       what
 ==================  ==========  ===========================================================================
-accuracy            {0, 1}      answer matches gold; rules mmau (default), exact, option, mmsu, numeric
+accuracy            {0, 1}      <answer> span matches gold; rules mmau (default), exact, option, mmsu, numeric
 format              {0, 1}      layout; modes search (paper Eq. 2, default), strict, adaptive
 consistency         {0, 1}      LLM judge: reasoning and answer are coherent (paper)
 thinking            [0, 1]/0.2  LLM judge: five reasoning criteria (paper)
@@ -21,6 +23,7 @@ thinking_rule       [0, 1]/0.2  rule-based: length band and repetition checks
 overthinking        [0, 1]      rule-based: CESAR 1 - |think| / L_max
 keywords_rule       [0, 1]      rule-based: share of reasoning-pattern keyword categories used (CESAR-style)
 has_reasoning       {0, 1}      a non-blank closed <think> section (Step-Audio-R1)
+overlong            [-1, 0]     DAPO soft overlong punishment on |y| in tokens (options l_max, l_cache)
 ==================  ==========  ===========================================================================
 
 Combiners (``rewards.combiners``): sum (default), audio_thinker, cesar, step_audio_r1.
@@ -55,6 +58,7 @@ from rewards import (  # noqa: E402,F401  isort: skip
     has_reasoning,
     judge,
     keywords_rule,
+    overlong,
     overthinking,
     thinking_rule,
 )

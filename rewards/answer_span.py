@@ -4,8 +4,9 @@
 ``<think>``/``<answer>`` tags inside it removed, surrounding whitespace stripped). Fallback when no complete pair
 exists: the text after the last ``</think>`` if there is one, else the whole completion, again with stray tags
 removed. The fallback lets a model that forgot the tags still be scored by the benchmark's own matching rule (which
-rejects answers polluted with reasoning), as benchmark scripts do with raw model output; the format reward is what
-penalises the missing tags.
+rejects answers polluted with reasoning), as benchmark scripts do with raw model output; the evaluation scores this
+way. ``tagged_answer(completion)`` is the span alone (None without a pair): what the accuracy reward reads in
+training by default, so that a tagless completion that happens to name the right choice earns nothing.
 
 ``parse_completion(completion, think_prefilled=False)`` gives the reasoning too, as a ``ParsedCompletion``:
 
@@ -64,10 +65,16 @@ def add_prefilled_think(completion: str) -> str:
     return "<think>" + completion
 
 
-def extract_answer(completion: str) -> str:
+def tagged_answer(completion: str) -> str | None:
+    """The content of the last innermost ``<answer>`` pair (stray tags removed, stripped); None without a pair."""
     spans = tag_pairs(completion, "<answer>", "</answer>")
-    if spans:
-        return strip_tags(spans[-1])
+    return strip_tags(spans[-1]) if spans else None
+
+
+def extract_answer(completion: str) -> str:
+    tagged = tagged_answer(completion)
+    if tagged is not None:
+        return tagged
     if "</think>" in completion:
         return strip_tags(completion.rsplit("</think>", 1)[1])
     return strip_tags(completion)

@@ -96,17 +96,60 @@ class RewardFailure:
 Value = float | None | RewardFailure
 
 
+FINISH_REASONS = ("stop", "length")
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    """An integer (numpy's too, not a bool) of at least ``minimum``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= minimum
+
+
 @dataclass(frozen=True)
 class RewardContext:
     """What a batched reward may know about the batch besides the texts.
 
     ``step``/``total_steps`` are optimizer steps (for schedules such as Audio-Thinker's progress p = step / total);
     ``group_size`` is G, the completions per prompt, which lie next to each other in the batch.
+
+    Per row, when the caller knows them (training, through ``grpo_audio.train.reward_bridge``; ``rewards score`` when
+    its input rows carry them):
+    ``lengths[j]`` is completion j's length |y_j| in tokens, its stop token included (TRL's
+    ``completions/mean_length`` counts the same way); ``finish_reasons[j]`` is ``"stop"`` (a stop token ended it) or
+    ``"length"`` (cut at the length limit). ``max_length`` is the run's limit on |y| in tokens
+    (``rollout.max_completion_length``). Plain numbers and strings: the reward room needs no tokenizer. None means
+    "not known here"; a reward that needs the value raises rather than guess (see ``rewards.overlong``).
     """
 
     step: int = 0
     total_steps: int = 1
     group_size: int = 1
+    lengths: list[int] | None = None
+    finish_reasons: list[str] | None = None
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lengths is not None:
+            bad = [n for n in self.lengths if not _is_count(n, 0)]
+            if bad:
+                raise ValueError(f"RewardContext.lengths must be token counts (integers >= 0), got {bad[0]!r}")
+        if self.finish_reasons is not None:
+            bad = [r for r in self.finish_reasons if r not in FINISH_REASONS]
+            if bad:
+                raise ValueError(f"RewardContext.finish_reasons must be one of {FINISH_REASONS}, got {bad[0]!r}")
+        if self.lengths is not None and self.finish_reasons is not None:
+            if len(self.lengths) != len(self.finish_reasons):
+                raise ValueError(
+                    f"RewardContext: {len(self.lengths)} lengths but {len(self.finish_reasons)} finish reasons"
+                )
+        if self.max_length is not None and not _is_count(self.max_length, 1):
+            raise ValueError(f"RewardContext.max_length must be an integer >= 1, got {self.max_length!r}")
+
+    def check_rows(self, count: int) -> None:
+        """The per-row fields, where given, hold one entry per completion of the batch (``count``)."""
+        for name in ("lengths", "finish_reasons"):
+            values = getattr(self, name)
+            if values is not None and len(values) != count:
+                raise ValueError(f"RewardContext.{name} has {len(values)} entries for {count} completions")
 
 
 def _row_label(samples: Sequence[Mapping[str, Any]], index: int) -> str:
@@ -168,6 +211,7 @@ class RegisteredReward:
         finite float, None (not applicable) or a ``RewardFailure`` (could not score), passed through as such."""
         if len(completions) != len(samples):
             raise ValueError(f"reward {self.name!r}: {len(completions)} completions but {len(samples)} samples")
+        context.check_rows(len(completions))
         if self.group_level and context.group_size > 1 and len(completions) % context.group_size:
             raise ValueError(
                 f"group-level reward {self.name!r} needs whole groups: {len(completions)} completions is not a "

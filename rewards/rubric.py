@@ -198,6 +198,7 @@ class Rubric:
         context = context or RewardContext()
         if len(completions) != len(samples):
             raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
+        context.check_rows(len(completions))
         raw = {
             spec.key: self._resolved[spec.key].score_batch(completions, samples, context, **dict(spec.options))
             for spec in self.specs

@@ -3,16 +3,23 @@
 Usage (also ``python -m rewards score ...`` and ``grpo-audio rewards score ...``)::
 
     score --rewards RECIPE_OR_RUBRIC.yaml --input rows.jsonl [--group-size G] [--output scores.jsonl]
-          [--step S --total-steps T]
+          [--step S --total-steps T] [--max-length N]
     list                                  # the registered rewards and combiners
 
 ``--rewards``: a YAML file with a ``rewards:`` section (a full recipe works; other sections are ignored) or whose
 top level is that section (``{combiner, combiner_options, terms}``, or a bare list of terms).
 
 ``--input``: one JSON object per line with ``completion`` (a string) and either ``sample`` (an object) or the
-sample's fields at the top level (everything except ``completion``). Blank lines are skipped. A bad line is an
-error naming its line number. With ``--group-size G`` the rows are read as consecutive groups of G completions of
-the same prompt (as the trainer scores them), so the row count must be a multiple of G.
+sample's fields at the top level (everything except ``completion``, ``length`` and ``finish_reason``). Blank lines
+are skipped. A bad line is an error naming its line number. With ``--group-size G`` the rows are read as consecutive
+groups of G completions of the same prompt (as the trainer scores them), so the row count must be a multiple of G.
+
+Completion lengths, for the rewards that read them from the context (``overlong``, a user's length budget): a row's
+``length`` (its token count, an integer >= 0) and ``finish_reason`` (``"stop"`` or ``"length"``), at the top level,
+fill ``RewardContext.lengths`` / ``finish_reasons``; ``rollouts.jsonl`` records carry both, so a run's rollouts can
+be re-scored as they are. Either field is given on every row or on none. ``--max-length N`` is the run's length
+limit (``RewardContext.max_length``). Without lengths the context has none, and a reward that needs them stops with
+an error rather than score 0.
 
 Prints one line per term: weight used, mean, std (population), count of None (not applicable or failed), min, max
 over the non-None values, then R_total, each failed term's count and first reason, the unscored rows, the
@@ -32,11 +39,19 @@ import math
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from rewards.combiners import COMBINERS
-from rewards.registry import RewardContext, RewardError, RewardOutputError, get_reward, registered_names
+from rewards.registry import (
+    FINISH_REASONS,
+    RewardContext,
+    RewardError,
+    RewardOutputError,
+    get_reward,
+    registered_names,
+)
 from rewards.rubric import RewardBreakdown, Rubric, rubric_from_config
 
 
@@ -58,11 +73,44 @@ def load_rewards_section(path: Path) -> Any:
     raise InputError(f"{path}: no 'rewards:' section (and the file is not a rewards section itself)")
 
 
-def read_rows(path: Path) -> tuple[list[int], list[str], list[dict[str, Any]]]:
-    """(line numbers, completions, samples) of a JSONL file; raises InputError naming the bad line."""
-    lines: list[int] = []
-    completions: list[str] = []
-    samples: list[dict[str, Any]] = []
+COMPLETION_FIELDS = ("length", "finish_reason")  # a completion's own properties, not its sample's
+
+
+@dataclass
+class InputRows:
+    """The rows of an input file: line numbers, completions, samples and, where every row gives them, the
+    completions' lengths in tokens and finish reasons (None otherwise)."""
+
+    lines: list[int] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    lengths: list[int] | None = None
+    finish_reasons: list[str] | None = None
+
+
+def _completion_fields(row: dict[str, Any], where: str) -> tuple[int | None, str | None]:
+    length, reason = row.get("length"), row.get("finish_reason")
+    if "length" in row and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+        raise InputError(f"{where}: 'length' must be a token count (an integer >= 0), got {length!r}")
+    if "finish_reason" in row and reason not in FINISH_REASONS:
+        raise InputError(f"{where}: 'finish_reason' must be one of {FINISH_REASONS}, got {reason!r}")
+    return length, reason
+
+
+def _all_or_none(path: Path, name: str, lines: list[int], values: list[Any]) -> list[Any] | None:
+    missing = [line for line, value in zip(lines, values, strict=True) if value is None]
+    if len(missing) == len(values):
+        return None
+    if missing:
+        raise InputError(f"{path}:{missing[0]}: no {name!r} while other rows have one; give it on every row or none")
+    return values
+
+
+def read_rows(path: Path) -> InputRows:
+    """The rows of a JSONL file; raises InputError naming the bad line."""
+    rows = InputRows()
+    lengths: list[int | None] = []
+    reasons: list[str | None] = []
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
@@ -82,21 +130,26 @@ def read_rows(path: Path) -> tuple[list[int], list[str], list[dict[str, Any]]]:
                 raise InputError(f"{where}: missing 'completion'")
             if not isinstance(row["completion"], str):
                 raise InputError(f"{where}: 'completion' must be a string, got {type(row['completion']).__name__}")
+            length, reason = _completion_fields(row, where)
             if "sample" in row:
                 sample = row["sample"]
                 if not isinstance(sample, dict):
                     raise InputError(f"{where}: 'sample' must be an object, got {type(sample).__name__}")
-                extra = sorted(set(row) - {"completion", "sample"})
+                extra = sorted(set(row) - {"completion", "sample", *COMPLETION_FIELDS})
                 if extra:
                     raise InputError(f"{where}: fields {extra} next to 'sample'; put them inside 'sample'")
             else:
-                sample = {k: v for k, v in row.items() if k != "completion"}
-            lines.append(number)
-            completions.append(row["completion"])
-            samples.append(sample)
-    if not completions:
+                sample = {k: v for k, v in row.items() if k not in ("completion", *COMPLETION_FIELDS)}
+            rows.lines.append(number)
+            rows.completions.append(row["completion"])
+            rows.samples.append(sample)
+            lengths.append(length)
+            reasons.append(reason)
+    if not rows.completions:
         raise InputError(f"{path}: no rows")
-    return lines, completions, samples
+    rows.lengths = _all_or_none(path, "length", rows.lines, lengths)
+    rows.finish_reasons = _all_or_none(path, "finish_reason", rows.lines, reasons)
+    return rows
 
 
 def summarise(values: Sequence[float | None]) -> dict[str, float]:
@@ -174,14 +227,25 @@ def run_score(args: argparse.Namespace, out: TextIO) -> int:
         rubric = rubric_from_config(section)
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{args.rewards}: rewards: {exc}") from exc
-    lines, completions, samples = read_rows(Path(args.input))
-    if len(completions) % args.group_size:
-        raise InputError(f"{args.input}: {len(completions)} rows is not a multiple of --group-size {args.group_size}")
-    context = RewardContext(step=args.step, total_steps=args.total_steps, group_size=args.group_size)
-    breakdown = rubric.score(completions, samples, context)
+    if args.max_length is not None and args.max_length < 1:
+        raise InputError("--max-length must be >= 1")
+    rows = read_rows(Path(args.input))
+    if len(rows.completions) % args.group_size:
+        raise InputError(
+            f"{args.input}: {len(rows.completions)} rows is not a multiple of --group-size {args.group_size}"
+        )
+    context = RewardContext(
+        step=args.step,
+        total_steps=args.total_steps,
+        group_size=args.group_size,
+        lengths=rows.lengths,
+        finish_reasons=rows.finish_reasons,
+        max_length=args.max_length,
+    )
+    breakdown = rubric.score(rows.completions, rows.samples, context)
     print_table(breakdown, rubric, args.group_size, out)
     if args.output:
-        write_rows(Path(args.output), lines, samples, breakdown)
+        write_rows(Path(args.output), rows.lines, rows.samples, breakdown)
         print(f"per-row scores: {args.output}", file=out)
     return 0
 
@@ -207,6 +271,9 @@ def build_parser(prog: str = "rewards") -> argparse.ArgumentParser:
     score.add_argument("--output", help="write per-row scores to this JSONL file")
     score.add_argument("--step", type=int, default=0, help="optimizer step for schedules (audio_thinker's p)")
     score.add_argument("--total-steps", type=int, default=1, help="total steps for schedules (default 1)")
+    score.add_argument(
+        "--max-length", type=int, help="the run's completion length limit in tokens (rollout.max_completion_length)"
+    )
     sub.add_parser("list", help="list the registered rewards and combiners")
     return parser
 

@@ -256,3 +256,15 @@ def test_eval_defaults_follow_the_run_and_never_overwrite_another_decoding(bench
     assert (run / "eval" / "final_model-mmau-T0.7-k2" / "metrics.json").is_file() and silent.is_dir()
     assert json.loads((silent / "metrics.json").read_text())["audio_ablation"] == "silence"
     assert json.loads((greedy / "metrics.json").read_text())["decoding"]["greedy"]  # not overwritten
+
+
+def test_heldout_accuracy_keeps_the_official_answer_extraction_whatever_the_training_term_reads():
+    from grpo_audio.evaluation.heldout import evaluation_options
+    from rewards import RewardContext, get_reward
+
+    options = evaluation_options({"rule": "option", "answer_source": "tag"})
+    assert options == {"rule": "option", "answer_source": "tag_or_text"}
+    sample = {"id": "p1", "answer": "high", "choices": ["high", "low"]}
+    scores = get_reward("accuracy").score_batch(["The answer is high."], [sample], RewardContext(), **options)
+    assert scores == [1.0]  # the training default (the <answer> span only) gives 0.0 here
+    assert evaluation_options() == {"answer_source": "tag_or_text"}

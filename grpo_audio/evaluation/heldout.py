@@ -1,8 +1,10 @@
 """Held-out accuracy: answers on questions never trained on, scored with the accuracy reward.
 
 accuracy = (1/N) * sum_i accuracy(completion_i, row_i) over greedy completions, with the recipe's accuracy options
-when it has an ``accuracy`` term (else the default MMAU token rule); format = the share of greedy completions that
-pass the paper's format rule. Decoding uses the HF engine's settings (text-only vocabulary, stop tokens).
+when it has an ``accuracy`` term (else the default MMAU token rule) but always the benchmarks' answer extraction
+(``answer_source: tag_or_text``: the ``<answer>`` span, else the text after ``</think>``, else the whole output),
+whatever the training term reads; format = the share of greedy completions that pass the paper's format rule.
+Decoding uses the HF engine's settings (text-only vocabulary, stop tokens).
 
 sampled_accuracy = (1/(N k)) * sum_i sum_j accuracy(sample_ij, row_i) over k completions sampled per question at
 temperature 1 (the model's own distribution; seeded, and the caller's random state is left untouched): the
@@ -25,6 +27,12 @@ from grpo_audio.data.sources import SkipReport
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+
+
+def evaluation_options(training_options=None) -> dict:
+    """The accuracy reward's options for scoring an evaluation: the training term's rule and its settings, with the
+    official answer extraction (``answer_source: tag_or_text``) in place of the training default (tag only)."""
+    return {**(training_options or {}), "answer_source": "tag_or_text"}
 
 
 def heldout_accuracy(
@@ -58,6 +66,7 @@ def heldout_accuracy(
         audio_marker_ids,
     )
     accuracy = rewards.get_reward("accuracy")
+    options = evaluation_options(accuracy_options)
     fmt = rewards.get_reward("format")
     device = next(model.parameters()).device
     was_training = model.training
@@ -73,7 +82,7 @@ def heldout_accuracy(
             result = greedy.generate(model, prompts, audio)
             texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
             context = rewards.RewardContext()
-            scores = accuracy.score_batch(texts, batch, context, **(accuracy_options or {}))
+            scores = accuracy.score_batch(texts, batch, context, **options)
             correct += sum(v or 0.0 for v in scores)
             formatted += sum(v or 0.0 for v in fmt.score_batch(texts, batch, context))
             examples += [
@@ -84,7 +93,7 @@ def heldout_accuracy(
                 audio = featurizer.rows([r["audio"] for r in repeated], model, device)
                 result = sampler.generate(model, [p for p in prompts for _ in range(samples)], audio)
                 texts = tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
-                scores = accuracy.score_batch(texts, repeated, context, **(accuracy_options or {}))
+                scores = accuracy.score_batch(texts, repeated, context, **options)
                 sampled_correct += sum(v or 0.0 for v in scores)
                 sampled_formatted += sum(v or 0.0 for v in fmt.score_batch(texts, repeated, context))
     if was_training:

@@ -6,6 +6,11 @@ one PNG per panel (R_total, each reward term, accuracy, KL, entropy, completion 
 ``rollouts.html``, the rollout browser (see ``grpo_audio.evaluation.browser``), linked from ``index.html``.
 With ``--compare``, a second run is overlaid on every panel.
 
+When the run logged rewards per row category (``rewards_by_category/<category>/<term>/mean``, see
+``grpo_audio.train.reward_bridge``), one more panel per term, R_total first, draws one line per category
+(``<term>_by_category.png``, and a "Rewards per category" section of ``index.html``); a compared run's categories
+are dashed, in the same colours.
+
 Think length is the number of whitespace-separated words inside the completion's ``<think>...</think>``
 (0 when absent), averaged per step over the rollouts of that step.
 """
@@ -17,12 +22,14 @@ import base64
 import html
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 from grpo_audio.evaluation.browser import write_browser
 from grpo_audio.files import JsonlError, read_jsonl
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_BY_CATEGORY = re.compile(r"rewards_by_category/(?P<category>[^/]+)/(?P<term>.+)/mean")
 
 
 class ReportError(ValueError):
@@ -90,6 +97,17 @@ def panels(data: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, st
     return [(title, key) for title, key in wanted if key in data]
 
 
+def category_panels(data: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, dict[str, str]]]:
+    """(title, {category: metric key}) per reward term logged per category, R_total first, then the terms by name."""
+    by_term: dict[str, dict[str, str]] = {}
+    for key in data:
+        match = _BY_CATEGORY.fullmatch(key)
+        if match:
+            by_term.setdefault(match["term"], {})[match["category"]] = key
+    order = sorted(by_term, key=lambda term: (term != "R_total", term))
+    return [(f"{term} by category", dict(sorted(by_term[term].items()))) for term in order]
+
+
 def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_steps: list[int] | None = None) -> Path:
     import matplotlib
 
@@ -99,11 +117,19 @@ def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_ste
     data = series(run_dir)
     other = series(compare) if compare else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = panels(data)
+    single = [
+        (title, partial(_plot, title=title, key=key, data=data, other=other, run_dir=run_dir, compare=compare))
+        for title, key in panels(data)
+    ]
+    by_category = [
+        (title, partial(_plot_categories, title=title, keys=keys, data=data, other=other, compare=compare))
+        for title, keys in category_panels(data)
+    ]
+    chosen = single + by_category
     images = []
-    for title, key in chosen:
+    for title, draw in chosen:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        _plot(ax, title, key, data, other, run_dir, compare)
+        draw(ax)
         path = out_dir / (re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -112,8 +138,8 @@ def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_ste
     cols = 3
     rows = math.ceil(len(chosen) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-    for ax, (title, key) in zip(axes.flat, chosen, strict=False):
-        _plot(ax, title, key, data, other, run_dir, compare)
+    for ax, (_, draw) in zip(axes.flat, chosen, strict=False):
+        draw(ax)
     for ax in list(axes.flat)[len(chosen) :]:
         ax.axis("off")
     fig.tight_layout()
@@ -123,7 +149,8 @@ def render(run_dir: Path, out_dir: Path, compare: Path | None = None, sample_ste
     rollouts = read_log(run_dir / "rollouts.jsonl")
     if rollouts:
         write_browser(run_dir, out_dir, rollouts, sample_steps)
-    page.write_text(_html(run_dir, images, rollouts, sample_steps, compare), "utf-8")
+    category_images = images[len(single) :]
+    page.write_text(_html(run_dir, images[: len(single)], rollouts, sample_steps, compare, category_images), "utf-8")
     return page
 
 
@@ -141,7 +168,23 @@ def _plot(ax, title, key, data, other, run_dir, compare):
     ax.grid(alpha=0.3)
 
 
-def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
+def _plot_categories(ax, title, keys, data, other, compare):
+    """One line per category; the compared run's line of the same category dashed, in the same colour."""
+    from matplotlib.ticker import MaxNLocator
+
+    for category, key in keys.items():
+        (line,) = ax.plot(*data[key], marker="o", markersize=3, label=category)
+        if other and key in other:
+            ax.plot(*other[key], linestyle="--", marker="s", markersize=3, color=line.get_color())
+    legend = ax.legend(fontsize=7, title=f"dashed: {compare.name}" if other else None)
+    legend.get_title().set_fontsize(7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _html(run_dir, images, rollouts, sample_steps, compare, category_images=()) -> str:
     steps = sorted({r["step"] for r in rollouts})
     chosen = sample_steps or ([steps[0], steps[-1]] if steps else [])
     parts = [
@@ -161,6 +204,14 @@ def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
     for title, path in images:
         encoded = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
+    if category_images:
+        parts.append(
+            "<h2>Rewards per category</h2><p>Each term's mean and R_total's mean over the rows of one category "
+            "(the rows' task, question type or category) at each step.</p>"
+        )
+    for title, path in category_images:
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
     for step in chosen:
         rows = [r for r in rollouts if r["step"] == step][:8]
         parts.append(
@@ -171,7 +222,7 @@ def _html(run_dir, images, rollouts, sample_steps, compare) -> str:
             terms = ", ".join(f"{k}={v}" for k, v in r["rewards"].items())
             parts.append(
                 f"<tr><td>{html.escape(str(r['prompt_id']))}</td><td><pre>{html.escape(r['completion'])}</pre></td>"
-                f"<td>{html.escape(terms)}</td><td>{r['R_total']}</td><td>{r['advantage']:.3f}</td>"
+                f"<td>{html.escape(terms)}</td><td>{r['R_total']}</td><td>{_advantage(r)}</td>"
                 f"<td>{html.escape(str(r['finish_reason']))}</td></tr>"
             )
         parts.append("</table>")
@@ -189,3 +240,10 @@ def main(argv: list[str]) -> int:
     page = render(args.run_dir, args.out or args.run_dir / "report", args.compare, steps)
     print(f"report written to {page}")
     return 0
+
+
+def _advantage(record: dict) -> str:
+    """The record's advantage, or why it has none (a group dynamic sampling dropped never trained)."""
+    if record.get("advantage") is None:
+        return html.escape(f"none: dropped ({record['dropped']})" if record.get("dropped") else "none")
+    return f"{record['advantage']:.3f}"

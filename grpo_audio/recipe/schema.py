@@ -225,8 +225,13 @@ class RewardsSection:
         0.2,
     )
     terms: list[RewardTermSection] = _help(
-        "Reward terms.",
-        factory=lambda: [RewardTermSection("accuracy", 1.0), RewardTermSection("format", 1.0)],
+        "Reward terms. The default is configs/demo.yaml's, for the untrained tiny model, which writes no <answer> "
+        "tags: its accuracy reads the whole text (answer_source 'tag_or_text'); a recipe that lists its own terms "
+        "gets the accuracy reward's training default, the <answer> span only.",
+        factory=lambda: [
+            RewardTermSection("accuracy", 1.0, {"answer_source": "tag_or_text"}),
+            RewardTermSection("format", 1.0),
+        ],
     )
 
 

@@ -15,22 +15,44 @@ TRL 1.16 leaves a row whose every reward is None out of its group's mean and std
 a batch is unscored, the run stops with ``UnscoredRowsError`` naming the failed terms, their counts and first
 reasons.
 
+The rubric's ``RewardContext`` carries, per completion, its length |y| = ``len(completion_ids)`` in tokens (TRL passes
+the ids as ``completion_ids``, in the order of ``completions``) and its finish reason: ``"length"`` when the last id
+is not a stop id (the EOS ids and the pad id, ``stop_token_ids``), else ``"stop"``, the rule TRL's
+``completions/clipped_ratio`` uses; and the run's length limit (``max_length``, ``rollout.max_completion_length``).
+Without ``stop_token_ids`` the finish reasons are None (unknown), without ``completion_ids`` the lengths too.
+
+Per category. When rows carry a category, every term's mean and R_total's mean are also logged per category:
+``rewards_by_category/<category>/<term>/mean`` and ``rewards_by_category/<category>/R_total/mean``, each over that
+category's rows of the batch whose value is not None (a category with no such row this step logs nothing for it).
+A row's category is the first of its ``category_fields`` that is set, by default ``task`` (MMAU: sound, music,
+speech; the synthetic tasks), ``question_type`` (AVQA) and ``category`` (MMSU, MMAR, a JSONL of your own); a row
+with none of them is in no category. In the metric key, every run of characters other than letters, digits,
+``_``, ``.`` and ``-`` becomes ``_`` (``"Come From"`` -> ``Come_From``; a ``/`` would nest the tag in TensorBoard and
+W&B), so two categories that differ only there share a curve.
+
 With several training processes the trainer calls ``R_total`` once per step, on process 0, with the global batch
 (``AudioGRPOTrainer._calculate_rewards``): group-level rewards see whole groups, an LLM judge is asked once per
-completion, and the logged means are over the global batch.
+completion, and the logged means are over the global batch. This matters for the per-category means: TRL averages a
+``log_metric`` value across processes weighted by how many values each logged, so per-process means of categories
+of different sizes would be averaged as if they were equal; one call on the global batch gives the exact mean.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from rewards import RewardContext, Rubric
 from rewards.rubric import RewardBreakdown
 
 TRL_CONTROL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids", "prompts")
+# Row fields naming a row's category, first set wins: MMAU's and the synthetic data's task, AVQA's question type,
+# then a plain category (MMSU, MMAR, user JSONL). MMAU rows carry a category too; its task is the slice it reports.
+CATEGORY_FIELDS = ("task", "question_type", "category")
+_UNSAFE_IN_KEY = re.compile(r"[^\w.-]+")
 
 
 def _fraction(flags: list[bool]) -> float:
@@ -42,22 +64,77 @@ def _mean(values: list[float | None]) -> float:
     return sum(applicable) / len(applicable) if applicable else math.nan
 
 
+def finish_reason(ids: Sequence[int], stop_ids: Collection[int]) -> str:
+    """``"length"`` when the completion's last id is not a stop id (it was cut at the limit), else ``"stop"``; an empty
+    completion counts as stopped (nothing was cut)."""
+    return "length" if ids and ids[-1] not in stop_ids else "stop"
+
+
+def metric_key_part(value: Any) -> str:
+    """``value`` as one safe segment of a metric key (see the module docstring); ``_`` when nothing is left."""
+    return _UNSAFE_IN_KEY.sub("_", str(value)).strip("_") or "_"
+
+
+def row_categories(samples: Sequence[Mapping[str, Any]], fields: Sequence[str] = CATEGORY_FIELDS) -> list[str | None]:
+    """Each row's category as a metric-key segment: its first field of ``fields`` that is set, else None."""
+    out: list[str | None] = []
+    for sample in samples:
+        values = [sample.get(name) for name in fields]
+        given = [v for v in values if v is not None and not isinstance(v, bool) and str(v).strip()]
+        out.append(metric_key_part(str(given[0]).strip()) if given else None)
+    return out
+
+
+def log_by_category(log_metric: Callable[[str, float], None], breakdown: RewardBreakdown, categories) -> None:
+    """Per category: every term's mean and R_total's mean over the category's rows that have a value."""
+    columns = {**breakdown.terms, "R_total": breakdown.total}
+    for category in sorted({c for c in categories if c is not None}):
+        rows = [j for j, c in enumerate(categories) if c == category]
+        for name, values in columns.items():
+            mean = _mean([values[j] for j in rows])
+            if not math.isnan(mean):
+                log_metric(f"rewards_by_category/{category}/{name}/mean", mean)
+
+
 def make_trl_reward(
     rubric: Rubric,
     group_size: int,
     on_breakdown: Callable[[RewardBreakdown, list[dict], float], None] | None = None,
+    *,
+    max_length: int | None = None,
+    stop_token_ids: Collection[int] | Callable[[], Collection[int]] = (),
+    category_fields: Sequence[str] = CATEGORY_FIELDS,
 ):
-    """TRL reward function ``R_total``; ``on_breakdown(breakdown, samples, seconds)`` sees every scored batch."""
+    """TRL reward function ``R_total``; ``on_breakdown(breakdown, samples, seconds)`` sees every scored batch.
+
+    Args:
+        rubric: the recipe's terms, weights and combiner.
+        group_size: G, the completions per prompt (``GRPOConfig.num_generations``).
+        on_breakdown: called with each batch's breakdown, its samples and the seconds scoring took.
+        max_length: the run's limit on a completion's length in tokens (``GRPOConfig.max_completion_length``), handed
+            to the rewards as ``RewardContext.max_length``.
+        stop_token_ids: the ids that end a completion (TRL's ``eos_token_ids`` and the pad id), or a function
+            returning them, called at scoring time (TRL knows its EOS ids only once its constructor has run); a
+            completion whose last id is not among them finished by ``"length"``. Empty: finish reasons unknown.
+        category_fields: the row fields naming a row's category, first set wins (module docstring).
+    """
 
     def R_total(completions: list, **kwargs: Any) -> list[float | None]:  # noqa: N802  (TRL logs the __name__)
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         columns = {k: v for k, v in kwargs.items() if k not in TRL_CONTROL_KWARGS}
         samples = [{k: v[i] for k, v in columns.items()} for i in range(len(texts))]
         state = kwargs.get("trainer_state")
+        ids = kwargs.get("completion_ids")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"R_total: {len(ids)} completion_ids for {len(texts)} completions")
+        stop_ids = set(stop_token_ids() if callable(stop_token_ids) else stop_token_ids)
         context = RewardContext(
             step=int(getattr(state, "global_step", 0) or 0),
             total_steps=max(1, int(getattr(state, "max_steps", 1) or 1)),
             group_size=group_size,
+            lengths=None if ids is None else [len(row) for row in ids],  # |y| in tokens, stop token included
+            finish_reasons=None if ids is None or not stop_ids else [finish_reason(row, stop_ids) for row in ids],
+            max_length=max_length,
         )
         start = time.perf_counter()
         breakdown = rubric.score(texts, samples, context)
@@ -79,6 +156,7 @@ def make_trl_reward(
                 log_metric(f"rewards/combiner/{name}", float(value))
             for name, value in rubric.metrics().items():  # judge requests, cache hits, failures, ...
                 log_metric(f"rewards/{name}", float(value))
+            log_by_category(log_metric, breakdown, row_categories(samples, category_fields))
         if on_breakdown is not None:
             on_breakdown(breakdown, samples, seconds)
         rubric.check_unscored(breakdown)  # after logging and on_breakdown: the record shows the failing batch

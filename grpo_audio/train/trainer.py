@@ -119,7 +119,16 @@ class AudioGRPOTrainer(GRPOTrainer):
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
             raise TypeError("AudioGRPOTrainer builds its reward function from rubric=; pass no reward_funcs")
-        kwargs["reward_funcs"] = [make_trl_reward(rubric, kwargs["args"].num_generations, self._keep_breakdown)]
+        kwargs["reward_funcs"] = [
+            make_trl_reward(
+                rubric,
+                kwargs["args"].num_generations,
+                self._keep_breakdown,
+                max_length=kwargs["args"].max_completion_length,
+                # TRL sets eos_token_ids in super().__init__, below: read when rewards are scored
+                stop_token_ids=lambda: [*self.eos_token_ids, self._tokenizer.pad_token_id],
+            )
+        ]
         self.adapter_learning_rate = adapter_learning_rate
         self.judge_cache_files = [Path(p) for p in judge_cache_files]
         self.rollout_engine = rollout_engine

@@ -48,9 +48,10 @@ def test_mmau_reasoning_left_in_is_usually_wrong():
         ("<think>x</think><answer>Woman</answer><answer>Man</answer>", 1.0),  # duplicated: the last one counts
         ("<think>x</think><answer>Man</answer><answer>Woman</answer>", 0.0),
         ("<think>x</think><answer>Woman <answer>Man</answer></answer>", 1.0),  # nested: innermost
-        ("<think>x</think>Man", 1.0),  # missing answer tags: text after </think>
-        ("Man", 1.0),  # no tags at all: whole completion
-        ("<think>a long story about a man and a woman", 0.0),  # truncated: reasoning pollutes the answer
+        ("<think>x</think>Man", 0.0),  # missing answer tags: no answer given (training reads the span only)
+        ("Man", 0.0),  # no tags at all: no answer given
+        ("<think>a long story about a man and a woman", 0.0),  # truncated: no answer
+        ("<answer>Man", 0.0),  # unclosed answer tag: no answer
         ("<think></think><answer>Man</answer>", 1.0),  # empty think
         ("<answer>   Man \n</answer>", 1.0),
         ("", 0.0),
@@ -58,6 +59,50 @@ def test_mmau_reasoning_left_in_is_usually_wrong():
 )
 def test_accuracy_mmau_table(completion, expected):
     assert accuracy(completion, MMAU) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>x</think>Man", 1.0),  # missing answer tags: text after </think>
+        ("Man", 1.0),  # no tags at all: whole completion
+        ("<think>a long story about a man and a woman", 0.0),  # truncated: reasoning pollutes the answer
+        ("<think>x</think><answer>Woman</answer> Man", 0.0),  # a span wins over the text around it
+    ],
+)
+def test_accuracy_tag_or_text_falls_back_to_the_text(completion, expected):
+    assert accuracy(completion, MMAU, answer_source="tag_or_text") == expected
+
+
+PITCH = {"id": "p1", "answer": "high", "choices": ["high", "low"]}
+
+
+def test_a_tagless_right_answer_earns_nothing_in_training_but_counts_in_evaluation():
+    from grpo_audio.evaluation.scoring import score_mmau
+
+    tagless = "The answer is high."
+    assert accuracy(tagless, PITCH) == 0.0  # the training default reads the <answer> span only
+    assert accuracy(tagless, PITCH, answer_source="tag") == 0.0
+    assert accuracy(tagless, PITCH, answer_source="tag_or_text") == 1.0  # the fallback, when a recipe names it
+    assert score_mmau(tagless, "high", PITCH["choices"]).correct  # evaluation: the official MMAU rule
+    assert accuracy("<answer>high</answer>", PITCH) == 1.0
+    assert accuracy(tagless, {"answer": None, "choices": ["high", "low"]}) is None  # no gold: not applicable
+
+
+@pytest.mark.parametrize(
+    ("rule", "answer"), [("mmau", "2"), ("exact", "2"), ("option", "2"), ("mmsu", "B"), ("numeric", "2")]
+)
+def test_every_rule_reads_the_span_only_by_default(rule, answer):
+    sample = {"answer": "2", "choices": ["1", "2"]}
+    assert accuracy(answer, sample, rule=rule) == 0.0
+    assert accuracy(answer, sample, rule=rule, answer_source="tag_or_text") == 1.0
+    assert accuracy(f"<answer>{answer}</answer>", sample, rule=rule) == 1.0
+
+
+def test_answer_source_is_validated():
+    with pytest.raises(ValueError, match="answer_source"):
+        get_reward("accuracy").validate({"answer_source": "text"})
+    get_reward("accuracy").validate({"answer_source": "tag_or_text"})
 
 
 def test_accuracy_prefilled_think_completion():
@@ -200,9 +245,11 @@ def test_unknown_rule_is_a_validation_error():
 
 def test_score_batch_runs_rows():
     values = get_reward("accuracy").score_batch(
-        ["<answer>Man</answer>", "<answer>Woman</answer>", "x"], [MMAU, MMAU, {"answer": None}], RewardContext()
+        ["<answer>Man</answer>", "<answer>Woman</answer>", "x", "Man"],
+        [MMAU, MMAU, {"answer": None}, MMAU],
+        RewardContext(),
     )
-    assert values == [1.0, 0.0, None]
+    assert values == [1.0, 0.0, None, 0.0]
 
 
 # --- answer span and think extraction --------------------------------------------------------------------------

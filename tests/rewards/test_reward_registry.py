@@ -44,8 +44,8 @@ def plugin(tmp_path, monkeypatch):
 
 
 def test_builtins_registered():
-    assert {"accuracy", "format", "consistency", "thinking", "consistency_rule", "consistency_cesar",
-            "thinking_rule", "overthinking", "keywords_rule", "has_reasoning"} <= set(registered_names())  # fmt: skip
+    assert {"accuracy", "format", "consistency", "thinking", "consistency_rule", "consistency_cesar", "thinking_rule",
+            "overthinking", "keywords_rule", "has_reasoning", "overlong"} <= set(registered_names())  # fmt: skip
 
 
 def test_duplicate_name_is_an_error(clean_registry):
