@@ -14,7 +14,8 @@ step left out of the timings (one-off warm-up):
 * completions generated per step, rounds per step, and groups the step had to fill with zero-variance groups;
 * the median wall seconds per step and its split (rollouts, scoring, log-prob passes, update), and the ratio of the
   dynamic-sampling step to the plain one;
-* completions with a non-zero advantage in the loss per second of training: the useful work per unit of time.
+* completions with a non-zero advantage in the loss (the batch less the fillers), per step and per second of
+  training: the useful work per unit of time.
 
 Each arm runs in this process, one after the other, on the same machine; compare the ratios, not the seconds.
 """
@@ -110,22 +111,27 @@ def main(argv=None) -> int:
     dynamic = summary(arm(out, model_dir, "dynamic", args.steps, dynamic_extra), group_size)
     results = {"plain": plain, "dynamic sampling": dynamic}
     for r in results.values():
-        r["teaching_completions_per_s"] = batch * r["nonzero_advantage_frac"] / r["median_step_s"]
+        # completions in the loss (the batch less dynamic sampling's fillers) with a non-zero advantage
+        in_loss = batch - r["filler_groups"] * group_size
+        r["teaching_completions_per_step"] = in_loss * r["nonzero_advantage_frac"]
+        r["teaching_completions_per_s"] = r["teaching_completions_per_step"] / r["median_step_s"]
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"\nlearn_pitch's trained model, {args.steps} more steps per arm, {batch} completions per step in the loss")
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU\n")
     print(
         "| arm | non-zero advantage share | zero-variance groups generated | completions generated / step | rounds | "
-        "filler groups | median s/step | rollout s | scoring s | log-prob s | update s | teaching completions / s |"
+        "filler groups | median s/step | rollout s | scoring s | log-prob s | update s | "
+        "teaching completions / step | "
+        "teaching completions / s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         print(
             f"| {name} | {r['nonzero_advantage_frac']:.2f} | {r['zero_variance_frac_generated']:.2f} | "
             f"{r['completions_per_step']:.0f} | {r['rounds']:.2f} | {r['filler_groups']:.2f} | "
             f"{r['median_step_s']:.2f} | "
             + " | ".join(f"{r[key]:.2f}" for key in SPLIT)
-            + f" | {r['teaching_completions_per_s']:.1f} |"
+            + f" | {r['teaching_completions_per_step']:.1f} | {r['teaching_completions_per_s']:.1f} |"
         )
     print(f"\nstep time, dynamic / plain: {dynamic['median_step_s'] / plain['median_step_s']:.2f}")
     return 0
