@@ -190,13 +190,14 @@ def curve_table(results: list[dict], threshold: float) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| seed | audio | greedy before | greedy after | sampled before | sampled after | format after | wall s |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| arm | seed | audio | greedy before | greedy after | sampled before | sampled after | format after "
+        "| wall s |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         b, a = r["before"], r["after"]
         lines.append(
-            f"| {r['seed']} | {r['audio']} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | "
+            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | "
             f"{b.get('sampled_accuracy', float('nan')):.3f} | {a.get('sampled_accuracy', float('nan')):.3f} | "
             f"{a.get('sampled_format', a['format']):.3f} | {r['seconds']:.0f} |"
         )
