@@ -201,17 +201,13 @@ def _html(run_dir, images, rollouts, sample_steps, compare, category_images=()) 
             "<p><a href='rollouts.html'>Rollout browser</a>: each group with its audio, question, gold answer, "
             "completions, reward terms and advantages, with filters.</p>"
         )
-    for title, path in images:
-        encoded = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
+    parts += [_embedded_png(title, path) for title, path in images]
     if category_images:
         parts.append(
             "<h2>Rewards per category</h2><p>Each term's mean and R_total's mean over the rows of one category "
             "(the rows' task, question type or category) at each step.</p>"
         )
-    for title, path in category_images:
-        encoded = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
+    parts += [_embedded_png(title, path) for title, path in category_images]
     for step in chosen:
         rows = [r for r in rollouts if r["step"] == step][:8]
         parts.append(
@@ -247,3 +243,9 @@ def _advantage(record: dict) -> str:
     if record.get("advantage") is None:
         return html.escape(f"none: dropped ({record['dropped']})" if record.get("dropped") else "none")
     return f"{record['advantage']:.3f}"
+
+
+def _embedded_png(title: str, path: Path) -> str:
+    """An ``<img>`` carrying the PNG file itself (the page stays self-contained)."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>"
