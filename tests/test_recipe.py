@@ -1,11 +1,15 @@
 """Recipes: shipped files parse, typos get suggestions, bad values name the field, the CLI prints one line."""
 
+from pathlib import Path
+
 import pytest
 
 from grpo_audio.cli import main
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.loader import generation_batch_size
 from grpo_audio.resources import shipped_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHIPPED = sorted(shipped_dir("configs").glob("*.yaml"))
 
@@ -175,3 +179,26 @@ def test_cli_config_prints_resolved_recipe_with_overrides(capsys):
     assert main(["config", str(shipped_dir("configs") / "demo.yaml"), "--set", "trainer.learning_rate=2e-6"]) == 0
     out = capsys.readouterr().out
     assert "learning_rate: 2.0e-06" in out and "num_generations: 4" in out
+
+
+def test_a_problem_from_an_override_is_reported_as_from_set():
+    demo = str(ROOT / "configs" / "demo.yaml")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(demo, ["rollout.num_generation=4"])
+    assert str(caught.value).startswith("--set rollout.num_generation=4: unknown key 'rollout.num_generation'")
+    with pytest.raises(RecipeError, match=r"^--set trainer.learning_rat=0.1: unknown key 'trainer.learning_rat'"):
+        load_recipe(demo, ["trainer.learning_rat=0.1"])
+    with pytest.raises(RecipeError, match=r"^--set trainer.learning_rate=-1: trainer.learning_rate=-1.0: must be > 0"):
+        load_recipe(demo, ["trainer.learning_rate=-1"])
+    with pytest.raises(RecipeError, match=r"^--set rewards.terms=\[\{name: accuracy, weight: .nan\}\]: "):
+        load_recipe(demo, ["rewards.terms=[{name: accuracy, weight: .nan}]"])
+    with pytest.raises(RecipeError, match=r"^--set rollout=\{num_generation: 4\}: unknown key"):
+        load_recipe(demo, ["rollout={num_generation: 4}"])
+
+
+def test_a_problem_in_the_file_is_still_reported_as_from_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout:\n  num_generation: 4\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe, ["trainer.max_steps=2"])
+    assert str(caught.value).startswith(f"{recipe}: unknown key 'rollout.num_generation'")

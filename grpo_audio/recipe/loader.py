@@ -48,14 +48,26 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     try:
         recipe = build_dataclass(Recipe, {k: v for k, v in data.items()}, "")
     except RecipeError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        raise RecipeError(f"{origin(exc, where, overrides or [])}: {exc}") from None
     recipe.source_path = None if path is None else str(path)
     try:
         recipe.trainer = validate_trainer_section(recipe.trainer)
         check_cross_section(recipe)
     except RecipeError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        raise RecipeError(f"{origin(exc, where, overrides or [])}: {exc}") from None
     return recipe
+
+
+def origin(error: RecipeError, where: str, overrides: list[str]) -> str:
+    """Where a problem at ``error.key`` comes from: the last ``--set`` override that wrote that key (or a section
+    holding it, or a key inside it), else the recipe file ``where``."""
+    key = getattr(error, "key", None)
+    if key:
+        for item in reversed(overrides):
+            dotted = item.partition("=")[0].strip()
+            if dotted == key or key.startswith(f"{dotted}.") or dotted.startswith(f"{key}."):
+                return f"--set {item}"
+    return where
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -104,7 +116,7 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
             )
         if key not in fields:
             hint = suggest(key, list(fields), "trainer.")
-            raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){hint}")
+            raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){hint}", key=f"trainer.{key}")
         checked[key] = convert(value, fields[key], f"trainer.{key}")
     return checked
 

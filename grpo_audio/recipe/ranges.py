@@ -175,9 +175,15 @@ def check_ranges(recipe) -> None:
             note = f" ({why})" if why else ""
             if not math.isfinite(value):
                 bound = f" {allowed.describe()}" if allowed.describe() else ""
-                raise RecipeError(f"{where}={value}: must be a finite number{bound}{note}")
+                raise RecipeError(f"{where}={value}: must be a finite number{bound}{note}", key=_key(where))
             if not allowed.contains(value):
-                raise RecipeError(f"{where}={value}: must be {allowed.describe()}{note}")
+                raise RecipeError(f"{where}={value}: must be {allowed.describe()}{note}", key=_key(where))
+
+
+def _key(where: str) -> str:
+    """The dotted key of a checked value: ``rewards.terms[1].weight`` -> ``rewards.terms`` (an override sets the
+    list whole)."""
+    return where.split("[", 1)[0]
 
 
 def check_consistency(recipe) -> None:

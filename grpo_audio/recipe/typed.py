@@ -49,7 +49,9 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     try:
         return _convert(value, tp, path)
     except _TypeMismatchError:
-        raise RecipeError(f"{path}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})") from None
+        raise RecipeError(
+            f"{path}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})", key=path
+        ) from None
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -130,7 +132,7 @@ def build_dataclass(cls: type, data: dict, path: str) -> Any:
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
             prefix = f"{path}." if path else ""
-            raise RecipeError(f"unknown key {where!r}{suggest(str(key), list(fields), prefix)}")
+            raise RecipeError(f"unknown key {where!r}{suggest(str(key), list(fields), prefix)}", key=where)
         kwargs[key] = convert(value, hints[key], where)
     try:
         return cls(**kwargs)
