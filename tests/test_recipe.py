@@ -202,3 +202,27 @@ def test_a_problem_in_the_file_is_still_reported_as_from_the_file(tmp_path):
     with pytest.raises(RecipeError) as caught:
         load_recipe(recipe, ["trainer.max_steps=2"])
     assert str(caught.value).startswith(f"{recipe}: unknown key 'rollout.num_generation'")
+
+
+@pytest.mark.parametrize("report_to", ["[tensorboard]", "tensorboard", "[wandb]"])
+def test_a_tracker_that_is_not_installed_is_refused_before_anything_runs(monkeypatch, report_to):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent = {"tensorboard", "tensorboardX", "wandb"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(None, [f"trainer.report_to={report_to}"])
+    message = str(caught.value)
+    assert message.startswith(f"--set trainer.report_to={report_to}: trainer.report_to names")
+    assert "pip install 'grpo-audio[tracking]'" in message and "\n" not in message
+
+
+def test_an_installed_tracker_passes_the_check(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX" else real(name, *a)
+    )
+    assert load_recipe(None, ["trainer.report_to=[tensorboard]"]).trainer["report_to"] == ["tensorboard"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import typing
 from pathlib import Path
@@ -146,11 +147,31 @@ def check_sampling(recipe: Recipe) -> None:
         raise RecipeError(f"rollout.max_completion_length={spec.max_completion_length}: must be at least 1")
 
 
+# trainer.report_to names -> the modules transformers' integration needs (any one of them will do)
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """The tracking backends ``trainer.report_to`` names are installed, before anything is built or written
+    (transformers would fail only when its callback starts, after the run directory is written)."""
+    wanted = recipe.trainer.get("report_to")
+    names = [wanted] if isinstance(wanted, str) else list(wanted or [])
+    for name in names:
+        modules = TRACKER_MODULES.get(name)
+        if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise RecipeError(
+                f"trainer.report_to names {name!r} but {' or '.join(modules)} is not installed: "
+                "pip install 'grpo-audio[tracking]' (or drop it from trainer.report_to)",
+                key="trainer.report_to",
+            )
+
+
 def check_cross_section(recipe: Recipe) -> None:
     """Every value check (ranges first, then what relates fields and sections); raises ``RecipeError``."""
     check_ranges(recipe)
     check_consistency(recipe)
     check_sampling(recipe)
+    check_trackers(recipe)
     if recipe.model.adapter_learning_rate is not None and recipe.model.freeze_adapter:
         raise RecipeError(
             "model.adapter_learning_rate is set but model.freeze_adapter is true: the adapter never trains"
