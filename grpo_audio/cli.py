@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import yaml
 
@@ -104,8 +105,27 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     from grpo_audio.train.run import train
 
-    train(recipe)
+    try:
+        train(recipe)
+    except KeyboardInterrupt:
+        print(f"grpo-audio: interrupted. {resume_hint(recipe)}", file=sys.stderr, flush=True)
+        return 130  # the shell's status for a command ended by SIGINT
     return 0
+
+
+def resume_hint(recipe) -> str:
+    """Where the run stands after an interruption: its last complete checkpoint and how to go on from it."""
+    run_dir = Path(recipe.run.output_dir)
+    steps = [int(p.name.split("-")[1]) for p in (run_dir / "trainer").glob("checkpoint-*") if p.name[11:].isdigit()]
+    if not steps:
+        return f"No checkpoint was written yet in {run_dir}: running the same command starts the run again."
+    last = run_dir / "trainer" / f"checkpoint-{max(steps)}"
+    if recipe.run.overwrite:
+        return (
+            f"Last checkpoint: {last}. This recipe sets run.overwrite=true, so the same command would start again: "
+            "add --set run.overwrite=false to resume from it."
+        )
+    return f"Last checkpoint: {last}. Run the same command to resume from it."
 
 
 _TRITON_WITHOUT_CPU_BACKEND = "Triton is installed, but doesn't include CPU backend"
