@@ -115,11 +115,13 @@ def run(argv: list[str] | None = None) -> int:
 
 def resume_hint(recipe) -> str:
     """Where the run stands after an interruption: its last complete checkpoint and how to go on from it."""
+    from grpo_audio.train.run_dir import checkpoints
+
     run_dir = Path(recipe.run.output_dir)
-    steps = [int(p.name.split("-")[1]) for p in (run_dir / "trainer").glob("checkpoint-*") if p.name[11:].isdigit()]
-    if not steps:
+    found = checkpoints(run_dir / "trainer")
+    if not found:
         return f"No checkpoint was written yet in {run_dir}: running the same command starts the run again."
-    last = run_dir / "trainer" / f"checkpoint-{max(steps)}"
+    last = found[-1]
     if recipe.run.overwrite:
         return (
             f"Last checkpoint: {last}. This recipe sets run.overwrite=true, so the same command would start again: "

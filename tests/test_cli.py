@@ -51,5 +51,10 @@ def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_to_resume_from(tmp_path
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("grpo-audio: interrupted. Last checkpoint: ") and "checkpoint-" in last
-    # the demo overwrites its run directory, so the hint says how to resume instead
-    assert "add --set run.overwrite=false to resume from it." in last
+    assert last.endswith("Run the same command to resume from it.")
+    # with run.overwrite the same command would start again: the hint says how to resume instead
+    from grpo_audio.cli import resume_hint
+    from grpo_audio.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "configs" / "demo.yaml", [f"run.output_dir={run_dir}", "run.overwrite=true"])
+    assert resume_hint(recipe).endswith("add --set run.overwrite=false to resume from it.")

@@ -226,3 +226,24 @@ def test_an_installed_tracker_passes_the_check(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX" else real(name, *a)
     )
     assert load_recipe(None, ["trainer.report_to=[tensorboard]"]).trainer["report_to"] == ["tensorboard"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_resumes_by_default(path, tmp_path):
+    recipe = load_recipe(path, _local_paths(path, tmp_path))
+    assert recipe.run.overwrite is False and recipe.run.resume == "auto"
+
+
+def test_overwrite_says_what_it_removes(tmp_path, capsys):
+    from grpo_audio.train.run_dir import MARKER, open_run_dir
+
+    run_dir = tmp_path / "run"
+    for step in (2, 4):
+        (run_dir / "trainer" / f"checkpoint-{step}").mkdir(parents=True)
+    (run_dir / "final_model").mkdir()
+    (run_dir / MARKER).write_text("{}")
+    opened = open_run_dir(load_recipe(None, [f"run.output_dir={run_dir}", "run.overwrite=true"]))
+    assert opened.resume_checkpoint is None and not any(run_dir.iterdir())
+    assert capsys.readouterr().out == (
+        f"grpo-audio: run.overwrite=true: removing the run in {run_dir} (checkpoints at steps 2, 4; a final model)\n"
+    )

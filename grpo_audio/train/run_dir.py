@@ -85,6 +85,15 @@ def checkpoints(trainer_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def what_a_run_holds(path: Path) -> str:
+    """The run in ``path`` as one phrase: its checkpoints' steps and whether it has a final model."""
+    steps = [int(CHECKPOINT_PATTERN.match(p.name).group(1)) for p in checkpoints(path / "trainer")]
+    held = [f"checkpoints at steps {', '.join(map(str, steps))}" if steps else "no checkpoint"]
+    if (path / "final_model").is_dir():
+        held.append("a final model")
+    return f"the run in {path} ({'; '.join(held)})"
+
+
 def comparable_recipe(data: dict) -> dict:
     data = json.loads(json.dumps(data))  # deep copy with YAML-equal types
     for key in RUN_CONTROL_FIELDS:
@@ -115,6 +124,7 @@ def open_run_dir(recipe: Recipe) -> RunDir:
             f"run.output_dir {path} exists, is not empty and was not written by grpo-audio; choose another"
         )
     if recipe.run.overwrite:
+        print(f"grpo-audio: run.overwrite=true: removing {what_a_run_holds(path)}", flush=True)
         shutil.rmtree(path)
         path.mkdir(parents=True)
         return RunDir(path, None)
