@@ -78,11 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["rewards", "score"] and not {"-h", "--help"} & set(argv[2:3]):
-        # The reward tools parse their own options (argparse cannot pass "--flags" through a sub-parser).
+    if argv[:1] == ["rewards"]:
+        # The reward tools parse their own options and help (argparse cannot pass "--flags" through a sub-parser)
         from rewards.score_cli import main as score_main
 
-        return score_main(argv[1:])
+        return score_main(argv[1:], prog="grpo-audio rewards")
     if argv[:2] == ["data", "check"]:
         from grpo_audio.data.check import main as check_main
 

@@ -54,6 +54,20 @@ from rewards.registry import (
 )
 from rewards.rubric import RewardBreakdown, Rubric, rubric_from_config
 
+SCORE_DESCRIPTION = """Score completions with a recipe's rewards, as the trainer would, before spending GPU hours.
+
+Input: JSONL, one row per completion: {"completion": "...", "sample": {...}} or the sample's fields at the top level
+(answer, choices, question, id, ...); rollouts.jsonl from a run works as it is (its length and finish_reason feed the
+rewards that read lengths). With --group-size G, consecutive rows are the G completions of one prompt, and each
+row's advantage is printed as the trainer computes it from R_total.
+
+Prints a table per term (weight, mean, std, none, min, max) and R_total, then one line per row (completion excerpt,
+every term, R_total, advantage). --output writes every row's scores as JSONL.
+
+Example:
+  grpo-audio rewards score --rewards configs/learn_pitch.yaml --input runs/learn_pitch/rollouts.jsonl --group-size 4
+"""
+
 
 class InputError(ValueError):
     """A problem with the command's inputs; reported as ``error: ...`` with exit status 2."""
@@ -202,7 +216,89 @@ def print_table(breakdown: RewardBreakdown, rubric: Rubric, group_size: int, out
         print(f"{name}: {value:g}", file=out)
 
 
-def write_rows(path: Path, lines: list[int], samples: list[dict[str, Any]], breakdown: RewardBreakdown) -> None:
+ADVANTAGE_EPS = 1e-4  # TRL's: A = (r - mean) / (std + 1e-4)
+
+
+def group_advantages(totals: Sequence[float | None], group_size: int, scale: str = "group") -> list[float]:
+    """The advantages the trainer computes from R_total (TRL 1.16's ``sum_then_normalize``), per row.
+
+    ``A_i = (r_i - mean_g) / (std_g + 1e-4)`` with mean and sample std (ddof 1) over the scored rows of row i's group
+    of ``group_size`` (``scale="group"``, TRL's default), over the whole batch (``"batch"``), or ``r_i - mean_g``
+    (``"none"``, Dr. GRPO). An unscored row (None) gets 0, and so does every row of a group with fewer than two
+    scored rows (TRL's std is NaN there).
+    """
+    if scale not in ("group", "batch", "none"):
+        raise InputError(f"--scale-rewards must be group, batch or none, got {scale!r}")
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        if not values:
+            return math.nan, math.nan
+        mean = sum(values) / len(values)
+        if len(values) < 2:
+            return mean, math.nan
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    batch_std = mean_std([t for t in totals if t is not None])[1]
+    out: list[float] = []
+    for start in range(0, len(totals), group_size):
+        group = totals[start : start + group_size]
+        mean, std = mean_std([t for t in group if t is not None])
+        if scale == "batch":
+            std = batch_std
+        for t in group:
+            value = math.nan if t is None else t - mean
+            if scale != "none":
+                value = value / (std + ADVANTAGE_EPS)
+            out.append(0.0 if math.isnan(value) else value)
+    return out
+
+
+def excerpt(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def print_rows(
+    completions: Sequence[str],
+    samples: Sequence[Mapping[str, Any]],
+    breakdown: RewardBreakdown,
+    advantages: list[float] | None,
+    show: int,
+    out: TextIO,
+) -> None:
+    """One line per row, the first ``show`` rows: id, completion excerpt, every term, R_total (and the advantage)."""
+    if show == 0:
+        return
+    header = ["row", "id", "completion", *breakdown.terms, "R_total", *(["advantage"] if advantages else [])]
+    table = [header]
+    for j in range(len(completions) if show < 0 else min(show, len(completions))):
+        row_id = samples[j].get("id", samples[j].get("prompt_id", ""))  # rollouts.jsonl names it prompt_id
+        cells = [str(j), str(row_id), excerpt(completions[j], 48)]
+        cells += ["-" if v[j] is None else f"{v[j]:.4g}" for v in breakdown.terms.values()]
+        cells.append("-" if breakdown.total[j] is None else f"{breakdown.total[j]:.4g}")
+        if advantages:
+            cells.append(f"{advantages[j]:+.3f}")
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print(file=out)
+    for row in table:
+        print(
+            "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))),
+            file=out,
+        )
+    hidden = len(completions) - (len(table) - 1)
+    if hidden > 0:
+        print(f"... {hidden} more rows (--show N or --show -1 prints them; --output writes them all)", file=out)
+
+
+def write_rows(
+    path: Path,
+    lines: list[int],
+    samples: list[dict[str, Any]],
+    breakdown: RewardBreakdown,
+    advantages: list[float] | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for j, line in enumerate(lines):
@@ -216,6 +312,8 @@ def write_rows(path: Path, lines: list[int], samples: list[dict[str, Any]], brea
                 "failed": {k: v[j] for k, v in breakdown.failed.items() if v[j] is not None},
                 "unscored": breakdown.unscored[j],
             }
+            if advantages is not None:
+                record["advantage"] = advantages[j]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
@@ -243,9 +341,13 @@ def run_score(args: argparse.Namespace, out: TextIO) -> int:
         max_length=args.max_length,
     )
     breakdown = rubric.score(rows.completions, rows.samples, context)
+    advantages = None
+    if args.group_size > 1:
+        advantages = group_advantages(breakdown.total, args.group_size, args.scale_rewards)
     print_table(breakdown, rubric, args.group_size, out)
+    print_rows(rows.completions, rows.samples, breakdown, advantages, args.show, out)
     if args.output:
-        write_rows(Path(args.output), rows.lines, rows.samples, breakdown)
+        write_rows(Path(args.output), rows.lines, rows.samples, breakdown, advantages)
         print(f"per-row scores: {args.output}", file=out)
     return 0
 
@@ -264,7 +366,12 @@ def run_list(out: TextIO) -> int:
 def build_parser(prog: str = "rewards") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Score completions with reward rubrics.")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score a JSONL of (completion, sample) rows and print a per-term table")
+    score = sub.add_parser(
+        "score",
+        help="score a JSONL of (completion, sample) rows: a per-term table, one line per row, group advantages",
+        description=SCORE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     score.add_argument("--rewards", required=True, help="YAML recipe (its rewards: section) or rewards section")
     score.add_argument("--input", required=True, help="JSONL rows: {completion, sample} or {completion, **sample}")
     score.add_argument("--group-size", type=int, default=1, help="G: consecutive rows sharing a prompt (default 1)")
@@ -273,6 +380,12 @@ def build_parser(prog: str = "rewards") -> argparse.ArgumentParser:
     score.add_argument("--total-steps", type=int, default=1, help="total steps for schedules (default 1)")
     score.add_argument(
         "--max-length", type=int, help="the run's completion length limit in tokens (rollout.max_completion_length)"
+    )
+    score.add_argument("--show", type=int, default=20, help="rows printed one per line (default 20; 0 none, -1 all)")
+    score.add_argument(
+        "--scale-rewards",
+        default="group",
+        help="advantages with --group-size: group (TRL's default), batch or none (as trainer.scale_rewards)",
     )
     sub.add_parser("list", help="list the registered rewards and combiners")
     return parser

@@ -58,3 +58,38 @@ def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_to_resume_from(tmp_path
 
     recipe = load_recipe(ROOT / "configs" / "demo.yaml", [f"run.output_dir={run_dir}", "run.overwrite=true"])
     assert resume_hint(recipe).endswith("add --set run.overwrite=false to resume from it.")
+
+
+def test_rewards_score_has_a_real_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["rewards", "score", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: grpo-audio rewards score")
+    for option in ("--rewards", "--input", "--group-size", "--show", "--scale-rewards", "--output", "--max-length"):
+        assert option in text
+    assert "rollouts.jsonl" in text and "Example:" in text
+
+
+@pytest.mark.slow
+def test_rewards_score_reproduces_the_trainers_advantages_from_a_runs_rollouts(tiny_recipe, capsys):
+    from grpo_audio.train.run import train
+
+    run_dir = train(tiny_recipe("trainer.max_steps=1"))
+    rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    out = run_dir.parent / "scores.jsonl"
+    args = ["--rewards", str(run_dir / "recipe.yaml"), "--input", str(run_dir / "rollouts.jsonl")]
+    code = main(["rewards", "score", *args, "--group-size", "4", "--show", "-1", "--output", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    scores = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(scores) == len(rollouts) == 8
+    for record, score in zip(rollouts, scores, strict=True):
+        assert score["total"] == record["R_total"]
+        assert score["advantage"] == pytest.approx(record["advantage"], abs=1e-5)  # TRL's, from the trainer
+    # one line per row on the terminal: its id, an excerpt of the completion, and its advantage
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("row  id"))
+    rows = lines[header + 1 : header + 9]
+    assert [line.split()[1] for line in rows] == [r["prompt_id"] for r in rollouts]
+    assert [float(line.split()[-1]) for line in rows] == pytest.approx([r["advantage"] for r in rollouts], abs=1e-3)
