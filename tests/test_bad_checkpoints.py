@@ -379,7 +379,11 @@ def test_the_cli_exits_2_with_one_error_line_before_any_training(layouts, tmp_pa
         argv = ["train", "--set", f"run.output_dir={run}", "--set", "model.source=pretrained"]
         argv += ["--set", f"model.path={directory}", *common]
     else:
-        argv = ["eval", "--model", str(directory), "--out", str(tmp_path / "eval"), *common]
+        from grpo_audio.data.synthetic import write_synthetic_set
+
+        benchmark = write_synthetic_set(tmp_path / "benchmark", 4, ["pitch"], seed=0)
+        argv = ["eval", "--model", str(directory), "--benchmark", str(benchmark), "--out", str(tmp_path / "eval")]
+        argv += common
         argv += ["--set", f"run.output_dir={run}"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err

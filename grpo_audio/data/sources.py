@@ -69,6 +69,7 @@ BAD_AUDIO_REASONS = ("missing_file", "not_a_file", "empty_file", "unreadable", "
 LENGTH_REASONS = ("too_short", "too_long")
 _LOGGED_SKIPS = 20  # individual warnings; the rest are only in skipped.jsonl and the summary
 HELDOUT_SEED_OFFSET = 1_000_003  # added to run.seed: the held-out split's clips come from their own random stream
+HELDOUT_ID_PREFIX = "heldout-"  # held-out row ids never equal a training row's (both count from 0 per task)
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,9 @@ def load_heldout_rows(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion],
         return [], SkipReport(label="held-out")
     directory = Path(run_dir) / "data" / "heldout"
     seed = recipe.run.seed + HELDOUT_SEED_OFFSET
-    manifest = write_synthetic_set(directory, spec.heldout_questions, list(spec.tasks), seed)
+    manifest = write_synthetic_set(
+        directory, spec.heldout_questions, list(spec.tasks), seed, id_prefix=HELDOUT_ID_PREFIX
+    )
     parse_problems: list[RowProblem] = []
     source_rows = read_rows("jsonl", manifest, problems=parse_problems)
     return usable_rows(

@@ -56,8 +56,11 @@ def _clip(task: str, answer: str, rng: np.random.Generator) -> np.ndarray:
     return (wave + rng.normal(0.0, 0.005, wave.shape)).astype(np.float32)
 
 
-def write_synthetic_set(directory: Path, num_questions: int, tasks: list[str], seed: int) -> Path:
+def write_synthetic_set(directory: Path, num_questions: int, tasks: list[str], seed: int, id_prefix: str = "") -> Path:
     """Write ``num_questions`` WAV files and a ``manifest.jsonl`` into ``directory``; return the manifest path.
+
+    Row ids are ``<id_prefix><task>-<i>``: the held-out split passes ``heldout-`` so its ids never equal a training
+    row's.
 
     Questions cycle through ``tasks``; answers are balanced within each task (cycling through its choices), and
     the choice order is shuffled per question so the position of the answer carries no signal.
@@ -78,7 +81,7 @@ def write_synthetic_set(directory: Path, num_questions: int, tasks: list[str], s
         sf.write(directory / name, _clip(task, answer, rng), SAMPLE_RATE, subtype="PCM_16")
         rows.append(
             {
-                "id": f"{task}-{i:04d}",
+                "id": f"{id_prefix}{task}-{i:04d}",
                 "audio": name,
                 "question": question,
                 "choices": shown,

@@ -10,10 +10,12 @@ harness saved, e.g. ``runs/x/final_model``). Without RECIPE, a model inside a ru
 recipe it was trained with (``RUN/recipe.yaml``), else with the embedded defaults, and with the settings its
 directory records (below); ``--set model.audio_ablation=silence`` replaces every clip by silence of the same
 length. The data is ``--benchmark`` (format from ``--format`` or guessed; audio relative to ``--root``, default the
-file's directory) or, without it, the recipe's ``data`` section. The recipe's audio policy (``data.on_bad_audio``,
-durations) applies; a skipped clip is a missing prediction, counted as wrong. ``data.max_samples`` of the recipe is
-ignored for a benchmark (``--max-samples`` limits a quick run). A relative path that does not exist is reported
-with the absolute path tried and what it was relative to.
+file's directory) or, without it, the held-out split of the run the model sits in (``RUN/data/heldout/
+manifest.jsonl``, the first command's); with neither, eval refuses: it never scores the training data by default.
+The recipe's ``eval`` section (evaluation during training) plays no part. The recipe's audio policy
+(``data.on_bad_audio``, durations) applies; a skipped clip is a missing prediction, counted as wrong.
+``data.max_samples`` of the recipe is ignored for a benchmark (``--max-samples`` limits a quick run). A relative
+path that does not exist is reported with the absolute path tried and what it was relative to.
 
 Prompt, decoding and audio settings (template, ``max_new_tokens``, ``top_p``/``top_k``, ``text_only``,
 ``model.audio_ablation``, ``data.resampler``), first found wins:
@@ -53,8 +55,10 @@ from grpo_audio.data.formats import FORMATS
 from grpo_audio.data.manifest import DataError
 from grpo_audio.data.records import detect_format
 from grpo_audio.evaluation.scoring import FORMAT_RULES, RULES
+from grpo_audio.paths import tried
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.loader import check_cross_section
+from grpo_audio.recipe.schema import EvalSection
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", nargs="?", help="recipe YAML (default: the embedded defaults)")
     parser.add_argument("--model", required=True, help="model directory saved by grpo-audio (e.g. runs/x/final_model)")
-    parser.add_argument("--benchmark", help="benchmark file (default: the recipe's data section)")
+    parser.add_argument(
+        "--benchmark", help="benchmark file (default: the held-out split of the run the model sits in)"
+    )
     parser.add_argument("--format", choices=FORMATS, help="benchmark format (default: guessed from the file)")
     parser.add_argument("--root", help="directory the benchmark's audio paths are relative to")
     parser.add_argument("--out", help="output directory")
@@ -103,10 +109,19 @@ def _prepare(args):
     recorded = [item for item in recorded if not item.startswith("rollout.temperature=")]
     recipe = load_recipe(args.recipe or run_recipe, recorded + args.overrides)
     recipe.model = dataclasses.replace(recipe.model, source="pretrained", path=str(args.model))
+    # The training-time eval section describes evaluation during training; it has no say here (it would be
+    # checked against the benchmark's data source below, and refuse a synthetic split for a JSONL benchmark)
+    recipe.eval = EvalSection()
     # Evaluation trains nothing: the training-only checks (a cold start or a KL reference on a pretrained model)
     # must not refuse a training recipe reused to evaluate its own model
     recipe.coldstart = dataclasses.replace(recipe.coldstart, steps=0)
     recipe.trainer = {k: v for k, v in recipe.trainer.items() if k != "beta"}
+    if not args.benchmark:
+        if args.format or args.root:
+            raise RecipeError("--format and --root describe --benchmark, which is not given")
+        if not model_dir.is_dir():
+            raise RecipeError(f"model.path: directory not found: {args.model}{tried(args.model)}")
+        args.benchmark, args.format = str(heldout_split(model_dir)), "jsonl"
     if args.benchmark:
         fmt = args.format or detect_format(args.benchmark)
         if fmt is None:
@@ -114,11 +129,6 @@ def _prepare(args):
         recipe.data = dataclasses.replace(
             recipe.data, source=fmt, path=str(args.benchmark), root=args.root, max_samples=args.max_samples
         )
-    else:
-        if args.format or args.root:
-            raise RecipeError("--format and --root describe --benchmark, which is not given")
-        if args.max_samples is not None:
-            recipe.data = dataclasses.replace(recipe.data, max_samples=args.max_samples)
     check_cross_section(recipe)
     sources = SettingSources(args, trained, run_recipe)
     template, template_source = _template(args, recipe, trained, sources)
@@ -213,6 +223,20 @@ def trained_recipe(model_dir: Path) -> str | None:
             print(f"grpo-audio eval: using the recipe the model was trained with, {recipe}", flush=True)
             return str(recipe)
     return None
+
+
+def heldout_split(model_dir: Path) -> Path:
+    """The held-out split of the run ``model_dir`` sits in (``RUN/data/heldout/manifest.jsonl``), the benchmark when
+    none is named; a ``RecipeError`` when there is none: the training data is never evaluated by default."""
+    for run in (model_dir.parent, model_dir.parent.parent):
+        manifest = run / "data" / "heldout" / "manifest.jsonl"
+        if manifest.is_file() and (run / "run.json").is_file():
+            print(f"grpo-audio eval: no --benchmark: the run's held-out split, {manifest}", flush=True)
+            return manifest
+    raise RecipeError(
+        f"no --benchmark, and {model_dir} is not in a run directory with a held-out split (RUN/data/heldout/"
+        "manifest.jsonl): name the file to evaluate with --benchmark (the training data is never evaluated by default)"
+    )
 
 
 def decoding_label(settings, ablation: str) -> str:
