@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from grpo_audio import __version__
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
@@ -60,6 +62,7 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpo-audio", description="GRPO training harness for audio language models.")
+    parser.add_argument("--version", action="version", version=f"grpo-audio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
@@ -165,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_harmless()
     try:
         return run(argv)
-    except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        # The error types are imported only when there is an error to classify: they pull in torch and the
+        # engines, which --help, --version and argument errors (SystemExit, not an Exception) never need
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

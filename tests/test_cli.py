@@ -93,3 +93,19 @@ def test_rewards_score_reproduces_the_trainers_advantages_from_a_runs_rollouts(t
     rows = lines[header + 1 : header + 9]
     assert [line.split()[1] for line in rows] == [r["prompt_id"] for r in rollouts]
     assert [float(line.split()[-1]) for line in rows] == pytest.approx([r["advantage"] for r in rollouts], abs=1e-3)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--bogus"], ["nonsense"]])
+def test_help_version_and_argument_errors_import_no_heavy_library(argv):
+    """What makes them quick (bench/bench_cli_start.py times it): torch, transformers, trl and vllm stay unimported."""
+    probe = (
+        "import sys\nfrom grpo_audio.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'vllm', 'datasets') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stdout + done.stderr
+    if argv == ["--version"]:
+        from grpo_audio import __version__
+
+        assert done.stdout.startswith(f"grpo-audio {__version__}")
