@@ -52,6 +52,8 @@ def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_to_resume_from(tmp_path
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("grpo-audio: interrupted. Last checkpoint: ") and "checkpoint-" in last
     assert last.endswith("Run the same command to resume from it.")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "stopped" and record["error"] == "interrupted"
     # with run.overwrite the same command would start again: the hint says how to resume instead
     from grpo_audio.cli import resume_hint
     from grpo_audio.recipe import load_recipe

@@ -31,7 +31,7 @@ from grpo_audio.data.manifest import AudioQuestion
 from grpo_audio.data.prompting import PromptTemplate, load_template
 from grpo_audio.data.sources import SkipReport, load_heldout_rows, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
-from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, share_from_main
+from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, rank, share_from_main
 from grpo_audio.evaluation.during_training import HeldOutEvaluator, load_eval_sets
 from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure_heldout
 from grpo_audio.evaluation.report import ReportError, render
@@ -47,6 +47,7 @@ from grpo_audio.train.coldstart import run_coldstart
 from grpo_audio.train.run_dir import (
     MARKER,
     RunDir,
+    end_run_record,
     finish_run_record,
     open_run_dir,
     save_model_atomic,
@@ -97,21 +98,32 @@ class TrainingSetup:
 
 
 def train(recipe: Recipe, extra_callbacks=()) -> Path:
-    """Run ``recipe`` from start (or its resume point) to the final model; returns the run directory."""
-    setup = build_training(recipe, extra_callbacks)
-    announce(recipe, setup)
-    trainer = setup.trainer
-    trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
-    model = trained_model(recipe, setup)  # a collective when the weights are sharded: every process calls it
-    if trainer.accelerator.is_main_process:
-        target = setup.run_dir / "final_model"
-        save_final_model(model, setup.tokenizer, target, recipe.run.final_model_format, settings_files(recipe))
-        finish_run(recipe, setup, model)
+    """Run ``recipe`` from start (or its resume point) to the final model; returns the run directory.
+
+    A run that ends early, from the moment its run directory is open, says so in ``run.json``: ``failed`` with the
+    error, or ``stopped`` (Ctrl-C); never ``running`` (``end_run_record``).
+    """
+    opened: list[OpenedRun] = []  # filled by build_training once this run owns its run directory
+    try:
+        setup = build_training(recipe, extra_callbacks, opened)
+        announce(recipe, setup)
+        trainer = setup.trainer
+        trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
+        model = trained_model(recipe, setup)  # a collective when the weights are sharded: every process calls it
+        if trainer.accelerator.is_main_process:
+            target = setup.run_dir / "final_model"
+            save_final_model(model, setup.tokenizer, target, recipe.run.final_model_format, settings_files(recipe))
+            finish_run(recipe, setup, model)
+    except BaseException as error:
+        if opened and rank() == 0:
+            end_run_record(opened[0].run.path, opened[0].status, error)
+        raise
     return setup.run_dir
 
 
-def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
-    """The phases up to a ready trainer (see the module docstring)."""
+def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None = None) -> TrainingSetup:
+    """The phases up to a ready trainer (see the module docstring). ``opened_runs``, when given, receives the
+    ``OpenedRun`` as soon as the run directory is open (``train`` records an early end in it)."""
     check_sharding_backend(torch.cuda.is_available())
     args = grpo_config(recipe, Path(recipe.run.output_dir))
     args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
@@ -121,6 +133,8 @@ def build_training(recipe: Recipe, extra_callbacks=()) -> TrainingSetup:
         share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
     judge_caches = judge_cache_files(recipe)
     opened = share_from_main(lambda: open_run(recipe, judge_caches))
+    if opened_runs is not None:
+        opened_runs.append(opened)
     run_dir = opened.run.path
     template = load_template(recipe.prompt.template)
     data = share_from_main(lambda: load_training_rows(recipe, opened.run, template))

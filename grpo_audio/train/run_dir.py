@@ -85,6 +85,18 @@ def checkpoints(trainer_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def ended_before_a_checkpoint(path: Path) -> str | None:
+    """How the run in ``path`` ended (``failed before its first checkpoint (DataError: ...)``) when it failed or
+    was stopped without writing a complete checkpoint; None otherwise (running, completed, or resumable)."""
+    try:
+        status = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if status.get("status") not in ("failed", "stopped") or checkpoints(path / "trainer"):
+        return None
+    return f"{status['status']} before its first checkpoint ({status.get('error', 'no error recorded')})"
+
+
 def what_a_run_holds(path: Path) -> str:
     """The run in ``path`` as one phrase: its checkpoints' steps and whether it has a final model."""
     steps = [int(CHECKPOINT_PATTERN.match(p.name).group(1)) for p in checkpoints(path / "trainer")]
@@ -125,6 +137,13 @@ def open_run_dir(recipe: Recipe) -> RunDir:
         )
     if recipe.run.overwrite:
         print(f"grpo-audio: run.overwrite=true: removing {what_a_run_holds(path)}", flush=True)
+        shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return RunDir(path, None)
+    ended = ended_before_a_checkpoint(path)
+    if ended is not None and not recipe.run.resume_from:
+        # nothing of it can be resumed: the corrected rerun starts in its place instead of being refused
+        print(f"grpo-audio: {path} holds a run that {ended}; starting again in its place", flush=True)
         shutil.rmtree(path)
         path.mkdir(parents=True)
         return RunDir(path, None)
@@ -309,6 +328,19 @@ def truncate_logs_after(run_dir: Path, step: int) -> None:
         if not path.is_file():
             continue
         filter_jsonl(path, lambda record: record["step"] <= step)
+
+
+def end_run_record(run_dir: Path, status: dict, error: BaseException) -> None:
+    """run.json after a run ended early: ``stopped`` (interrupted: Ctrl-C or an exit) or ``failed`` (with the error's
+    first line), so that a dead run never reads as ``running``."""
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+    text = (str(error).strip().splitlines() or [""])[0]
+    status.update(
+        status="stopped" if stopped else "failed",
+        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        error="interrupted" if stopped else f"{type(error).__name__}: {text}",
+    )
+    write_json_atomic(run_dir / MARKER, status)
 
 
 def finish_run_record(run_dir: Path, status: dict, **fields) -> None:

@@ -1,0 +1,58 @@
+"""run.json's status is always true: ``failed`` with the error, ``stopped`` after Ctrl-C, ``completed``; a run that
+ended before its first checkpoint does not block the corrected rerun, which starts in its place and says so."""
+
+import json
+
+import pytest
+
+from grpo_audio.data.manifest import DataError
+from grpo_audio.data.synthetic import write_synthetic_set
+from grpo_audio.recipe import load_recipe
+from grpo_audio.train.run import train
+
+
+def status(run_dir):
+    return json.loads((run_dir / "run.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_data_error_is_recorded_and_the_corrected_rerun_replaces_the_dead_run(tmp_path, capsys):
+    manifest = write_synthetic_set(tmp_path / "data", 8, ["pitch"], seed=0)
+    good = manifest.read_text()
+    rows = [json.loads(line) for line in good.splitlines()]
+    rows[3]["answer"] = "medium"  # not among the choices
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run_dir}",
+        "data.source=jsonl",
+        f"data.path={manifest}",
+        "rollout.max_completion_length=8",
+        "trainer.max_steps=1",
+        "trainer.per_device_train_batch_size=8",
+    ]
+    with pytest.raises(DataError):
+        train(load_recipe(None, overrides))
+    record = status(run_dir)
+    assert record["status"] == "failed" and record["error"].startswith("DataError: ") and "medium" in record["error"]
+
+    manifest.write_text(good)  # corrected
+    capsys.readouterr()
+    train(load_recipe(None, overrides))
+    assert f"grpo-audio: {run_dir} holds a run that failed before its first checkpoint (DataError: " in (
+        capsys.readouterr().out
+    )
+    assert status(run_dir)["status"] == "completed"
+
+
+def test_a_stopped_run_with_a_checkpoint_is_resumed_not_replaced(tmp_path):
+    from grpo_audio.train.run_dir import MARKER, ended_before_a_checkpoint
+
+    run_dir = tmp_path / "run"
+    (run_dir / "trainer" / "checkpoint-2").mkdir(parents=True)
+    (run_dir / MARKER).write_text(json.dumps({"status": "stopped", "error": "interrupted"}))
+    assert ended_before_a_checkpoint(run_dir) is None
+    (run_dir / "trainer" / "checkpoint-2").rmdir()
+    assert ended_before_a_checkpoint(run_dir) == "stopped before its first checkpoint (interrupted)"
+    (run_dir / MARKER).write_text(json.dumps({"status": "running"}))  # maybe alive: never replaced
+    assert ended_before_a_checkpoint(run_dir) is None
