@@ -268,3 +268,23 @@ def test_heldout_accuracy_keeps_the_official_answer_extraction_whatever_the_trai
     scores = get_reward("accuracy").score_batch(["The answer is high."], [sample], RewardContext(), **options)
     assert scores == [1.0]  # the training default (the <answer> span only) gives 0.0 here
     assert evaluation_options() == {"answer_source": "tag_or_text"}
+
+
+def test_compare_and_the_metrics_page_say_how_each_run_decoded_and_define_their_counts():
+    from grpo_audio.evaluation.metrics import compare_table, markdown_table
+
+    def metrics(greedy: bool, ablation: str) -> dict:
+        overall = {"items": 2, "accuracy": 0.5, "correct": 1, "unparsed": 1, "missing": 0}
+        return {
+            "model": "m", "template": "t@v1", "rule": "mmau", "k": 1, "audio_ablation": ablation, "groups": {},
+            "benchmark": {"path": "b.json", "sha256": "0" * 64, "format": "mmau"},
+            "decoding": {"greedy": greedy, "samples": 1 if greedy else 8, "temperature": 0.0 if greedy else 0.7,
+                         "max_new_tokens": 8},
+            "skipped": {"count": 0}, "overall": overall,
+        }  # fmt: skip
+
+    table = compare_table(metrics(True, "none"), metrics(True, "silence"), "greedy", "silence")
+    assert "greedy, audio as recorded" in table.splitlines()[0] and "greedy, audio: silence" in table.splitlines()[1]
+    assert "8 samples at temperature 0.7" in compare_table(metrics(False, "none"), metrics(True, "none"))
+    page = markdown_table(metrics(True, "none"))
+    assert "unparsed: the rule found no answer in the completion; missing: the item has no completion" in page

@@ -66,3 +66,25 @@ def test_a_run_without_categories_has_no_category_section(tmp_path):
     page = render(run, run / "report")
     assert "Rewards per category" not in page.read_text()
     assert not list((run / "report").glob("*by_category.png"))
+
+
+def test_report_steps_past_the_last_logged_step_are_named(tmp_path, capsys):
+    from grpo_audio.evaluation.report import main as report_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rollout = {
+        "step": 1,
+        "prompt_id": "a",
+        "completion": "x",
+        "rewards": {},
+        "R_total": 1.0,
+        "advantage": 0.0,
+        "finish_reason": "stop",
+        "length": 1,
+    }
+    (run / "rollouts.jsonl").write_text("".join(json.dumps({**rollout, "step": s}) + "\n" for s in (1, 2)))
+    metrics = [{"step": s, "reward": 1.0, "rewards/accuracy/mean": 1.0} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    assert report_main([str(run), "--steps", "2,99"]) == 0
+    assert "grpo-audio report: no rollouts at step(s) 99 (the run logged steps 1-2)" in capsys.readouterr().out

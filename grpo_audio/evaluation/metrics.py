@@ -65,6 +65,8 @@ def markdown_table(metrics: dict) -> str:
         f"at most {decoding['max_new_tokens']} new tokens",
         f"- items: {overall['items']} ({metrics['skipped']['count']} with a skipped clip); unparsed predictions: "
         f"{overall['unparsed']}; missing: {overall['missing']} (both counted as wrong)",
+        "- unparsed: the rule found no answer in the completion; missing: the item has no completion (its clip was "
+        "skipped by the audio policy)",
     ]
     outside = bench.get("answers_outside_choices", 0)
     if outside:
@@ -88,6 +90,16 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decoding_summary(metrics: dict) -> str:
+    """``greedy``, or ``8 samples at temperature 0.7``, and the audio: ``audio as recorded`` or ``audio: silence``."""
+    decoding = metrics["decoding"]
+    mode = (
+        "greedy" if decoding["greedy"] else f"{decoding['samples']} samples at temperature {decoding['temperature']:g}"
+    )
+    ablation = metrics.get("audio_ablation", "none")
+    return f"{mode}, {'audio as recorded' if ablation == 'none' else f'audio: {ablation}'}"
+
+
 def load_metrics(run: str | Path) -> dict:
     """``metrics.json`` of an evaluation output directory (or the file itself)."""
     path = Path(run)
@@ -101,8 +113,9 @@ def load_metrics(run: str | Path) -> dict:
 def compare_table(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
     """Both runs side by side, slice by slice, with B - A in accuracy points."""
     lines = [
-        f"A: {name_a}: model `{a['model']}`, {a['template']}, benchmark sha256 `{a['benchmark']['sha256'][:16]}`",
-        f"B: {name_b}: model `{b['model']}`, {b['template']}, benchmark sha256 `{b['benchmark']['sha256'][:16]}`",
+        f"{label}: {name}: model `{m['model']}`, {m['template']}, {decoding_summary(m)}, "
+        f"benchmark sha256 `{m['benchmark']['sha256'][:16]}`"
+        for label, name, m in (("A", name_a, a), ("B", name_b, b))
     ]
     if a["benchmark"]["sha256"] != b["benchmark"]["sha256"]:
         lines.append("warning: the two runs used different benchmark files; their numbers are not comparable")

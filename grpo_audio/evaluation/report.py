@@ -233,6 +233,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    if steps:
+        logged = logged_steps(args.run_dir)
+        absent = [s for s in steps if s not in logged]
+        if absent:
+            span = f"steps {min(logged)}-{max(logged)}" if logged else "no rollouts"
+            print(f"grpo-audio report: no rollouts at step(s) {', '.join(map(str, absent))} (the run logged {span})")
     page = render(args.run_dir, args.out or args.run_dir / "report", args.compare, steps)
     print(f"report written to {page}")
     return 0
@@ -249,3 +255,8 @@ def _embedded_png(title: str, path: Path) -> str:
     """An ``<img>`` carrying the PNG file itself (the page stays self-contained)."""
     encoded = base64.b64encode(path.read_bytes()).decode()
     return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>"
+
+
+def logged_steps(run_dir: Path) -> set[int]:
+    """The steps ``rollouts.jsonl`` holds records of."""
+    return {record["step"] for record in read_log(Path(run_dir) / "rollouts.jsonl")}
