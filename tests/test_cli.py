@@ -97,7 +97,11 @@ def test_rewards_score_reproduces_the_trainers_advantages_from_a_runs_rollouts(t
     assert [float(line.split()[-1]) for line in rows] == pytest.approx([r["advantage"] for r in rollouts], abs=1e-3)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--bogus"], ["nonsense"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["train", "--bogus"], ["nonsense"], ["eval", "--help"], ["eval", "--model"]]
+    + [["rewards", "score", "--help"], ["rewards", "score", "--bogus"]],
+)
 def test_help_version_and_argument_errors_import_no_heavy_library(argv):
     """What makes them quick (bench/bench_cli_start.py times it): torch, transformers, trl and vllm stay unimported."""
     probe = (
@@ -111,3 +115,10 @@ def test_help_version_and_argument_errors_import_no_heavy_library(argv):
         from grpo_audio import __version__
 
         assert done.stdout.startswith(f"grpo-audio {__version__}")
+
+
+def test_the_eval_parsers_rule_names_are_the_scoring_rules():
+    from grpo_audio.evaluation.cli import RULE_NAMES
+    from grpo_audio.evaluation.scoring import RULES
+
+    assert RULE_NAMES == RULES

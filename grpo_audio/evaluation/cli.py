@@ -50,15 +50,11 @@ import json
 import sys
 from pathlib import Path
 
-from grpo_audio.audio.io import AudioLoadError
 from grpo_audio.data.formats import FORMATS
-from grpo_audio.data.manifest import DataError
-from grpo_audio.data.records import detect_format
-from grpo_audio.evaluation.scoring import FORMAT_RULES, RULES
-from grpo_audio.paths import tried
-from grpo_audio.recipe import RecipeError, load_recipe
-from grpo_audio.recipe.loader import check_cross_section
-from grpo_audio.recipe.schema import EvalSection
+
+# The scoring rules --rule accepts (grpo_audio.evaluation.scoring.RULES, checked equal by tests/test_eval.py): named
+# here so that --help and argument errors need not import the rules, the recipe and torch (bench/bench_cli_start.py)
+RULE_NAMES = ("mmau", "mmsu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, help="default: the trained rollout.max_completion_length")
     parser.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
     parser.add_argument("--template", help="prompt template (default: mmsu_v1 for MMSU, else the trained one)")
-    parser.add_argument("--rule", choices=RULES, help="scoring rule (default: from the format)")
+    parser.add_argument("--rule", choices=RULE_NAMES, help="scoring rule (default: from the format)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N usable items")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override, e.g. --set data.on_bad_audio=skip")  # fmt: skip
@@ -88,8 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args):
+    from grpo_audio.data.manifest import DataError
+    from grpo_audio.data.records import detect_format
     from grpo_audio.evaluation.runner import EvalSettings
+    from grpo_audio.evaluation.scoring import FORMAT_RULES
     from grpo_audio.model.training_settings import read_training_settings
+    from grpo_audio.paths import tried
+    from grpo_audio.recipe import RecipeError, load_recipe
+    from grpo_audio.recipe.loader import check_cross_section
+    from grpo_audio.recipe.schema import EvalSection
 
     temperature = 0.0 if args.temperature is None else args.temperature
     if args.samples < 1:
@@ -228,6 +231,8 @@ def trained_recipe(model_dir: Path) -> str | None:
 def heldout_split(model_dir: Path) -> Path:
     """The held-out split of the run ``model_dir`` sits in (``RUN/data/heldout/manifest.jsonl``), the benchmark when
     none is named; a ``RecipeError`` when there is none: the training data is never evaluated by default."""
+    from grpo_audio.recipe import RecipeError
+
     for run in (model_dir.parent, model_dir.parent.parent):
         manifest = run / "data" / "heldout" / "manifest.jsonl"
         if manifest.is_file() and (run / "run.json").is_file():
@@ -273,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    from grpo_audio.audio.io import AudioLoadError
+    from grpo_audio.data.manifest import DataError
     from grpo_audio.evaluation.runner import evaluate
     from grpo_audio.model.checkpoint_load import CheckpointError
+    from grpo_audio.recipe import RecipeError
 
     try:
         recipe, template, settings, out = _prepare(args)
