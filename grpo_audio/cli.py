@@ -106,6 +106,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
+    from grpo_audio.train.preemption import PreemptedError
     from grpo_audio.train.run import train
 
     try:
@@ -113,6 +114,9 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"grpo-audio: interrupted. {resume_hint(recipe)}", file=sys.stderr, flush=True)
         return 130  # the shell's status for a command ended by SIGINT
+    except PreemptedError as stop:
+        print(f"grpo-audio: {stop}. {resume_hint(recipe)}", file=sys.stderr, flush=True)
+        return stop.exit_status  # 128 + the signal: 143 for SIGTERM, 138 for SIGUSR1
     return 0
 
 

@@ -19,6 +19,7 @@ from grpo_audio.model.build import lora_config
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.factory import build_rollout_engine, sampling_distribution
 from grpo_audio.train.callbacks import MetricsFileCallback, ProgressLineCallback
+from grpo_audio.train.preemption import PreemptionCallback
 
 # Our defaults for TRL fields, chosen for a harness run (the recipe's trainer section overrides them).
 TRAINER_DEFAULTS = {
@@ -113,4 +114,7 @@ def make_trainer(
     )
     # transformers adds a printer of every log dict when tqdm is off; metrics.jsonl keeps all of it
     trainer.remove_callback(PrinterCallback)
+    # SIGTERM/SIGUSR1 (a cluster's time limit or preemption): checkpoint after the step in flight, then stop
+    trainer.preemption = PreemptionCallback(trainer.accelerator.device)
+    trainer.add_callback(trainer.preemption)
     return trainer

@@ -44,9 +44,11 @@ from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.train.build import grpo_config, make_trainer
 from grpo_audio.train.coldstart import run_coldstart
+from grpo_audio.train.preemption import PreemptedError
 from grpo_audio.train.run_dir import (
     MARKER,
     RunDir,
+    checkpoints,
     end_run_record,
     finish_run_record,
     open_run_dir,
@@ -101,7 +103,8 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     """Run ``recipe`` from start (or its resume point) to the final model; returns the run directory.
 
     A run that ends early, from the moment its run directory is open, says so in ``run.json``: ``failed`` with the
-    error, or ``stopped`` (Ctrl-C); never ``running`` (``end_run_record``).
+    error, or ``stopped`` (Ctrl-C, or SIGTERM/SIGUSR1 after a checkpoint: ``PreemptedError``, see
+    ``grpo_audio.train.preemption``); never ``running`` (``end_run_record``).
     """
     opened: list[OpenedRun] = []  # filled by build_training once this run owns its run directory
     try:
@@ -109,6 +112,10 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         announce(recipe, setup)
         trainer = setup.trainer
         trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
+        preemption = getattr(trainer, "preemption", None)
+        if preemption is not None and preemption.signum is not None:  # checkpointed and stopped: no final model
+            found = checkpoints(setup.run_dir / "trainer")
+            raise PreemptedError(preemption.signum, preemption.step, str(found[-1]) if found else None)
         model = trained_model(recipe, setup)  # a collective when the weights are sharded: every process calls it
         if trainer.accelerator.is_main_process:
             target = setup.run_dir / "final_model"

@@ -322,23 +322,27 @@ def _resumes(run: RunDir) -> list:
 
 
 def truncate_logs_after(run_dir: Path, step: int) -> None:
-    """On resume from step ``step``, drop log lines of later steps (written before the crash, about to be redone)."""
+    """On resume from step ``step``, drop log lines of later steps (written before the crash, about to be redone),
+    and the end-of-training summary of a run that stopped early (a preemption): the resumed run writes its own."""
     for name in ("metrics.jsonl", "rollouts.jsonl"):
         path = run_dir / name
         if not path.is_file():
             continue
-        filter_jsonl(path, lambda record: record["step"] <= step)
+        filter_jsonl(path, lambda record: record["step"] <= step and "train_runtime" not in record)
 
 
 def end_run_record(run_dir: Path, status: dict, error: BaseException) -> None:
-    """run.json after a run ended early: ``stopped`` (interrupted: Ctrl-C or an exit) or ``failed`` (with the error's
-    first line), so that a dead run never reads as ``running``."""
-    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+    """run.json after a run ended early: ``stopped`` (Ctrl-C, an exit, or a preemption signal after its checkpoint)
+    or ``failed`` (with the error's first line), so that a dead run never reads as ``running``."""
+    signum = getattr(error, "signum", None)  # a preemption signal, after a complete checkpoint
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit)) or signum is not None
     text = (str(error).strip().splitlines() or [""])[0]
+    if signum is not None:
+        reason = text
+    else:
+        reason = "interrupted" if stopped else f"{type(error).__name__}: {text}"
     status.update(
-        status="stopped" if stopped else "failed",
-        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        error="interrupted" if stopped else f"{type(error).__name__}: {text}",
+        status="stopped" if stopped else "failed", ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=reason
     )
     write_json_atomic(run_dir / MARKER, status)
 
