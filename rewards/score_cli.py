@@ -27,8 +27,9 @@ combiner's batch scalars and the judge counters. ``--output`` writes per-row sco
 ``terms``, ``weighted``, ``total``, ``extra``, ``failed``: reasons per failed term, ``unscored``: why the row has no
 total, or null).
 
-Exit status: 0 on success, 1 when a reward fails (its traceback and the error on stderr), 2 on a usage or input
-error (message on stderr).
+Exit status: 0 on success, 1 when a reward fails (its traceback and the error on stderr; a judge that gave no verdict
+under ``on_failure: error`` is an expected failure: the error line alone), 2 on a usage or input error (message on
+stderr).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rewards.combiners import COMBINERS
+from rewards.judge.scorers import JudgeError
 from rewards.registry import (
     FINISH_REASONS,
     RewardContext,
@@ -406,8 +408,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "rewards", out: TextI
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (RewardError, RewardOutputError) as exc:
-        # the reward's own traceback is what its author needs; then the one-line summary
-        if exc.__cause__ is not None:
-            traceback.print_exception(type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__)
+        # A bug in a reward: its own traceback is what its author needs, then the one-line summary. A judge that gave
+        # no verdict (on_failure: error) is an expected failure, not a bug: the line alone says what happened.
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, JudgeError):
+            traceback.print_exception(type(cause), cause, cause.__traceback__)
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -150,3 +150,18 @@ def test_score_reports_failed_terms_and_unscored_rows(files):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert rows[1]["total"] is None and rows[1]["unscored"] == "flaky: stub judge timed out"
     assert rows[1]["failed"] == {"flaky": "stub judge timed out"} and rows[0]["failed"] == {}
+
+
+def test_a_judge_that_gives_no_verdict_is_one_line_without_a_traceback(files, capsys):
+    from helpers.ports import refusing_port
+
+    _, data, tmp = files
+    with refusing_port() as port:
+        judge = f'{{url: "http://127.0.0.1:{port}/v1", model: judge-8b, retries: 0, timeout_s: 2, on_failure: error}}'
+        recipe = tmp / "judged.yaml"
+        recipe.write_text(f"rewards:\n  terms:\n    - {{name: consistency, options: {judge}}}\n")
+        code = main(["score", "--rewards", str(recipe), "--input", str(data)], out=io.StringIO())
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
+    assert "consistency" in err
