@@ -93,7 +93,7 @@ def test_an_unreachable_judge_stops_the_run_before_the_model_is_built(tiny_recip
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("reward term 'consistency': probe failed: consistency judge 'judge-8b' at " + url)
-    assert "did not answer the probe request: connection: ConnectionRefusedError" in message
+    assert "did not answer the probe request (one try, 2 s): connection: ConnectionRefusedError" in message
     assert not (Path(recipe.run.output_dir) / "initial_model").exists()  # stopped before the model was built
 
 

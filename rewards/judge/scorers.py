@@ -60,6 +60,7 @@ Counters: ``judge_stats()`` or ``Rubric.metrics()`` (``consistency/requests``, `
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -198,14 +199,19 @@ class Judge:
     def probe(self) -> str:
         """Ask the judge about one made-up row; raise ``JudgeError`` unless a parseable verdict comes back.
 
-        A separate client with its own counters sends it (same URL, model, timeout and retries), and the verdict is
-        not cached: the probe leaves the stats and the cache as they were.
+        A separate client with its own counters sends it (same URL and model), and the verdict is not cached: the
+        probe leaves the stats and the cache as they were. It is one short try: no retries, at most
+        ``PROBE_TIMEOUT_S`` (or the judge's own ``timeout_s`` when shorter), so a judge that is down is said to be
+        down within that time instead of after (retries + 1) x timeout_s (4 minutes with the defaults).
         """
         where = f"{self.kind} judge {self.config.model!r} at {self.config.url}"
         prompt = self.prompt(PROBE_SAMPLE, PROBE_REASONING, PROBE_ANSWER, max_reasoning_chars=12000)
-        (reply,) = JudgeClient(self.config, JudgeStats(), self.constraint).chat([prompt])
+        one_try = dataclasses.replace(self.config, retries=0, timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S))
+        (reply,) = JudgeClient(one_try, JudgeStats(), self.constraint).chat([prompt])
         if isinstance(reply, JudgeRequestError):
-            raise JudgeError(f"{where} did not answer the probe request: {reply.kind}: {reply}")
+            raise JudgeError(
+                f"{where} did not answer the probe request (one try, {one_try.timeout_s:g} s): {reply.kind}: {reply}"
+            )
         try:
             value = self.parse(reply)
         except MalformedVerdictError as exc:
@@ -214,6 +220,8 @@ class Judge:
             ) from None
         return f"{where} answered the probe: {value:g}"
 
+
+PROBE_TIMEOUT_S = 30.0  # the probe's single try: a judge that answers at all answers one short request in this
 
 _JUDGES: dict[tuple[Any, ...], Judge] = {}
 _CACHES: dict[str, JudgeCache] = {}

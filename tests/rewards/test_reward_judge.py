@@ -458,7 +458,7 @@ def test_probe_reports_an_unreachable_judge():
     with refusing_port() as port:
         url = f"http://127.0.0.1:{port}/v1"
         rubric = Rubric([TermSpec("thinking", options={"url": url, "model": "m", "retries": 0, "timeout_s": 1.0})])
-        expected = rf"'thinking'.*at {url} did not answer the probe request: connection"
+        expected = rf"'thinking'.*at {url} did not answer the probe request \(one try, [0-9.]+ s\): connection"
         with pytest.raises(RewardProbeError, match=expected):
             rubric.probe()
     reset_judges()
@@ -521,3 +521,21 @@ def test_the_backoff_hook_still_exists_in_the_openai_client():
     that renamed it would silently bring back its own delays."""
     params = list(inspect.signature(openai.AsyncOpenAI._calculate_retry_timeout).parameters)
     assert params == ["self", "remaining_retries", "options", "response_headers"]
+
+
+def test_the_probe_is_one_short_try_whatever_the_judges_retries(judge_server, monkeypatch):
+    import rewards.judge.scorers as scorers
+
+    used = []
+
+    class Recording(scorers.JudgeClient):
+        def __init__(self, config, *args, **kwargs):
+            used.append(config)
+            super().__init__(config, *args, **kwargs)
+
+    monkeypatch.setattr(scorers, "JudgeClient", Recording)
+    rubric = Rubric([TermSpec("consistency", options=options(judge_server, retries=5, timeout_s=300))])
+    assert rubric.probe()["consistency"].endswith("answered the probe: 1")
+    probe = used[-1]  # the scoring client, built with the judge, keeps the judge's own settings
+    assert probe.retries == 0 and probe.timeout_s == scorers.PROBE_TIMEOUT_S == 30.0
+    assert all(c.retries == 5 and c.timeout_s == 300 for c in used[:-1])
