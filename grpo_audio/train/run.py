@@ -19,6 +19,7 @@ result (or its error), so they build the same model and dataset from the rows it
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,9 @@ import torch
 
 import rewards
 from grpo_audio.audio.featurizer import AudioFeaturizer
+from grpo_audio.audio.io import AudioLoadError
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, load_template
 from grpo_audio.data.sources import SkipReport, load_heldout_rows, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
@@ -123,9 +125,25 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
             finish_run(recipe, setup, model)
     except BaseException as error:
         if opened and rank() == 0:
-            end_run_record(opened[0].run.path, opened[0].status, error)
+            record_early_end(opened[0], error)
         raise
     return setup.run_dir
+
+
+def record_early_end(opened: OpenedRun, error: BaseException) -> None:
+    """Process 0, a run that ended early: a fresh run stopped by a problem with its inputs (recipe, data, audio)
+    before any checkpoint leaves no run directory, since nothing in it is worth keeping and the corrected command
+    should find the place free; any other early end is recorded in ``run.json`` (``end_run_record``)."""
+    run = opened.run
+    if (
+        isinstance(error, (RecipeError, DataError, AudioLoadError))
+        and run.resume_checkpoint is None
+        and not checkpoints(run.path / "trainer")
+    ):
+        shutil.rmtree(run.path, ignore_errors=True)
+        print(f"grpo-audio: removed {run.path}: the run stopped on its input before training", flush=True)
+        return
+    end_run_record(run.path, opened.status, error)
 
 
 def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None = None) -> TrainingSetup:
