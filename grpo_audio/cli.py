@@ -28,10 +28,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.rollout.backbone_export import BackboneDirError
     from grpo_audio.rollout.factory import RolloutEngineError
     from grpo_audio.rollout.vllm_server import VLLMServerError
+    from grpo_audio.train.run_dir import CheckpointWriteError
     from rewards import DuplicateRewardError, RewardProbeError, UnknownRewardError, UnscoredRowsError
 
     return (
         RecipeError,
+        CheckpointWriteError,
         DataError,
         AudioLoadError,
         UnknownRewardError,

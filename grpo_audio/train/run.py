@@ -49,6 +49,7 @@ from grpo_audio.train.coldstart import run_coldstart
 from grpo_audio.train.preemption import PreemptedError
 from grpo_audio.train.run_dir import (
     MARKER,
+    CheckpointWriteError,
     RunDir,
     checkpoints,
     end_run_record,
@@ -366,10 +367,13 @@ def save_final_model(model, tokenizer, target: Path, fmt: str, extra_files: dict
     """``final_model/`` in the released Covo-Audio layout (``covo``) or transformers' ``save_pretrained`` layout,
     written aside and renamed into place; ``extra_files`` (the training settings, ``settings_files``) are written
     with it, inside the same atomic replacement."""
-    if fmt == "covo":
-        save_covo_checkpoint(model, tokenizer, target, extra_files=extra_files)
-    else:
-        save_model_atomic(model, tokenizer, target, extra_files)
+    try:
+        if fmt == "covo":
+            save_covo_checkpoint(model, tokenizer, target, extra_files=extra_files)
+        else:
+            save_model_atomic(model, tokenizer, target, extra_files)
+    except OSError as exc:  # a full disk or a failing write: the checkpoints and any earlier final model stay
+        raise CheckpointWriteError("final model", target, exc) from exc
 
 
 def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:

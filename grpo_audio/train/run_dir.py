@@ -331,6 +331,18 @@ def truncate_logs_after(run_dir: Path, step: int) -> None:
         filter_jsonl(path, lambda record: record["step"] <= step and "train_runtime" not in record)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or the final model could not be written (a full disk, a quota, a failing filesystem). Every
+    write goes to a staging directory first, so the previous checkpoint (or final model) is still whole."""
+
+    def __init__(self, what: str, path: Path | str, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(
+            f"could not write the {what} to {path}: {reason}; the previous checkpoint is intact, so the same command "
+            "resumes from it once there is room"
+        )
+
+
 def end_run_record(run_dir: Path, status: dict, error: BaseException) -> None:
     """run.json after a run ended early: ``stopped`` (Ctrl-C, an exit, or a preemption signal after its checkpoint)
     or ``failed`` (with the error's first line), so that a dead run never reads as ``running``."""

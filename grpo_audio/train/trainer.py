@@ -62,7 +62,7 @@ from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
-from grpo_audio.train.run_dir import replace_dir_atomic
+from grpo_audio.train.run_dir import CheckpointWriteError, replace_dir_atomic
 from rewards import RewardBreakdown, Rubric
 from rewards.judge.cache import save_judge_caches
 
@@ -478,15 +478,20 @@ class AudioGRPOTrainer(GRPOTrainer):
             shutil.rmtree(staging_root)  # leftovers of a crashed save
         self.accelerator.wait_for_everyone()
         self._staging_save = True
+        name = f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as exc:  # a full disk or a failing write: the previous checkpoint is untouched
+            raise CheckpointWriteError("checkpoint", staging_root / name, exc) from exc
         finally:
             self._staging_save = False
         self.accelerator.wait_for_everyone()  # every process's files (rng_state_<rank>.pth) are in place
-        name = f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
-            save_judge_caches(self.judge_cache_files, staging_root / name)
-            replace_dir_atomic(staging_root / name, final_root / name)
+            try:
+                save_judge_caches(self.judge_cache_files, staging_root / name)
+                replace_dir_atomic(staging_root / name, final_root / name)
+            except OSError as exc:
+                raise CheckpointWriteError("checkpoint", final_root / name, exc) from exc
             shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(
                 output_dir=str(final_root),
