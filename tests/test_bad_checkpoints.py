@@ -175,6 +175,14 @@ def nan_weight(d):
     return {"file": shard, "tensor": name}
 
 
+def int8_weight(d):
+    """A quantized export: one weight stored as int8 (its shape unchanged)."""
+    name = _weight_name(d)
+    shard = _shard_of(d, name)
+    _rewrite(shard, lambda t: t.__setitem__(name, t[name].to(torch.int8)))
+    return {"file": shard, "tensor": name}
+
+
 def inf_weight(d):
     name = _weight_name(d)
     shard = _shard_of(d, name)
@@ -278,6 +286,8 @@ CASES = [
     ("released", missing_shard, "{file}: missing shard (named in " + INDEX),
     ("released", nan_weight, "{file}: {tensor} holds non-finite values (1 NaN, 0 inf)"),
     ("released", inf_weight, "{file}: {tensor} holds non-finite values (0 NaN, 2 inf)"),
+    ("released", int8_weight, "{file}: {tensor} is stored as I8, expected a floating-point dtype"),
+    ("harness_single", int8_weight, "{file}: {tensor} is stored as I8, expected a floating-point dtype"),
     ("released", missing_parameter, "{file}: 1 parameter(s) missing: {tensor}"),
     ("released", unexpected_parameter, "{file}: 1 unexpected parameter name(s): {tensor}"),
     ("released", wrong_shape, "{file}: {tensor} has shape [3, 3], expected"),

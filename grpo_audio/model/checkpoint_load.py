@@ -138,6 +138,12 @@ class _StoredTensor:
     name: str  # the name in the file (released or harness)
     file: Path
     shape: tuple[int, ...]
+    dtype: str = "F32"  # the safetensors header's dtype code (BF16, F16, F32, I8, ...)
+
+
+# Stored dtypes a parameter may have: floating point. An integer or 8-bit float tensor (a quantized export) would be
+# assigned as is by load_state_dict(assign=True) and train as integers, or fail far from the cause.
+FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
 def _shard_files(directory: Path) -> tuple[Path, dict[str, list[str]]]:
@@ -207,7 +213,7 @@ def _unreadable(path: Path, err: Exception) -> CheckpointError:
 
 
 def _scan_headers(directory: Path) -> tuple[Path, list[_StoredTensor]]:
-    """Names and shapes of every stored tensor, from the safetensors headers (no tensor data is read)."""
+    """Names, shapes and dtypes of every stored tensor, from the safetensors headers (no tensor data is read)."""
     listing, shards = _shard_files(directory)
     stored: list[_StoredTensor] = []
     for shard, listed in shards.items():
@@ -215,7 +221,9 @@ def _scan_headers(directory: Path) -> tuple[Path, list[_StoredTensor]]:
         try:
             with safe_open(path, framework="pt") as f:
                 keys = list(f.keys())
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+                slices = {k: f.get_slice(k) for k in keys}
+                shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+                dtypes = {k: s.get_dtype() for k, s in slices.items()}
         except (SafetensorError, OSError) as err:
             raise _unreadable(path, err) from err
         if listing.name == INDEX_NAME:
@@ -227,7 +235,7 @@ def _scan_headers(directory: Path) -> tuple[Path, list[_StoredTensor]]:
             unlisted = sorted(set(keys) - set(listed))
             if unlisted:
                 raise CheckpointError(f"{path}: holds {len(unlisted)} tensor(s) not in {INDEX_NAME}: {_few(unlisted)}")
-        stored.extend(_StoredTensor(k, path, shapes[k]) for k in keys)
+        stored.extend(_StoredTensor(k, path, shapes[k], dtypes[k]) for k in keys)
     return listing, stored
 
 
@@ -275,6 +283,11 @@ def _check_layout(
         if tensor.shape != expected[ours]:
             raise CheckpointError(
                 f"{tensor.file}: {tensor.name} has shape {list(tensor.shape)}, expected {list(expected[ours])}"
+            )
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{tensor.file}: {tensor.name} is stored as {tensor.dtype}, expected a floating-point dtype "
+                f"({', '.join(FLOAT_DTYPES)}): a quantized or integer export cannot be trained"
             )
     return mapping
 
