@@ -178,3 +178,37 @@ def test_judge_caches_travel_with_checkpoints(tmp_path):
     assert cache.read_text() == '{"key": "k", "value": 1.0}\n'
     cache.write_text("newer\n")
     assert restore_judge_caches([cache], checkpoint) == [] and cache.read_text() == "newer\n"
+
+
+class _Unpickled:
+    """Unpickling this touches a marker file: the proof that a pickle was read."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.slow
+def test_resume_never_reads_a_pickle_weight_file(uninterrupted, tmp_path):
+    import pickle
+    import shutil
+
+    from grpo_audio.model.checkpoint_load import CheckpointError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "run.json").write_text(
+        json.dumps({**json.loads((run_dir / "run.json").read_text()), "status": "stopped"})
+    )
+    checkpoint = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
+    marker = tmp_path / "UNPICKLED"
+    with (checkpoint / "pytorch_model.bin").open("wb") as fh:
+        pickle.dump(_Unpickled(marker), fh)
+    record_before = (run_dir / "run.json").read_text()
+    recipe = load_recipe(None, overrides(run_dir, "run.allow_recipe_change=true"))
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: pickle weights are refused, safetensors only"):
+        train(recipe)
+    assert not marker.exists()
+    assert (run_dir / "run.json").read_text() == record_before  # refused before the record was touched

@@ -78,6 +78,13 @@ def _refuse_pickles(directory: Path) -> None:
         )
 
 
+def refuse_pickle_weights(checkpoint: str | os.PathLike) -> None:
+    """A trainer checkpoint about to be resumed holds no pickle weight file (``pytorch_model.bin`` ...): the HF
+    Trainer would read one. ``CheckpointError`` naming it otherwise, decided from the names, nothing opened. The
+    Trainer's own state files (optimizer, scheduler, RNG) stay: transformers reads them with ``weights_only=True``."""
+    _refuse_pickles(Path(checkpoint))
+
+
 def _read_config(directory: Path) -> CovoAudioConfig:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -387,4 +394,4 @@ def load_covo_checkpoint(
     return model.eval(), tokenizer
 
 
-__all__ = ["CheckpointError", "check_covo_checkpoint", "load_covo_checkpoint"]
+__all__ = ["CheckpointError", "check_covo_checkpoint", "load_covo_checkpoint", "refuse_pickle_weights"]
