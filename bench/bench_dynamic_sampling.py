@@ -69,11 +69,11 @@ def arm(out: Path, model_dir: Path, name: str, steps: int, extra: list[str]) -> 
     return [r for r in rows if "reward" in r]
 
 
-def summary(rows: list[dict], group_size: int) -> dict:
+def summary(rows: list[dict], group_size: int, batch: int) -> dict:
+    """One arm's per-step means (medians for times); ``batch``: the completions of a step without refill rounds."""
     timed = rows[1:]  # the first step carries one-off warm-up
-    generated = [r.get("dynamic_sampling/groups_generated", 0.0) for r in rows]
     step_s = statistics.median(r["step_time"] for r in timed)
-    out = {
+    return {
         "nonzero_advantage_frac": statistics.mean(r["advantage/nonzero_frac"] for r in rows),
         "zero_variance_frac_generated": statistics.mean(
             r.get("dynamic_sampling/zero_std_frac_generated", r["frac_reward_zero_std"]) for r in rows
@@ -82,11 +82,11 @@ def summary(rows: list[dict], group_size: int) -> dict:
         "filler_groups": statistics.mean(r.get("dynamic_sampling/filler_groups", 0.0) for r in rows),
         "median_step_s": step_s,
         **{key: statistics.median(r.get(key, 0.0) for r in timed) for key in SPLIT},
+        "completions_per_step": statistics.mean(
+            r["dynamic_sampling/groups_generated"] * group_size if "dynamic_sampling/groups_generated" in r else batch
+            for r in rows
+        ),
     }
-    out["completions_per_step"] = (
-        statistics.mean(generated) * group_size if any(generated) else None  # filled in by the caller otherwise
-    )
-    return out
 
 
 def main(argv=None) -> int:
@@ -102,13 +102,12 @@ def main(argv=None) -> int:
     recipe = load_recipe(str(RECIPE), [])
     group_size = recipe.rollout.num_generations
     batch = int(recipe.trainer["per_device_train_batch_size"])
-    plain = summary(arm(out, model_dir, "plain", args.steps, []), group_size)
-    plain["completions_per_step"] = float(batch)
+    plain = summary(arm(out, model_dir, "plain", args.steps, []), group_size, batch)
     dynamic_extra = [
         "rollout.dynamic_sampling.enabled=true",
         f"rollout.dynamic_sampling.max_extra_rounds={args.rounds}",
     ]
-    dynamic = summary(arm(out, model_dir, "dynamic", args.steps, dynamic_extra), group_size)
+    dynamic = summary(arm(out, model_dir, "dynamic", args.steps, dynamic_extra), group_size, batch)
     results = {"plain": plain, "dynamic sampling": dynamic}
     for r in results.values():
         # completions in the loss (the batch less dynamic sampling's fillers) with a non-zero advantage

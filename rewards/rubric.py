@@ -89,14 +89,7 @@ class RewardBreakdown:
 
     def rows(self, start: int, end: int) -> RewardBreakdown:
         """The per-completion values of rows ``start:end`` (batch-level ``weights``/``scalars`` kept whole)."""
-
-        def part(columns: dict[str, list]) -> dict[str, list]:
-            return {name: values[start:end] for name, values in columns.items()}
-
-        return RewardBreakdown(
-            part(self.terms), part(self.weighted), dict(self.weights), self.total[start:end], part(self.extra),
-            dict(self.scalars), part(self.failed), self.unscored[start:end],
-        )  # fmt: skip
+        return self.take(range(start, min(end, len(self.total))))
 
     def take(self, indices: Sequence[int]) -> RewardBreakdown:
         """The per-completion values of the rows at ``indices``, in that order (batch-level values kept whole)."""

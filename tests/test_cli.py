@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.training_process import start_until_step
 
 from grpo_audio.cli import main
 from grpo_audio.resources import shipped_dir
@@ -39,12 +40,7 @@ def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_to_resume_from(tmp_path
     for item in (f"run.output_dir={run_dir}", "trainer.max_steps=200", "trainer.save_steps=1"):
         command += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    for line in proc.stdout:  # the second step is done: checkpoint-1 is complete
-        if line.startswith("step 2/"):
-            break
+    proc = start_until_step(command, 2, ROOT, env)  # the second step is done: checkpoint-1 is complete
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130

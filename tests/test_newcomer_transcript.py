@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.training_process import start_until_step
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -52,13 +53,7 @@ def test_a_newcomers_second_day(tmp_path):
     assert "R_total" in scored.stdout and "advantage" in scored.stdout
 
     second = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grpo_audio", *train_args(second, 40)],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-    )  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
+    proc = start_until_step([sys.executable, "-m", "grpo_audio", *train_args(second, 40)], 2, ROOT, ENV)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Run the same command to resume from it." in err.strip().splitlines()[-1]

@@ -5,12 +5,12 @@ uninterrupted one would have been."""
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.training_process import start_until_step
 from safetensors.torch import load_file
 
 from grpo_audio.recipe import load_recipe
@@ -56,13 +56,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_same_command_resumes_exa
     command = [sys.executable, "-m", "grpo_audio", "train"]
     for item in overrides(run_dir):
         command += ["--set", item]
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, bufsize=1,
-    )  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
+    proc = start_until_step(command, 2, ROOT, {**os.environ, "HF_HUB_OFFLINE": "1"})
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
@@ -115,10 +109,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
+    proc = start_until_step(command, 2, ROOT, env)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "grpo_audio" in " ".join(p.cmdline())]
     rank1 = next(p for p in workers if p.environ().get("RANK") == "1")
     rank1.send_signal(signal.SIGUSR1)
