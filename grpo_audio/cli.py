@@ -21,7 +21,7 @@ from grpo_audio import __version__
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
     from grpo_audio.data.manifest import DataError
-    from grpo_audio.distributed import LaunchError, MainProcessError
+    from grpo_audio.distributed import LaunchError, MainProcessError, PeerProcessError
     from grpo_audio.evaluation.report import ReportError
     from grpo_audio.model.checkpoint_load import CheckpointError
     from grpo_audio.recipe import RecipeError
@@ -45,6 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         VLLMServerError,
         LaunchError,
         MainProcessError,
+        PeerProcessError,
         RewardProbeError,
         UnscoredRowsError,
     )

@@ -57,6 +57,36 @@ def share_from_main(compute: Callable[[], T]) -> T:
     return outcome[1]
 
 
+class PeerProcessError(RuntimeError):
+    """Raised on the processes whose own part succeeded when another process's part of a shared action failed."""
+
+
+def fail_together(action: Callable[[], None]) -> None:
+    """Run ``action`` on every process; when it raises on any process, every process raises.
+
+    A process whose own part failed re-raises its error; the others raise ``PeerProcessError`` naming the first
+    process that failed and its error. Without this, a write that fails on one process (a full disk while it renames
+    a checkpoint into place) ends that process while the others wait at the next collective until the process
+    group's timeout (30 minutes by default).
+    """
+    if world_size() == 1:
+        action()
+        return
+    error: BaseException | None = None
+    try:
+        action()
+    except BaseException as err:  # noqa: BLE001  (re-raised below, after the others are told)
+        error = err
+    outcomes: list[str | None] = [None] * world_size()
+    dist.all_gather_object(outcomes, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(index, text) for index, text in enumerate(outcomes) if text is not None]
+    if failed:
+        index, text = failed[0]
+        raise PeerProcessError(f"process {index} failed: {text}")
+
+
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Copy process 0's parameters and buffers into every process's model (after a cold start on process 0).
 

@@ -59,7 +59,8 @@ class ProgressLineCallback(TrainerCallback):
             self._first_step = step - 1
         elapsed = time.perf_counter() - (self._start or time.perf_counter())
         per_step = elapsed / max(step - self._first_step, 1)
-        parts = [f"step {step}/{total}", f"R_total {logs['reward']:.3f}"]
+        reward = logs["reward"]  # None when every completion of the step went unscored: there is no mean to show
+        parts = [f"step {step}/{total}", f"R_total {reward:.3f}" if reward is not None else "R_total n/a"]
         for name in self.term_names:
             value = logs.get(f"rewards/{name}/mean")
             if value is not None:

@@ -13,7 +13,7 @@ A completion with no applicable term, or *unscored* because a term of non-zero w
 TRL 1.16 leaves a row whose every reward is None out of its group's mean and std and gives it advantage 0
 (``AudioGRPOTrainer`` also drops it from the loss). When more than the recipe's ``rewards.max_unscored_fraction`` of
 a batch is unscored, the run stops with ``UnscoredRowsError`` naming the failed terms, their counts and first
-reasons.
+reasons (in training, after a checkpoint of the last finished step: ``grpo_audio.train.scoring_stop``).
 
 The rubric's ``RewardContext`` carries, per completion, its length |y| = ``len(completion_ids)`` in tokens (TRL passes
 the ids as ``completion_ids``, in the order of ``completions``) and its finish reason: ``"length"`` when the last id
@@ -104,6 +104,7 @@ def make_trl_reward(
     max_length: int | None = None,
     stop_token_ids: Collection[int] | Callable[[], Collection[int]] = (),
     category_fields: Sequence[str] = CATEGORY_FIELDS,
+    check_unscored: bool = True,
 ):
     """TRL reward function ``R_total``; ``on_breakdown(breakdown, samples, seconds)`` sees every scored batch.
 
@@ -117,6 +118,8 @@ def make_trl_reward(
             returning them, called at scoring time (TRL knows its EOS ids only once its constructor has run); a
             completion whose last id is not among them finished by ``"length"``. Empty: finish reasons unknown.
         category_fields: the row fields naming a row's category, first set wins (module docstring).
+        check_unscored: raise ``UnscoredRowsError`` here when too much of the batch is unscored; the trainer checks
+            the global batch itself on every process instead (``AudioGRPOTrainer._calculate_rewards``).
     """
 
     def R_total(completions: list, **kwargs: Any) -> list[float | None]:  # noqa: N802  (TRL logs the __name__)
@@ -159,7 +162,8 @@ def make_trl_reward(
             log_by_category(log_metric, breakdown, row_categories(samples, category_fields))
         if on_breakdown is not None:
             on_breakdown(breakdown, samples, seconds)
-        rubric.check_unscored(breakdown)  # after logging and on_breakdown: the record shows the failing batch
+        if check_unscored:
+            rubric.check_unscored(breakdown)  # after logging and on_breakdown: the record shows the failing batch
         return breakdown.total
 
     return R_total

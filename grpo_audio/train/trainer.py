@@ -56,14 +56,15 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
-from grpo_audio.distributed import root_parameters_unsharded, share_from_main
+from grpo_audio.distributed import fail_together, root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import CheckpointWriteError, replace_dir_atomic
-from rewards import RewardBreakdown, Rubric
+from grpo_audio.train.scoring_stop import RandomState, ScoringStoppedError
+from rewards import RewardBreakdown, Rubric, UnscoredRowsError
 from rewards.judge.cache import save_judge_caches
 
 STAGING = ".staging"
@@ -127,8 +128,11 @@ class AudioGRPOTrainer(GRPOTrainer):
                 max_length=kwargs["args"].max_completion_length,
                 # TRL sets eos_token_ids in super().__init__, below: read when rewards are scored
                 stop_token_ids=lambda: [*self.eos_token_ids, self._tokenizer.pad_token_id],
+                check_unscored=False,  # _calculate_rewards checks, on every process (scoring_stop)
             )
         ]
+        self.rubric = rubric
+        self._checkpointed_step: int | None = None  # the step of the last checkpoint this process wrote
         self.adapter_learning_rate = adapter_learning_rate
         self.judge_cache_files = [Path(p) for p in judge_cache_files]
         self.rollout_engine = rollout_engine
@@ -193,7 +197,33 @@ class AudioGRPOTrainer(GRPOTrainer):
         missing = [i for i, row in enumerate(inputs) if not row.get("audio")]
         if missing:
             raise ValueError(f"batch rows {missing} have no 'audio' path; every training row needs a clip")
-        if self.dynamic_sampling is None or not self.model.training:
+        if not self.model.training:
+            return self._score_batch(inputs)
+        # What the last finished step left, for a checkpoint of it if this batch cannot be scored.
+        random_state, tokens_seen = RandomState.capture(), self.state.num_input_tokens_seen
+        try:
+            return self._training_batch(inputs)
+        except UnscoredRowsError as error:  # raised alike on every process (_calculate_rewards)
+            raise self._checkpoint_before_stopping(error, random_state, tokens_seen) from error
+
+    def _checkpoint_before_stopping(
+        self, error: UnscoredRowsError, random_state: RandomState, tokens_seen: int
+    ) -> ScoringStoppedError:
+        """Too many unscored completions: a checkpoint of the last finished step, then the error to stop with
+        (``grpo_audio.train.scoring_stop``). No gradient has been taken yet, so the model, optimizer and scheduler
+        are that step's; the generators and the token count go back to where the step began."""
+        step = self.state.global_step
+        if step == 0:
+            return ScoringStoppedError(error, 0, None)
+        random_state.restore()
+        self.state.num_input_tokens_seen = tokens_seen
+        if self._checkpointed_step != step:
+            self._save_checkpoint(self.model_wrapped, None)
+        return ScoringStoppedError(error, step, str(Path(self._get_output_dir(None)) / f"checkpoint-{step}"))
+
+    def _training_batch(self, inputs):
+        """A training step's batch: TRL's path, after dynamic sampling's rounds when it is on."""
+        if self.dynamic_sampling is None:
             return self._score_batch(inputs)
         start = time.perf_counter()
         batch = self._sample_informative_batch(inputs)
@@ -479,14 +509,18 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         self._staging_save = True
         name = f"checkpoint-{self.state.global_step}"
-        try:
-            super()._save_checkpoint(model, trial)
-        except OSError as exc:  # a full disk or a failing write: the previous checkpoint is untouched
-            raise CheckpointWriteError("checkpoint", staging_root / name, exc) from exc
-        finally:
-            self._staging_save = False
-        self.accelerator.wait_for_everyone()  # every process's files (rng_state_<rank>.pth) are in place
-        if self.args.should_save:
+
+        def write_parts():
+            try:
+                super(AudioGRPOTrainer, self)._save_checkpoint(model, trial)
+            except OSError as exc:  # a full disk or a failing write: the previous checkpoint is untouched
+                raise CheckpointWriteError("checkpoint", staging_root / name, exc) from exc
+            finally:
+                self._staging_save = False
+
+        def publish():
+            if not self.args.should_save:
+                return
             try:
                 save_judge_caches(self.judge_cache_files, staging_root / name)
                 replace_dir_atomic(staging_root / name, final_root / name)
@@ -499,6 +533,11 @@ class AudioGRPOTrainer(GRPOTrainer):
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=False,
             )
+
+        # a failed write on any process stops every process here, not at the next collective
+        fail_together(write_parts)  # afterwards every process's files (rng_state_<rank>.pth) are in place
+        fail_together(publish)
+        self._checkpointed_step = self.state.global_step
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """Rewards of the global batch, one row per completion of every process, in TRL's global order.
@@ -515,7 +554,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             self.last_breakdown = self._replay.breakdown
             return self._replay.rewards.to(self.accelerator.device)
         if self.accelerator.num_processes == 1:
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._check_unscored(self.last_breakdown)
+            return rewards
         sizes = gather_object([len(prompts)])
         start = sum(sizes[: self.accelerator.process_index])
         batch = gather_object(list(zip(inputs, prompts, completions, completion_ids_list, strict=True)))
@@ -539,6 +580,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             return columns, self.last_breakdown
 
         columns, breakdown = share_from_main(score_everything)
+        self._check_unscored(breakdown)
         self._global_breakdown = breakdown
         self.last_breakdown = None if breakdown is None else breakdown.rows(start, start + len(prompts))
         local = torch.tensor(
@@ -547,6 +589,12 @@ class AudioGRPOTrainer(GRPOTrainer):
             device=self.accelerator.device,
         )
         return gather(local)
+
+    def _check_unscored(self, breakdown) -> None:
+        """``UnscoredRowsError`` when more of the global batch is unscored than the recipe allows. Every process
+        holds the global batch's breakdown, so every process raises alike and all stop at the same step."""
+        if breakdown is not None:
+            self.rubric.check_unscored(breakdown)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None:
