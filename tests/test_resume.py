@@ -193,16 +193,11 @@ class _Unpickled:
 @pytest.mark.slow
 def test_resume_never_reads_a_pickle_weight_file(uninterrupted, tmp_path):
     import pickle
-    import shutil
 
     from grpo_audio.model.checkpoint_load import CheckpointError
 
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir)
-    (run_dir / "run.json").write_text(
-        json.dumps({**json.loads((run_dir / "run.json").read_text()), "status": "stopped"})
-    )
-    checkpoint = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
+    checkpoint = stopped_copy(uninterrupted, run_dir)
     marker = tmp_path / "UNPICKLED"
     with (checkpoint / "pytorch_model.bin").open("wb") as fh:
         pickle.dump(_Unpickled(marker), fh)
@@ -211,4 +206,38 @@ def test_resume_never_reads_a_pickle_weight_file(uninterrupted, tmp_path):
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: pickle weights are refused, safetensors only"):
         train(recipe)
     assert not marker.exists()
+    assert (run_dir / "run.json").read_text() == record_before  # refused before the record was touched
+
+
+def stopped_copy(uninterrupted, run_dir):
+    """A copy of the finished run whose record says it stopped, so the same command resumes its last checkpoint."""
+    import shutil
+
+    shutil.copytree(uninterrupted, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "stopped"}))
+    return sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
+
+
+@pytest.mark.parametrize("fault", ["integer tensor", "truncated file"])
+def test_resume_refuses_checkpoint_weights_the_trainer_would_misread(uninterrupted, tmp_path, fault):
+    from safetensors.torch import save_file
+
+    from grpo_audio.model.checkpoint_load import CheckpointError
+
+    run_dir = tmp_path / "run"
+    checkpoint = stopped_copy(uninterrupted, run_dir)
+    path = checkpoint / "model.safetensors"
+    if fault == "integer tensor":  # the Trainer would copy it into a float parameter, cast without a word
+        state = load_file(path)
+        name = sorted(state)[0]
+        state[name] = state[name].to(torch.int8)
+        save_file(state, path)
+        expected = rf"{path}: {name} is stored as I8, expected a floating-point dtype \(BF16, F16, F32, F64\)"
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        expected = rf"{path}: not a readable safetensors file \(truncated: \d+ bytes, its header describes \d+\)"
+    record_before = (run_dir / "run.json").read_text()
+    with pytest.raises(CheckpointError, match=expected):
+        train(load_recipe(None, overrides(run_dir, "run.allow_recipe_change=true")))
     assert (run_dir / "run.json").read_text() == record_before  # refused before the record was touched

@@ -78,11 +78,35 @@ def _refuse_pickles(directory: Path) -> None:
         )
 
 
-def refuse_pickle_weights(checkpoint: str | os.PathLike) -> None:
-    """A trainer checkpoint about to be resumed holds no pickle weight file (``pytorch_model.bin`` ...): the HF
-    Trainer would read one. ``CheckpointError`` naming it otherwise, decided from the names, nothing opened. The
-    Trainer's own state files (optimizer, scheduler, RNG) stay: transformers reads them with ``weights_only=True``."""
-    _refuse_pickles(Path(checkpoint))
+def check_resume_weights(checkpoint: str | os.PathLike) -> None:
+    """A trainer checkpoint about to be resumed holds weights the HF Trainer may read: ``CheckpointError`` with one
+    line otherwise, before anything is loaded.
+
+    * no pickle weight file (``pytorch_model.bin`` ...): the Trainer would read one; decided from the names, nothing
+      opened. The Trainer's own state files (optimizer, scheduler, RNG) stay: transformers reads them with
+      ``weights_only=True``;
+    * every ``*.safetensors`` file (model or adapter) has a readable header, and each tensor in it a floating-point
+      dtype (``FLOAT_DTYPES``): the Trainer copies stored values into the parameters, which would cast an integer
+      export silently. Headers only: no tensor data is read.
+    """
+    directory = Path(checkpoint)
+    _refuse_pickles(directory)
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt") as f:
+                dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise _unreadable(path, err) from err
+        for name, dtype in dtypes.items():
+            if dtype not in FLOAT_DTYPES:
+                raise _not_float(path, name, dtype)
+
+
+def _not_float(path: Path, name: str, dtype: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: {name} is stored as {dtype}, expected a floating-point dtype ({', '.join(FLOAT_DTYPES)}): a "
+        "quantized or integer export cannot be trained"
+    )
 
 
 def _read_config(directory: Path) -> CovoAudioConfig:
@@ -292,10 +316,7 @@ def _check_layout(
                 f"{tensor.file}: {tensor.name} has shape {list(tensor.shape)}, expected {list(expected[ours])}"
             )
         if tensor.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(
-                f"{tensor.file}: {tensor.name} is stored as {tensor.dtype}, expected a floating-point dtype "
-                f"({', '.join(FLOAT_DTYPES)}): a quantized or integer export cannot be trained"
-            )
+            raise _not_float(tensor.file, tensor.name, tensor.dtype)
     return mapping
 
 
@@ -394,4 +415,4 @@ def load_covo_checkpoint(
     return model.eval(), tokenizer
 
 
-__all__ = ["CheckpointError", "check_covo_checkpoint", "load_covo_checkpoint", "refuse_pickle_weights"]
+__all__ = ["CheckpointError", "check_covo_checkpoint", "check_resume_weights", "load_covo_checkpoint"]

@@ -39,7 +39,7 @@ from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure
 from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
 from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, model_holding
-from grpo_audio.model.checkpoint_load import check_covo_checkpoint, refuse_pickle_weights
+from grpo_audio.model.checkpoint_load import check_covo_checkpoint, check_resume_weights
 from grpo_audio.model.checkpoint_save import save_covo_checkpoint
 from grpo_audio.model.training_settings import settings_files
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
@@ -231,7 +231,7 @@ def open_run(recipe: Recipe, judge_caches: list[Path]) -> OpenedRun:
     after its checkpoint and restores the judge caches the crash lost (before any judge reads its cache)."""
     run = open_run_dir(recipe)
     if run.resume_checkpoint is not None:
-        refuse_pickle_weights(run.resume_checkpoint)  # before the record is touched: the run stays as it was
+        check_resume_weights(run.resume_checkpoint)  # before the record is touched: the run stays as it was
     status = start_run_record(run, recipe)
     if run.resume_checkpoint is not None:
         truncate_logs_after(run.path, checkpoint_step(run.resume_checkpoint))
