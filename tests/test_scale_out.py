@@ -35,16 +35,24 @@ COMMON = [
 
 
 def launch(
-    run_dir: Path, processes: int, probe_log: Path, *extra: str, kill_after_checkpoint: int | None = None
+    run_dir: Path,
+    processes: int,
+    probe_log: Path,
+    *extra: str,
+    kill_after_checkpoint: int | None = None,
+    fail_rename_at: int | None = None,
 ) -> subprocess.CompletedProcess:
     """``grpo-audio train`` on ``processes`` processes; with ``kill_after_checkpoint`` every process is SIGKILLed
-    right after that checkpoint is complete (tests/helpers/kill_run.py)."""
+    right after that checkpoint is complete (tests/helpers/kill_run.py); with ``fail_rename_at`` process 0's rename
+    of that checkpoint into place fails with a full disk (tests/helpers/disk_full_run.py)."""
     per_process = PROMPTS_PER_STEP * G // processes
     overrides = [f"run.output_dir={run_dir}", f"trainer.per_device_train_batch_size={per_process}", *COMMON, *extra]
-    if kill_after_checkpoint is None:
-        train = ["-m", "grpo_audio", "train", *[arg for o in overrides for arg in ("--set", o)]]
-    else:
+    if kill_after_checkpoint is not None:
         train = [str(HELPERS / "kill_run.py"), "after_save", str(kill_after_checkpoint), *overrides]
+    elif fail_rename_at is not None:
+        train = [str(HELPERS / "disk_full_run.py"), str(fail_rename_at), *overrides]
+    else:
+        train = ["-m", "grpo_audio", "train", *[arg for o in overrides for arg in ("--set", o)]]
     if processes == 1:
         command = [sys.executable, *train]
     else:
@@ -70,10 +78,10 @@ def launch(
         "HF_HUB_OFFLINE": "1",
     }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if kill_after_checkpoint is None:
+    if kill_after_checkpoint is None and fail_rename_at is None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     else:
-        assert done.returncode != 0, "the run was expected to be killed"
+        assert done.returncode != 0, "the run was expected to be killed or to fail"
     return done
 
 

@@ -3,6 +3,7 @@ line naming the path and the error, the previous checkpoint stays loadable, and 
 
 import errno
 import json
+import re
 
 import pytest
 import torch
@@ -77,3 +78,34 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoints
     assert "Traceback" not in err
     assert not (run_dir / "final_model").exists()
     assert (run_dir / "trainer" / "checkpoint-3" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_failed_write_on_one_of_two_processes_stops_both_at_once(tmp_path):
+    """Process 0's rename of checkpoint-2 into place fails (a full disk); process 1's part of the save succeeded.
+    Both stop at that save, each with one line (process 1 names process 0's error), instead of process 1 waiting at
+    the next collective until the process group times out; checkpoint-1 stays, and the same command resumes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_scale_out import launch
+
+    run_dir = tmp_path / "run"
+    failed = launch(run_dir, 2, tmp_path / "probe.jsonl", "trainer.max_steps=3", fail_rename_at=2)
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    target = run_dir / "trainer" / "checkpoint-2"
+    own = f"error: could not write the checkpoint to {target}: No space left on device"
+    assert sorted(line.split(";")[0] for line in errors) == sorted(
+        [own, f"error: process 0 failed: CheckpointWriteError: {own.removeprefix('error: ')}"]
+    ), failed.stderr[-3000:]
+    # Each process exits 2 on its one line; the only traceback is the launcher's own report of failed children.
+    assert failed.stderr.count("exitcode  : 2 ") == 2
+    assert not re.search(r'File "[^"]*(grpo_audio|disk_full_run)', failed.stderr)
+    assert sorted(p.name for p in (run_dir / "trainer").glob("checkpoint-*")) == ["checkpoint-1"]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("CheckpointWriteError: could not write")
+
+    resumed = launch(run_dir, 2, tmp_path / "probe.jsonl", "trainer.max_steps=3")
+    assert "resuming from" in resumed.stdout
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
