@@ -127,8 +127,9 @@ def _exact_setup(tiny_recipe, monkeypatch, *overrides):
         ("rollout.temperature=0.7",),
         ("rollout.temperature=1.0", "rollout.top_k=20"),
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9"),
+        ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "trainer.max_tokens_per_microbatch=80"),
     ],
-    ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp"],
+    ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp", "T0.7-topk-topp-token-budget"],
 )
 def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, monkeypatch, sampling):
     recipe, setup = _exact_setup(tiny_recipe, monkeypatch, *sampling)

@@ -274,6 +274,8 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
         "rollout.temperature=0.7",
         "rollout.top_k=20",
         "rollout.top_p=0.9",
+        # and the passes packed by tokens (grpo_audio/train/token_budget.py): still exact against the engine
+        "trainer.max_tokens_per_microbatch=64",
         *TINY_OVERRIDES,
     ]
     argv = [sys.executable, "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]
@@ -294,6 +296,7 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
         assert 1 - 1e-4 < low <= high < 1 + 1e-4
         assert m["sampling/sampling_logp_difference/max"] < 1e-5  # measured: 4.8e-7 (float32 on both sides)
         assert 0 < m["text_only/outside_mass"] < 1
+        assert m["microbatch/chunks"] >= 2
     assert "time/weight_sync_s" not in steps[0] and steps[1]["time/weight_sync_s"] > 0  # synced after step 1
     rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 2 * 8 and all(r["finish_reason"] in ("stop", "length") for r in rollouts)

@@ -44,6 +44,10 @@ class AudioRows:
     def rows(self, start: int, end: int) -> dict[str, torch.Tensor]:
         return {k: v[start:end] for k, v in self.as_dict().items()}
 
+    def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows ``index`` (any order), as model inputs."""
+        return {k: v[index.to(v.device)] for k, v in self.as_dict().items()}
+
     @classmethod
     def from_inputs(cls, inputs: dict) -> AudioRows:
         return cls(**{k: inputs.get(k) for k in AUDIO_KEYS})

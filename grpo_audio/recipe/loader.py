@@ -21,7 +21,12 @@ from grpo_audio.recipe.errors import RecipeError
 from grpo_audio.recipe.eval_checks import check_eval
 from grpo_audio.recipe.ranges import check_consistency, check_ranges
 from grpo_audio.recipe.rubric import recipe_rubric
-from grpo_audio.recipe.schema import TRAINER_KEYS_OWNED_ELSEWHERE, TRAINER_KEYS_REFUSED, Recipe
+from grpo_audio.recipe.schema import (
+    TRAINER_HARNESS_FIELDS,
+    TRAINER_KEYS_OWNED_ELSEWHERE,
+    TRAINER_KEYS_REFUSED,
+    Recipe,
+)
 from grpo_audio.recipe.templates import find_template
 from grpo_audio.recipe.typed import build_dataclass, convert, suggest
 from grpo_audio.recipe.yaml_loader import load_yaml
@@ -115,8 +120,11 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
                 f"trainer.{key} is not supported: {TRAINER_KEYS_REFUSED[key]} (what is sampled must be what is "
                 "optimized); sampling is set by rollout.temperature, rollout.top_k and rollout.top_p"
             )
+        if key in TRAINER_HARNESS_FIELDS:
+            checked[key] = convert(value, TRAINER_HARNESS_FIELDS[key][0], f"trainer.{key}")
+            continue
         if key not in fields:
-            hint = suggest(key, list(fields), "trainer.")
+            hint = suggest(key, [*fields, *TRAINER_HARNESS_FIELDS], "trainer.")
             raise RecipeError(f"unknown key 'trainer.{key}' (not a GRPOConfig field){hint}", key=f"trainer.{key}")
         checked[key] = convert(value, fields[key], f"trainer.{key}")
     return checked

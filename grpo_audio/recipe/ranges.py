@@ -135,6 +135,7 @@ RANGES: list[tuple[str, Range, str]] = [
     ("trainer.ref_model_sync_steps", AT_LEAST_ONE, ""),
     ("trainer.ref_model_mixup_alpha", UNIT, ""),
     ("trainer.dataloader_num_workers", NON_NEGATIVE, ""),
+    ("trainer.max_tokens_per_microbatch", AT_LEAST_ONE, "null = fixed chunks of per_device_train_batch_size rows"),
     # run
     ("run.seed", NON_NEGATIVE, "numpy's generators refuse negative seeds"),
 ]

@@ -5,7 +5,8 @@ A recipe file (YAML) has the top-level sections ``model``, ``data``, ``prompt``,
 synthetic audio, CPU).
 ``trainer`` holds fields of TRL's ``GRPOConfig`` (validated against TRL's own field list), except the few that
 another section owns (sampling lives in ``rollout``, the seed and output directory in ``run``, weights in
-``rewards``), so that each setting has exactly one place.
+``rewards``), so that each setting has exactly one place; plus the harness's own settings of TRL's passes
+(``TRAINER_HARNESS_FIELDS``).
 """
 
 from __future__ import annotations
@@ -424,4 +425,14 @@ TRAINER_KEYS_OWNED_ELSEWHERE = {
     "seed": "run.seed",
     "data_seed": "run.seed",
     "reward_weights": "rewards.terms[].weight",
+}
+
+# trainer fields that are the harness's, not GRPOConfig's: settings of the passes TRL runs (name: (type, help)).
+TRAINER_HARNESS_FIELDS = {
+    "max_tokens_per_microbatch": (
+        int | None,
+        "Token budget of each chunk of the log-prob and loss passes: rows are packed by token count (rows x width, "
+        "padding cut) instead of per_device_train_batch_size rows at the batch's full width; the same values and "
+        "gradient with less padding (grpo_audio/train/token_budget.py). null = TRL's fixed-size chunks.",
+    ),
 }

@@ -17,6 +17,7 @@ from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.files import append_jsonl
 from grpo_audio.model.build import lora_config
 from grpo_audio.recipe import Recipe
+from grpo_audio.recipe.schema import TRAINER_HARNESS_FIELDS
 from grpo_audio.rollout.factory import build_rollout_engine, sampling_distribution
 from grpo_audio.train.callbacks import MetricsFileCallback, ProgressLineCallback
 from grpo_audio.train.preemption import PreemptionCallback
@@ -47,7 +48,7 @@ def grpo_config(recipe: Recipe, run_dir: Path):
         **TRAINER_DEFAULTS,
         "use_cpu": on_cpu,
         "bf16": (not on_cpu) and torch.cuda.is_bf16_supported(),
-        **recipe.trainer,
+        **{k: v for k, v in recipe.trainer.items() if k not in TRAINER_HARNESS_FIELDS},
         "output_dir": str(run_dir / "trainer"),
         "seed": recipe.run.seed,
         "num_generations": recipe.rollout.num_generations,
@@ -106,6 +107,7 @@ def make_trainer(
         evaluator=evaluator,
         eval_spec=recipe.eval,
         dynamic_sampling=recipe.rollout.dynamic_sampling,
+        max_tokens_per_microbatch=recipe.trainer.get("max_tokens_per_microbatch"),
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),
             ProgressLineCallback([s.key for s in rubric.specs]),

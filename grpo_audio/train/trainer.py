@@ -15,6 +15,7 @@ it. From TRL's ``GRPOTrainer``:
   ``grpo_audio.model.sampling``), not the full-vocabulary one TRL's fused head would use; serves the old-policy,
   reference and policy passes alike, so the importance ratios, the entropies (logged, and used by
   ``top_entropy_quantile``) and the gradient are those of the sampled policy, and banned ids get no gradient;
+  chunks of rows, or rows packed by token count (``trainer.max_tokens_per_microbatch``: ``token_budget``);
 * ``_compute_loss``: makes the micro-batch's audio (from its inputs) current for the policy pass;
 * ``_calculate_rewards`` (several processes only): scores the global batch once, on process 0, so group-level
   rewards see whole groups and an LLM judge is asked once per completion (see the method);
@@ -64,6 +65,7 @@ from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import CheckpointWriteError, replace_dir_atomic
 from grpo_audio.train.scoring_stop import RandomState, ScoringStoppedError
+from grpo_audio.train.token_budget import Chunk, fixed_chunks, pack_rows, score_in_chunks
 from rewards import RewardBreakdown, Rubric, UnscoredRowsError
 from rewards.judge.cache import save_judge_caches
 
@@ -116,6 +118,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         evaluator: Callable | None = None,
         eval_spec=None,
         dynamic_sampling=None,
+        max_tokens_per_microbatch: int | None = None,
         **kwargs,
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
@@ -138,6 +141,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.rollout_engine = rollout_engine
         self.featurizer = featurizer
         self.sampling = sampling
+        # trainer.max_tokens_per_microbatch: the log-prob and loss passes' chunks packed by tokens (token_budget)
+        self.max_tokens_per_microbatch = max_tokens_per_microbatch
+        self._padding = [0, 0, 0]  # this step's passes: token positions, positions covered, chunks
         self._policy_pass = False
         self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
@@ -464,6 +470,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch):
         start = time.perf_counter()
         self._timings = {}
+        self._padding = [0, 0, 0]
         output = super().training_step(model, inputs, num_items_in_batch)
         elapsed = time.perf_counter() - start
         timings, self._timings = self._timings, {}
@@ -473,6 +480,11 @@ class AudioGRPOTrainer(GRPOTrainer):
             if name in timings:
                 metrics[f"time/{name}"].append(timings[name])
         metrics["time/update_s"].append(elapsed - generation)
+        tokens, covered, chunks = self._padding
+        self._padding = [0, 0, 0]
+        if covered:  # this micro-step's passes (the generation batch's old/reference passes on its first)
+            metrics["microbatch/padding_frac"].append(1.0 - tokens / covered)
+            metrics["microbatch/chunks"].append(float(chunks))
         return output
 
     def create_optimizer(self, model=None):
@@ -656,6 +668,12 @@ class AudioGRPOTrainer(GRPOTrainer):
             loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
         return loss
 
+    def _count_padding(self, attention_mask: torch.Tensor, chunks: list[Chunk]) -> None:
+        """Add a pass's tokens, covered positions and chunk count to the step's tally (``training_step`` logs it)."""
+        self._padding[0] += int(attention_mask.sum())
+        self._padding[1] += sum(c.positions for c in chunks)
+        self._padding[2] += len(chunks)
+
     def _log_outside_mass(self, outside: torch.Tensor, mask: torch.Tensor) -> None:
         """Append the mean of ``outside`` over the scored positions of every process to the step's metrics."""
         totals = torch.stack([(outside * mask).sum(), mask.sum()]).float().unsqueeze(0)
@@ -695,25 +713,33 @@ class AudioGRPOTrainer(GRPOTrainer):
         the sampling distribution (``self.sampling``; see the module docstring).
 
         Same contract as TRL's method; image arguments must be absent. Chunks of ``batch_size`` rows bound the
-        activation memory; each chunk carries its own rows of audio. The policy pass (from ``_compute_loss``) also
-        logs ``text_only/outside_mass``.
+        activation memory, or with ``trainer.max_tokens_per_microbatch`` chunks packed by token count with their
+        padding cut (``grpo_audio.train.token_budget``); each chunk carries its own rows of audio. The policy pass
+        (from ``_compute_loss``) also logs ``text_only/outside_mass``; every pass adds to ``microbatch/*``.
         """
         images = {k: v for k, v in multimodal_kwargs.items() if v is not None and k not in AUDIO_KEYS}
         if images:
             raise ValueError(f"unexpected image inputs {sorted(images)} for an audio model")
         audio = self._require_audio(input_ids.size(0))
         sampling = self.reference_sampling if self._is_reference_pass(model) else self.sampling
-        batch_size = batch_size or input_ids.size(0)
+        rows, width = input_ids.shape
+        if self.max_tokens_per_microbatch is not None:
+            chunks = pack_rows(attention_mask, width - logits_to_keep, self.max_tokens_per_microbatch)
+        else:
+            chunks = fixed_chunks(rows, width, batch_size or rows)
+        self._count_padding(attention_mask, chunks)
         # the outside mass is logged once per micro-batch, from the policy pass; the old/reference passes skip it
         log_outside = self._policy_pass and self.sampling.restricts_vocabulary
-        all_logps, all_entropies, all_aux, all_outside, all_masks = [], [], [], [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = min(start + batch_size, input_ids.size(0))
-            ids, mask = input_ids[start:end], attention_mask[start:end]
+        all_aux = []
+
+        def score(chunk: Chunk, keep: int) -> list[torch.Tensor | None]:
+            index = chunk.index.to(input_ids.device)
+            ids = input_ids[index, chunk.start : chunk.end]
+            mask = attention_mask[index, chunk.start : chunk.end]
             # Score only completion tokens: TRL's fused head projects just the positions with a label
             labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            model_inputs = {"input_ids": ids, "attention_mask": mask, **audio.rows(start, end)}
+            labels[:, :-keep] = -100
+            model_inputs = {"input_ids": ids, "attention_mask": mask, **audio.select(chunk.index)}
             if compute_aux_loss:
                 model_inputs["output_router_logits"] = True
             with self.accelerator.autocast():
@@ -724,17 +750,17 @@ class AudioGRPOTrainer(GRPOTrainer):
                     logprob_entropy=compute_entropy,
                     logprob_outside_mass=log_outside,
                 )
-            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
-            if log_outside:
-                all_outside.append(outputs.outside_mass[:, -logits_to_keep:])
-                all_masks.append(outputs.label_mask[:, -logits_to_keep:])
-            if compute_entropy:
-                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
             if compute_aux_loss:
                 all_aux.append(outputs.aux_loss)
+            return [
+                outputs.log_probs[:, -keep:],
+                outputs.entropy[:, -keep:] if compute_entropy else None,
+                outputs.outside_mass[:, -keep:] if log_outside else None,
+                outputs.label_mask[:, -keep:].float() if log_outside else None,
+            ]
+
+        logps, entropies, outside, scored = score_in_chunks(score, chunks, rows, width, logits_to_keep)
         if log_outside:
-            self._log_outside_mass(torch.cat(all_outside).detach(), torch.cat(all_masks))
-        logps = torch.cat(all_logps, dim=0)
-        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+            self._log_outside_mass(outside.detach(), scored)
         aux = torch.stack(all_aux).mean() if compute_aux_loss else None
         return logps, entropies, aux
