@@ -12,7 +12,6 @@ from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_t
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_generation_fields
-from grpo_audio.train import build as train_build
 from grpo_audio.train import run as training
 
 
@@ -82,35 +81,11 @@ def test_token_logprobs_chunks_checkpointing_and_gradients_match_a_plain_computa
     torch.testing.assert_close(out.outside_mass, expected_outside)
 
 
-class EngineLogprobsAsVLLM:
-    """Named 'vllm' so that TRL runs its importance-sampling correction: the HF engine's sampling log-probs against
-    the trainer's own pass on the same tokens."""
-
-    name = "vllm"
-
-    def __init__(self, inner: HFRolloutEngine) -> None:
-        self.inner = inner
-        self.results = []
-
-    def set_batch_position(self, step, first_row):
-        self.inner.set_batch_position(step, first_row)
-
-    def generate(self, model, prompt_ids, audio):
-        result = self.inner.generate(model, prompt_ids, audio)
-        self.results.append(result)
-        return result
-
-
-def _exact_setup(tiny_recipe, monkeypatch, *overrides):
-    build = train_build.build_rollout_engine
-
-    def wrapped(recipe, model, tokenizer, run_dir):
-        inner = build(recipe, model, tokenizer, run_dir)
-        inner.sampling.return_logprobs = True
-        return EngineLogprobsAsVLLM(inner)
-
-    monkeypatch.setattr(train_build, "build_rollout_engine", wrapped)
+def _exact_setup(tiny_recipe, *overrides):
+    """The HF engine returning its sampling log-probs (rollout.engine_logprobs), so that TRL runs its importance
+    correction and drift metrics on them against the trainer's own pass on the same tokens."""
     recipe = tiny_recipe(
+        "rollout.engine_logprobs=true",
         "trainer.vllm_importance_sampling_mode=token_truncate",
         "trainer.vllm_importance_sampling_clip_max=1e6",
         "rollout.max_completion_length=16",
@@ -131,8 +106,8 @@ def _exact_setup(tiny_recipe, monkeypatch, *overrides):
     ],
     ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp", "T0.7-topk-topp-token-budget"],
 )
-def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, monkeypatch, sampling):
-    recipe, setup = _exact_setup(tiny_recipe, monkeypatch, *sampling)
+def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, sampling):
+    recipe, setup = _exact_setup(tiny_recipe, *sampling)
     trainer = setup.trainer
     g = recipe.rollout.num_generations
     output = trainer._generate_and_score_completions([setup.dataset[i] for i in range(2) for _ in range(g)])
@@ -145,8 +120,8 @@ def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, mon
 
 
 @pytest.mark.slow
-def test_banned_ids_get_no_gradient_and_the_outside_mass_is_logged(tiny_recipe, monkeypatch):
-    recipe, setup = _exact_setup(tiny_recipe, monkeypatch, "rollout.temperature=1.0")
+def test_banned_ids_get_no_gradient_and_the_outside_mass_is_logged(tiny_recipe):
+    recipe, setup = _exact_setup(tiny_recipe, "rollout.temperature=1.0")
     trainer = setup.trainer
     g = recipe.rollout.num_generations
     inputs = trainer._generate_and_score_completions([setup.dataset[i] for i in range(2) for _ in range(g)])
@@ -161,6 +136,7 @@ def test_banned_ids_get_no_gradient_and_the_outside_mass_is_logged(tiny_recipe, 
     assert torch.count_nonzero(grad[~banned]) > 0
     logged = trainer._metrics["train"]["text_only/outside_mass"]
     assert len(logged) == 1 and 0.0 < logged[0] < 1.0  # a random tiny model puts real mass on speech ids
+    assert trainer._metrics["train"]["sampling/outside_support_frac"] == [0.0]  # every sampled token in support
 
 
 def test_a_checkpoints_generation_config_does_not_reach_the_rollouts():

@@ -123,10 +123,11 @@ def test_seeded_sampling_draws_from_the_warped_distribution(tokenizer, model):
 
 
 class ShiftedLogprobEngine:
-    """Named 'vllm'; samples with the HF engine and reports its log-probs minus ``shift``, so the importance ratio
-    TRL computes must come out as exp(shift) times the (mask-only) HF/trainer ratio."""
+    """Samples with the HF engine and reports its log-probs minus ``shift``, so the importance ratio TRL computes
+    must come out as exp(shift) times the (mask-only) HF/trainer ratio."""
 
-    name = "vllm"
+    name = "shifted"
+    returns_logprobs = True  # the trainer turns TRL's importance correction on
 
     def __init__(self, inner: HFRolloutEngine, shift: float) -> None:
         self.inner = inner
@@ -179,3 +180,35 @@ def test_hf_engine_leaves_the_correction_off(tiny_recipe):
     assert not setup.trainer.use_vllm
     output = setup.trainer._generate_and_score_completions(_batch(setup, 4))
     assert "importance_sampling_ratio" not in output and "sampling_per_token_logps" not in output
+
+
+@pytest.mark.slow
+def test_drift_from_an_engine_that_samples_outside_the_trainers_top_k_is_logged(tiny_recipe):
+    """The engine keeps tokens the trainer's top-k cuts (as another top-p kernel or bf16 logits can near the edge):
+    TRL's sampling_logp_difference shows the gap, and sampling/outside_support_frac is the share of sampled tokens
+    the policy pass scores outside its support, which then drop out of the importance-corrected loss."""
+    import dataclasses
+
+    from grpo_audio.model.sampling import NEG
+
+    recipe = tiny_recipe(
+        "rollout.engine_logprobs=true",
+        "rollout.top_k=5",
+        "trainer.vllm_importance_sampling_mode=token_truncate",
+        "trainer.vllm_importance_sampling_clip_max=1e6",
+    )
+    setup = training.build_training(recipe)
+    trainer = setup.trainer
+    engine = trainer.rollout_engine
+    engine.sampling = dataclasses.replace(engine.sampling, top_k=0)  # the engine no longer cuts to the top 5
+    inputs = trainer._generate_and_score_completions(_batch(setup, recipe.rollout.num_generations))
+    mask = inputs["completion_mask"].bool()
+    outside = (inputs["old_per_token_logps"] <= NEG / 2) & mask
+    share = outside.sum().item() / mask.sum().item()
+    assert 0 < share < 1
+    metrics = trainer._metrics["train"]
+    assert metrics["sampling/sampling_logp_difference/max"][-1] > 1e8  # NEG against a real log-prob
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].numel())
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
+    trainer.compute_loss(trainer.model, inputs)
+    assert metrics["sampling/outside_support_frac"] == [pytest.approx(share)]

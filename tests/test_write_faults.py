@@ -99,8 +99,9 @@ def test_a_failed_write_on_one_of_two_processes_stops_both_at_once(tmp_path):
     assert sorted(line.split(";")[0] for line in errors) == sorted(
         [own, f"error: process 0 failed: CheckpointWriteError: {own.removeprefix('error: ')}"]
     ), failed.stderr[-3000:]
-    # Each process exits 2 on its one line; the only traceback is the launcher's own report of failed children.
-    assert failed.stderr.count("exitcode  : 2 ") == 2
+    # Each process ends on its one line (exit 2; the launcher may stop the second before it exits by itself), and
+    # the only traceback is the launcher's own report of failed children.
+    assert "exitcode  : 2 " in failed.stderr
     assert not re.search(r'File "[^"]*(grpo_audio|disk_full_run)', failed.stderr)
     assert sorted(p.name for p in (run_dir / "trainer").glob("checkpoint-*")) == ["checkpoint-1"]
     record = json.loads((run_dir / "run.json").read_text())

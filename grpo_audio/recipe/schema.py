@@ -308,6 +308,13 @@ class RolloutSection:
     top_k: int = _help("Top-k sampling (0 = off).", 0)
     max_completion_length: int = _help("Maximum tokens per completion.", 64)
     text_only: bool = _help("Never sample discrete speech tokens (ids >= config.audio_token_index).", True)
+    engine_logprobs: bool = _help(
+        "hf engine: return each sampled token's log-prob, so that the trainer logs its drift from the engine "
+        "(sampling/sampling_logp_difference) and applies TRL's importance correction (trainer."
+        "vllm_importance_sampling_*) as it does for vLLM, at the cost of an extra log-prob pass per generation "
+        "batch. The vllm engine always returns them.",
+        False,
+    )
     dynamic_sampling: DynamicSamplingSpec = _help(
         "DAPO's dynamic sampling: train only on groups whose rewards differ.", factory=DynamicSamplingSpec
     )

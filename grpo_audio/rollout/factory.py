@@ -11,6 +11,7 @@ size the CPU attention backend lacks.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -68,7 +69,7 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
         )
     if spec.engine == "hf":
         return HFRolloutEngine(
-            sampling,
+            dataclasses.replace(sampling, return_logprobs=spec.engine_logprobs),
             stop_token_ids=stop_token_ids,
             pad_token_id=tokenizer.pad_token_id,
             audio_marker_ids=audio_marker_ids,

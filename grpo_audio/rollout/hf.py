@@ -155,6 +155,11 @@ class HFRolloutEngine:
         self.seed = seed  # None: the global RNG; an int: one seeded stream per row (module docstring)
         self.step, self.first_row, self._calls_this_step = 0, 0, 0
 
+    @property
+    def returns_logprobs(self) -> bool:
+        """Whether ``generate`` returns the sampled tokens' log-probs (``RolloutResult.logprobs``)."""
+        return self.sampling.return_logprobs
+
     def set_batch_position(self, step: int, first_row: int) -> None:
         """Where the next call's rows sit: the optimizer step and the global index of its first row."""
         if step != self.step:

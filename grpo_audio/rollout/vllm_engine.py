@@ -92,6 +92,7 @@ class VLLMRolloutEngine:
     """``RolloutEngine`` on vLLM; see the module docstring."""
 
     name = "vllm"
+    returns_logprobs = True  # processed log-probs of every sampled token, always
 
     def __init__(
         self,

@@ -58,7 +58,7 @@ from trl.models import unwrap_model_for_generation
 
 from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import fail_together, root_parameters_unsharded, share_from_main
-from grpo_audio.model.sampling import SamplingDistribution
+from grpo_audio.model.sampling import NEG, SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
@@ -173,11 +173,12 @@ class AudioGRPOTrainer(GRPOTrainer):
                 f"the log-prob passes' temperature {sampling.temperature} differs from GRPOConfig.temperature "
                 f"{self.temperature}: both come from rollout.temperature"
             )
-        if getattr(rollout_engine, "name", None) == "vllm":
-            # TRL's importance-sampling correction (vllm_importance_sampling_* in GRPOConfig) is gated on use_vllm.
-            # Our vLLM engine is not TRL's (args.use_vllm stays False, so TRL builds no engine of its own), but its
-            # rollouts come from another implementation of the policy, so the correction applies just the same: it
-            # compares the trainer's log-probs with the sampled-token log-probs _generate_single_turn returns.
+        if getattr(rollout_engine, "returns_logprobs", False):
+            # TRL's importance-sampling correction (vllm_importance_sampling_* in GRPOConfig) and its drift metrics
+            # (sampling/sampling_logp_difference) are gated on use_vllm. Our engines are not TRL's (args.use_vllm
+            # stays False, so TRL builds no engine of its own), but an engine that returns its sampled tokens'
+            # log-probs (vLLM always; HF with rollout.engine_logprobs) is another computation of the policy, so the
+            # correction applies just the same: it compares the trainer's log-probs with those the engine returned.
             self.use_vllm = True
         if run_record is not None:
             self.add_callback(RunRecordToTrackers(run_record, self.callback_handler))
@@ -674,12 +675,18 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._padding[1] += sum(c.positions for c in chunks)
         self._padding[2] += len(chunks)
 
-    def _log_outside_mass(self, outside: torch.Tensor, mask: torch.Tensor) -> None:
-        """Append the mean of ``outside`` over the scored positions of every process to the step's metrics."""
-        totals = torch.stack([(outside * mask).sum(), mask.sum()]).float().unsqueeze(0)
+    def _log_share(self, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """Append the mean of ``values`` over the scored positions of every process to the step's metric ``name``.
+
+        ``text_only/outside_mass``: the mass the model puts on ids the sampler never draws. ``sampling/
+        outside_support_frac``: the share of sampled tokens the policy pass scores outside its top-k/top-p (log-prob
+        NEG): 0 when trainer and engine agree; a token the engine kept near the nucleus edge (another top-p kernel,
+        bf16 logits) but the trainer cuts has an importance ratio of 0 and drops out of the loss.
+        """
+        totals = torch.stack([(values * mask).sum(), mask.sum()]).float().unsqueeze(0)
         totals = self.accelerator.gather(totals).sum(dim=0)
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["text_only/outside_mass"].append((totals[0] / totals[1].clamp(min=1)).item())
+        self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1)).item())
 
     def _is_reference_pass(self, model) -> bool:
         """Whether TRL is scoring the KL reference: its own reference model, or (LoRA) the policy with its adapters
@@ -728,8 +735,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         else:
             chunks = fixed_chunks(rows, width, batch_size or rows)
         self._count_padding(attention_mask, chunks)
-        # the outside mass is logged once per micro-batch, from the policy pass; the old/reference passes skip it
+        # logged once per micro-batch, from the policy pass (the old/reference passes skip them): the outside mass,
+        # and the share of sampled tokens this pass scores outside its distribution's support (log-prob NEG)
         log_outside = self._policy_pass and self.sampling.restricts_vocabulary
+        policy = self._policy_pass
         all_aux = []
 
         def score(chunk: Chunk, keep: int) -> list[torch.Tensor | None]:
@@ -756,11 +765,13 @@ class AudioGRPOTrainer(GRPOTrainer):
                 outputs.log_probs[:, -keep:],
                 outputs.entropy[:, -keep:] if compute_entropy else None,
                 outputs.outside_mass[:, -keep:] if log_outside else None,
-                outputs.label_mask[:, -keep:].float() if log_outside else None,
+                outputs.label_mask[:, -keep:].float() if policy else None,
             ]
 
         logps, entropies, outside, scored = score_in_chunks(score, chunks, rows, width, logits_to_keep)
         if log_outside:
-            self._log_outside_mass(outside.detach(), scored)
+            self._log_share("text_only/outside_mass", outside.detach(), scored)
+        if policy:
+            self._log_share("sampling/outside_support_frac", (logps.detach() <= NEG / 2).float(), scored)
         aux = torch.stack(all_aux).mean() if compute_aux_loss else None
         return logps, entropies, aux
