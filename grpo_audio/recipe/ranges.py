@@ -106,6 +106,7 @@ RANGES: list[tuple[str, Range, str]] = [
     ("rollout.vllm.gpu_memory_utilization", FRACTION, "a share of the accelerator's memory"),
     ("rollout.vllm.max_model_len", AT_LEAST_ONE, "null = the backbone's max_position_embeddings"),
     ("rollout.vllm.server_timeout_s", POSITIVE, ""),
+    ("rollout.vllm.sync_port", Range(1, 65535), "a TCP port"),
     ("rollout.dynamic_sampling.max_extra_rounds", NON_NEGATIVE, "0 = filter without refilling"),
     # trainer: TRL's GRPOConfig / transformers' TrainingArguments fields, where the recipe sets them
     ("trainer.learning_rate", POSITIVE, ""),

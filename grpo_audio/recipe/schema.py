@@ -250,8 +250,9 @@ class VLLMOptions:
         "Qwen2ForCausalLM checkpoint of the backbone (write one with `python -m grpo_audio.rollout.backbone_export`). "
         "colocate: null exports the model into <run>/vllm_backbone at start; a given directory is checked against "
         "the model, loaded, and overwritten in the engine by the trainer's weights before the first rollout. "
-        "server: required; the directory the server was started from, on a filesystem that trainer and server see "
-        "under the same path: each weight sync rewrites it and asks the server to reload it.",
+        "server: required; the directory the server was started from (it gives the backbone's shape). With "
+        "weight_sync 'disk' trainer and server must see it under the same path: each sync rewrites it and asks the "
+        "server to reload it.",
         None,
     )
     gpu_memory_utilization: float = _help(
@@ -276,6 +277,17 @@ class VLLMOptions:
     server_url: str = _help("server: base URL of the vLLM server.", "http://localhost:8000")
     server_timeout_s: float = _help(
         "server: seconds to wait for one HTTP request (a rollout or a weight reload).", 600.0
+    )
+    weight_sync: Literal["channel", "disk"] = _help(
+        "server: how the trainer's weights reach the server at each sync. 'channel': streamed tensor by tensor over "
+        "a process group of their own (NCCL on GPUs, gloo on CPU) into the server's workers, no file written; the "
+        "server must run the harness's worker extension (start it with `grpo-audio serve-rollouts`). 'disk': the "
+        "fallback: backbone_dir is rewritten and the server reloads it.",
+        "channel",
+    )
+    sync_port: int = _help(
+        "server, weight_sync 'channel': the port the channel's rendezvous uses on the server's host (free there).",
+        51216,
     )
 
 

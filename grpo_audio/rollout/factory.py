@@ -101,11 +101,18 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
         if options.backbone_dir is None:
             raise RolloutEngineError(
                 "rollout.vllm.mode 'server' needs rollout.vllm.backbone_dir: the backbone directory the server was "
-                "started from, on a filesystem this process shares with it (weight syncs rewrite it); write it with "
-                "`python -m grpo_audio.rollout.backbone_export`"
+                "started from (with rollout.vllm.weight_sync=disk, on a filesystem this process shares with it: syncs "
+                "rewrite it); write it with `python -m grpo_audio.rollout.backbone_export`"
             )
         backbone = check_backbone_dir(options.backbone_dir, model)
-        return VLLMServerClient(options.server_url, backbone, timeout_s=options.server_timeout_s), None
+        client = VLLMServerClient(
+            options.server_url,
+            backbone,
+            timeout_s=options.server_timeout_s,
+            weight_sync=options.weight_sync,
+            sync_port=options.sync_port,
+        )
+        return client, None
     if options.mode != "colocate":
         raise ValueError(f"unknown rollout.vllm.mode {options.mode!r} (expected 'colocate' or 'server')")
 

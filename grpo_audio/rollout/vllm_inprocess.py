@@ -40,6 +40,7 @@ class InProcessVLLM:
         self.sleep_between_rollouts = sleep_between_rollouts
         self.asleep = False
         self.dtype = llm.llm_engine.model_config.dtype
+        self.last_sync_bytes = 0  # tensor bytes the last load_weights pushed
 
     @classmethod
     def start(
@@ -145,6 +146,12 @@ class InProcessVLLM:
         woken and left awake: the trainer syncs right before a rollout, which puts it back to sleep."""
         self._wake()
         # In-process executor: the iterator reaches the model runner as is, one tensor at a time
-        weights = backbone_weights(model)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.last_sync_bytes = 0
+
+        def weights():
+            for name, tensor in backbone_weights(model):
+                self.last_sync_bytes += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights(), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()

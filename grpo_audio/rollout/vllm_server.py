@@ -7,9 +7,15 @@ serve <backbone_dir> --enable-prompt-embeds --skip-tokenizer-init --logprobs-mod
 
 * Rollouts: one OpenAI-compatible ``/v1/completions`` request per prompt (base64 ``torch.save`` of the prompt's
   ``prompt_embeds``, its own ``n`` and seed), sent concurrently so that the server batches them.
-* Weight sync: the backbone directory is rewritten from the model, the server reloads it in place through the
-  dev-mode ``/collective_rpc`` (``reload_weights(weights_path=...)``), then ``/reset_prefix_cache``. With several
-  training processes, rank 0 rewrites and reloads while the others wait at a barrier.
+* Weight sync, ``channel`` (the default): the backbone tensors (LoRA merged, in the server's dtype) are streamed
+  one by one over a process group of their own into the server's workers (``weight_channel.py``; NCCL on GPUs,
+  gloo on CPU), which load each in place as it arrives (``weight_receiver.py``, the worker extension that
+  ``grpo-audio serve-rollouts`` starts the server with); nothing is written to disk. The trainer asks for it
+  through the dev-mode ``/collective_rpc`` in a thread while it sends. ``disk`` (the explicit fallback): the
+  backbone directory is rewritten from the model and the server reloads it in place (``reload_weights(
+  weights_path=...)``). Either way ``/reset_prefix_cache`` follows, and with several training processes rank 0
+  syncs while the others wait at a barrier. ``last_sync_bytes``: what the last sync moved (tensor bytes sent, or
+  the files written).
 * At start the client checks the server's flags (``/server_info``) and reads its weight dtype; a server that cannot
   be used as configured raises ``VLLMServerError`` saying what to change.
 
@@ -25,16 +31,19 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
 import torch
 
-from grpo_audio.rollout.backbone_export import export_backbone
+from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone
 from grpo_audio.rollout.vllm_backend import SampledCompletion, check_finish
+from grpo_audio.rollout.weight_channel import WeightChannel, device_for
+from grpo_audio.rollout.weight_receiver import READY
 
 
 class VLLMServerError(RuntimeError):
@@ -44,11 +53,25 @@ class VLLMServerError(RuntimeError):
 class VLLMServerClient:
     """A separate ``vllm serve`` (mode server), over HTTP; see the module docstring for how to start it."""
 
-    def __init__(self, url: str, backbone_dir: str | Path, timeout_s: float = 600.0, max_parallel: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        backbone_dir: str | Path,
+        timeout_s: float = 600.0,
+        max_parallel: int = 64,
+        weight_sync: str = "channel",
+        sync_port: int = 51216,
+    ) -> None:
+        if weight_sync not in ("channel", "disk"):
+            raise ValueError(f"weight_sync {weight_sync!r}: expected 'channel' or 'disk'")
         self.url = url.rstrip("/")
         self.backbone_dir = Path(backbone_dir)
         self.timeout_s = timeout_s
         self.max_parallel = max_parallel
+        self.weight_sync, self.sync_port = weight_sync, sync_port
+        self.channel: WeightChannel | None = None
+        self._manifest: list[list] | None = None  # [name, dtype, shape] per tensor, in sending order
+        self.last_sync_bytes = 0
         limits = httpx2.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
         self.client = openai.OpenAI(
             base_url=self.url + "/v1",
@@ -63,6 +86,8 @@ class VLLMServerClient:
             raise VLLMServerError(f"the vLLM server at {self.url} serves no model")
         self.model_name = models[0]["id"]
         self.dtype = self._check_server_config()
+        if weight_sync == "channel":
+            self._check_weight_receiver()
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         """A JSON request to ``path`` under the server root ({} for an empty reply)."""
@@ -76,9 +101,31 @@ class VLLMServerClient:
     def _errors(self, method: str, path: str):
         return _server_errors(self.url, method, path, self.timeout_s)
 
+    def _check_weight_receiver(self) -> None:
+        """The server runs the harness's worker extension (``weight_receiver.py``), which the channel sync needs."""
+        try:
+            results = self._rpc("weight_receiver_ready")
+        except VLLMServerError as err:
+            if "/collective_rpc is missing" in str(err):
+                raise
+            results = None
+        if not results or any(r != READY for r in results):
+            raise VLLMServerError(
+                f"the vLLM server at {self.url} cannot receive weights over a channel: start it with `grpo-audio "
+                "serve-rollouts BACKBONE_DIR` (it adds the harness's worker extension), or set "
+                "rollout.vllm.weight_sync=disk"
+            )
+
+    def _rpc(self, method: str, *args: str) -> list:
+        """Call ``method`` on every server worker (dev-mode ``/collective_rpc``); their results, in worker order."""
+        return self._request("POST", "/collective_rpc", {"method": method, "args": list(args)}).get("results", [])
+
     def _check_server_config(self) -> torch.dtype:
         """The server's weight dtype, after checking the flags the engine relies on."""
-        config = self._request("GET", "/server_info?config_format=json")["vllm_config"]["model_config"]
+        info = self._request("GET", "/server_info?config_format=json")["vllm_config"]
+        parallel = info.get("parallel_config", {})
+        self.server_workers = int(parallel.get("world_size") or 1)
+        config = info["model_config"]
         wrong = []
         if not config.get("enable_prompt_embeds"):
             wrong.append("--enable-prompt-embeds")
@@ -123,21 +170,87 @@ class VLLMServerClient:
             return list(pool.map(self._complete, embeds, requests))
 
     def load_weights(self, model) -> None:
-        """Rewrite the backbone directory from ``model`` and have the server reload it in place.
+        """Bring the server's backbone to ``model``'s weights (``weight_sync``: over the channel, or through the
+        backbone directory), then clear its prefix cache.
 
-        With several training processes (torch.distributed initialised) rank 0 writes and reloads while the others
-        wait at a barrier, so that no process samples from the old weights."""
+        With several training processes (torch.distributed initialised) rank 0 syncs while the others wait at a
+        barrier, so that no process samples from the old weights."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not distributed or torch.distributed.get_rank() == 0:
-            export_backbone(model, self.backbone_dir, dtype=self.dtype)
-            body = {
-                "method": "reload_weights",
-                "kwargs": {"weights_path": str(self.backbone_dir.resolve()), "is_checkpoint_format": True},
-            }
-            self._request("POST", "/collective_rpc", body)
+            if self.weight_sync == "channel":
+                self.last_sync_bytes = self._send_weights(model)
+            else:
+                self.last_sync_bytes = self._reload_from_disk(model)
             self._request("POST", "/reset_prefix_cache")
         if distributed:
             torch.distributed.barrier()
+
+    def _reload_from_disk(self, model) -> int:
+        export_backbone(model, self.backbone_dir, dtype=self.dtype)
+        body = {
+            "method": "reload_weights",
+            "kwargs": {"weights_path": str(self.backbone_dir.resolve()), "is_checkpoint_format": True},
+        }
+        self._request("POST", "/collective_rpc", body)
+        return sum(p.stat().st_size for p in self.backbone_dir.glob("*.safetensors"))
+
+    def _send_weights(self, model) -> int:
+        """Stream the backbone over the channel while the server's workers receive it; the bytes sent."""
+        device = next(model.parameters()).device
+        if self.channel is None:
+            self._open_channel("nccl" if device.type == "cuda" else "gloo")
+        if self._manifest is None:  # names, dtypes and shapes do not change during a run
+            self._manifest = [
+                [name, str(self.dtype).removeprefix("torch."), list(tensor.shape)]
+                for name, tensor in backbone_weights(model)
+            ]
+        target = device_for(self.channel.backend)
+
+        def send() -> int:
+            sent = 0
+            for (name, tensor), (listed, _, _) in zip(backbone_weights(model), self._manifest, strict=True):
+                if name != listed:
+                    raise RuntimeError(f"backbone tensor {name} where the manifest lists {listed}")
+                tensor = tensor.to(device=target, dtype=self.dtype).contiguous()
+                self.channel.broadcast(tensor)
+                sent += tensor.numel() * tensor.element_size()
+            return sent
+
+        received, sent = self._alongside_rpc(send, "receive_weights", json.dumps(self._manifest))
+        if any(int(r) != sent for r in received):
+            raise VLLMServerError(
+                f"the server's workers received {received} bytes of weights; the trainer sent {sent}"
+            )
+        return sent
+
+    def _open_channel(self, backend: str) -> None:
+        """Join the channel group with the server's workers: they are ranks 0..W-1, the trainer W."""
+        host = urlsplit(self.url).hostname or "localhost"
+        world = self.server_workers + 1
+        spec = {"host": host, "port": self.sync_port, "world_size": world, "backend": backend}
+        spec["timeout_s"] = self.timeout_s
+
+        def join() -> WeightChannel:
+            return WeightChannel(host, self.sync_port, world - 1, world, backend, self.timeout_s)
+
+        _, self.channel = self._alongside_rpc(join, "open_weight_channel", json.dumps(spec))
+
+    def _alongside_rpc(self, action, method: str, *args: str):
+        """Run ``action`` here while the server's workers run ``method``: (the workers' results, action's result).
+
+        Both block until the other side takes part (a rendezvous, a broadcast), so the request goes out in a thread.
+        If the server fails first, its error is raised without waiting for ``action`` (which then ends at the
+        channel's timeout, in its thread)."""
+        pool = ThreadPoolExecutor(max_workers=2)
+        try:
+            remote = pool.submit(self._rpc, method, *args)
+            local = pool.submit(action)
+            done, _ = wait([remote, local], return_when=FIRST_EXCEPTION)
+            if remote in done and remote.exception() is not None:
+                raise VLLMServerError(f"weight sync: the server's {method} failed: {remote.exception()}")
+            return remote.result(), local.result()
+        finally:
+            pool.shutdown(wait=False)
 
 
 @contextmanager

@@ -632,6 +632,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
                 mode = "train" if self.model.training else "eval"
                 self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
+                moved = getattr(getattr(self.rollout_engine, "backend", None), "last_sync_bytes", None)
+                if moved is not None:  # what the sync moved: tensor bytes sent, or files written (disk)
+                    self._metrics[mode]["weight_sync/bytes"].append(float(moved))
             position = getattr(self.rollout_engine, "set_batch_position", None)
             if position is not None:  # per-row random streams keyed by the rows' place in the global batch
                 position(self.state.global_step, self.accelerator.process_index * len(prompt_ids))

@@ -1,0 +1,76 @@
+"""``WeightReceiver``: the vLLM worker extension that receives the trainer's weights over a ``WeightChannel``.
+
+``grpo-audio serve-rollouts`` starts ``vllm serve`` with ``--worker-extension-cls
+grpo_audio.rollout.weight_receiver.WeightReceiver``: vLLM mixes this class into each of its workers, and the
+trainer calls its methods through the dev-mode ``/collective_rpc`` endpoint (``VLLMServerClient``):
+
+* ``weight_receiver_ready()``: answers ``"grpo-audio"``; the trainer checks it at start, so a server started
+  without the extension is refused with the command to start it;
+* ``open_weight_channel(spec)``: joins the channel group (``weight_channel.py``) as rank = the worker's rank;
+* ``receive_weights(manifest)``: for each ``[name, dtype, shape]`` of the manifest, in order, receives the tensor by
+  broadcast from the trainer and hands it to the model runner's in-place ``reload_weights`` (plain Qwen2 names,
+  checkpoint format: vLLM fuses q/k/v and gate/up and takes its tensor-parallel shard as for a checkpoint file),
+  one tensor at a time, so the extra memory is one tensor;
+* ``close_weight_channel()``.
+
+Arguments travel as JSON strings (the endpoint passes strings through). Runs inside vLLM's worker process; imports
+only torch and the channel module.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from grpo_audio.rollout.weight_channel import WeightChannel, device_for
+
+READY = "grpo-audio"
+
+
+class WeightReceiver:
+    """Mixed into vLLM's worker class (``--worker-extension-cls``); ``self`` is the worker."""
+
+    def weight_receiver_ready(self) -> str:
+        return READY
+
+    def open_weight_channel(self, spec: str) -> None:
+        """``spec``: JSON ``{host, port, world_size, backend, timeout_s}``; this worker joins as its own rank."""
+        options = json.loads(spec)
+        self._weight_channel = WeightChannel(
+            options["host"],
+            int(options["port"]),
+            rank=int(self.rank),
+            world_size=int(options["world_size"]),
+            backend=options["backend"],
+            timeout_s=float(options["timeout_s"]),
+        )
+
+    def receive_weights(self, manifest: str) -> int:
+        """Receive every tensor the JSON ``manifest`` lists and load it in place; returns the bytes received."""
+        channel = getattr(self, "_weight_channel", None)
+        if channel is None:
+            raise RuntimeError("receive_weights before open_weight_channel")
+        entries = json.loads(manifest)
+        device = device_for(channel.backend)
+        received = 0
+
+        def tensors():
+            nonlocal received
+            for name, dtype, shape in entries:
+                tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+                channel.broadcast(tensor)
+                received += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        return received
+
+    def close_weight_channel(self) -> None:
+        channel = getattr(self, "_weight_channel", None)
+        if channel is not None:
+            channel.close()
+        self._weight_channel = None
+
+
+__all__ = ["READY", "WeightReceiver"]
