@@ -10,8 +10,9 @@ Backends: ``nccl`` on GPUs (tensors on each side's device), ``gloo`` on CPU (the
 imported, so the same module runs inside the vLLM worker (``weight_receiver.py``) and in the trainer, which needs
 no vLLM.
 
-Cost per sync: every backbone tensor once, in the server's dtype (15.2 GB for the 7B in bf16, computed from its
-shapes: ``grpo_audio/model/memory_plan.py``), at the link's bandwidth, with no file written or read.
+Cost per sync: every backbone tensor once, in the server's dtype, at the link's bandwidth, with no file written or
+read: 15.5 GB for the 7B in bf16 (7,730,240,000 parameters: decoder layers, embeddings and LM head; computed from
+the memory plan's counts, ``bench/memory_plan.py``, not measured).
 """
 
 from __future__ import annotations
