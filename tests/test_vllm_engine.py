@@ -30,6 +30,7 @@ import json  # noqa: E402
 import torch  # noqa: E402
 from helpers.logprobs import teacher_forced_logprobs  # noqa: E402
 from helpers.ports import start_on_some_port  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
@@ -302,6 +303,48 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
     assert "time/weight_sync_s" not in steps[0] and steps[1]["time/weight_sync_s"] > 0  # synced after step 1
     rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 2 * 8 and all(r["finish_reason"] in ("stop", "length") for r in rollouts)
+
+
+@pytest.mark.slow
+def test_lora_only_sync_sends_the_adapter_and_stays_exact(tmp_path):
+    """model.lora with the colocated engine: the engine holds the base backbone and samples with the adapter each
+    sync writes (vLLM's LoRA support), the sync moves the adapter's bytes only, and the trainer's log-probs still
+    equal the engine's (the adapter is non-zero from step 2 on: the high learning rate moves B at step 1)."""
+    run = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run}",
+        *VLLM_TRAIN,
+        "trainer.max_steps=3",
+        "trainer.learning_rate=5e-2",
+        "model.lora={r: 4, alpha: 16, target_modules: [q_proj, v_proj, up_proj]}",
+        'rewards.terms=[{name: "helpers.mixed_signal:half_informative", label: mixed}]',  # groups with variance
+        *TINY_OVERRIDES,
+    ]
+    argv = [sys.executable, "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]
+    tests = Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "reward" in m]
+    adapters = sorted((run / "vllm_lora" / "process-0").iterdir())
+    assert [p.name for p in adapters] == ["v2", "v3"]  # one version per sync, the one before last kept
+    adapter_bytes = (adapters[-1] / "adapter_model.safetensors").stat().st_size
+    backbone_bytes = sum(p.stat().st_size for p in (run / "vllm_backbone").glob("*.safetensors"))
+    assert [m["weight_sync/bytes"] for m in steps] == [adapter_bytes] * 3  # the first sync sends the step-0 adapter
+    assert adapter_bytes < backbone_bytes / 10
+    for m in steps:  # exact: the engine's LoRA kernels give the trainer's log-probs
+        assert m["sampling/sampling_logp_difference/max"] < 1e-5, m
+        low, high = (m[f"sampling/importance_sampling_ratio/{k}"] for k in ("min", "max"))
+        assert 1 - 1e-4 < low <= high < 1 + 1e-4
+    config = json.loads((adapters[-1] / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 4  # the trainer's scaling (16 / 4) is inside lora_B
+    adapter = load_file(adapters[-1] / "adapter_model.safetensors")
+    assert max(t.abs().max().item() for k, t in adapter.items() if "lora_B" in k) > 1e-3  # the adapter acts
 
 
 @pytest.mark.slow

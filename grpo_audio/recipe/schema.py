@@ -278,6 +278,12 @@ class VLLMOptions:
     server_timeout_s: float = _help(
         "server: seconds to wait for one HTTP request (a rollout or a weight reload).", 600.0
     )
+    sync_lora_only: bool = _help(
+        "With model.lora, colocate: the engine holds the base backbone once and each sync sends only the adapter "
+        "(vLLM's LoRA support; grpo_audio/rollout/lora_export.py); false: the merged backbone at every sync. When "
+        "base weights train too, the merged backbone is sent whatever this says.",
+        True,
+    )
     weight_sync: Literal["channel", "disk"] = _help(
         "server: how the trainer's weights reach the server at each sync. 'channel': streamed tensor by tensor over "
         "a process group of their own (NCCL on GPUs, gloo on CPU) into the server's workers, no file written; the "

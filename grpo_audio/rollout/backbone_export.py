@@ -78,8 +78,9 @@ def _lora_delta(module, param: str) -> torch.Tensor | None:
     return delta
 
 
-def backbone_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(Qwen2ForCausalLM name, tensor)`` for every backbone parameter and the LM head, LoRA merged.
+def backbone_weights(model, merge_lora: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(Qwen2ForCausalLM name, tensor)`` for every backbone parameter and the LM head, LoRA merged (or, with
+    ``merge_lora=False``, the base weights alone: what an engine that applies the adapter itself holds).
 
     Tensors are detached views of the live parameters except where a LoRA delta was added (a new tensor); consumers
     copy them (vLLM's loaders do) and must not keep them across an optimizer step.
@@ -95,7 +96,7 @@ def backbone_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
         tensor = param.detach()
         if owner.endswith(".base_layer") and owner[: -len(".base_layer")] in lora:
             owner = owner[: -len(".base_layer")]
-            delta = _lora_delta(lora[owner], leaf)
+            delta = _lora_delta(lora[owner], leaf) if merge_lora else None
             if delta is not None:
                 tensor = tensor + delta.to(tensor.dtype)
         yield f"model.{owner}.{leaf}" if owner else f"model.{leaf}", tensor
@@ -119,10 +120,14 @@ def backbone_config(model, dtype: torch.dtype | None = None) -> dict:
 
 
 def export_backbone(
-    model, out_dir: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 4 * 1024**3
+    model,
+    out_dir: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 4 * 1024**3,
+    merge_lora: bool = True,
 ) -> Path:
     """Write the backbone as a ``Qwen2ForCausalLM`` checkpoint (config.json + safetensors shards) into ``out_dir``,
-    in ``dtype`` (default: the model's).
+    in ``dtype`` (default: the model's); LoRA merged, or the base weights with ``merge_lora=False``.
 
     Shards hold at most ``max_shard_bytes`` each (one tensor larger than that gets a shard of its own); more than one
     shard gets the usual ``model.safetensors.index.json``. The directory is overwritten file by file.
@@ -133,7 +138,7 @@ def export_backbone(
         stale.unlink(missing_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for name, tensor in backbone_weights(model):
+    for name, tensor in backbone_weights(model, merge_lora):
         tensor = tensor.to(device="cpu", dtype=dtype or tensor.dtype).contiguous()
         nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:

@@ -31,6 +31,7 @@ INSTALL_HINT = (
     "torchaudio and torchcodec)"
 )
 BACKBONE_SUBDIR = "vllm_backbone"
+LORA_SUBDIR = "vllm_lora"  # LoRA-only sync: the adapter versions each engine samples with
 
 
 class RolloutEngineError(RuntimeError):
@@ -121,14 +122,21 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
     check_head_size(model)
     dtype = engine_dtype(options.dtype, model)
     processes = world_size()
+    # LoRA-only sync: the model is not yet wrapped with its adapters here (TRL does that), so its weights are the base
+    lora_only = recipe.model.lora is not None and options.sync_lora_only
     if given is None:
         # One export for all processes (they hold the same weights): process 0 writes it, the others wait
         target = run_dir / BACKBONE_SUBDIR
         backbone = share_from_main(lambda: export_backbone(model, target, dtype=getattr(torch, dtype)))
-        synced_step = 0  # exported from the model as it is now, before any optimizer step
+        # exported from the model as it is now, before any optimizer step; LoRA-only: the adapter still to send
+        synced_step = None if lora_only else 0
     else:
         backbone = given
         synced_step = None  # someone else's weights: push ours before the first rollout
+    lora = {}
+    if lora_only:  # one adapter directory per process: each holds its own engine
+        lora_dir = run_dir / LORA_SUBDIR / f"process-{rank()}"
+        lora = {"lora_dir": lora_dir, "lora_rank": recipe.model.lora.r, "base_current": given is None}
     from grpo_audio.rollout.vllm_inprocess import InProcessVLLM
 
     try:
@@ -141,6 +149,7 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
             enforce_eager=options.enforce_eager,
             sleep_between_rollouts=options.sleep_between_rollouts,
             external_launcher=processes > 1,
+            **lora,
         )
     except (ValueError, RuntimeError, torch.OutOfMemoryError) as err:
         advice = explain_start_failure(err)

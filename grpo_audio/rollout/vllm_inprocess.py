@@ -7,7 +7,9 @@
 * Weight sync: the backbone tensors (``backbone_export.backbone_weights``: LoRA merged, plain Qwen2 names) are
   pushed with the model runner's ``reload_weights`` (the documented in-place reload, which also works on the CPU
   backend where ``load_weights`` after start does not), then the prefix cache is cleared (its KV was computed with
-  the old weights).
+  the old weights). LoRA-only sync (``rollout.vllm.sync_lora_only`` with ``model.lora``; ``lora_export.py``): the
+  engine runs with vLLM's LoRA support, holds the base backbone once, and each sync writes only the adapter (a new
+  version, a new ``LoRARequest``) that every request is then sampled with.
 * Sleep: on CUDA the engine can sleep between rollouts (weights to CPU, KV cache dropped) so that the training
   step gets the memory back.
 * Several training processes (``accelerate launch``): each holds its own engine (tensor parallel size 1) on its own
@@ -24,11 +26,13 @@ vLLM is imported only when an engine starts: this module imports without it.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from grpo_audio.rollout.backbone_export import backbone_weights
+from grpo_audio.rollout.lora_export import engine_max_rank, lora_only_possible, write_adapter
 from grpo_audio.rollout.vllm_backend import SampledCompletion, check_finish
 
 
@@ -40,7 +44,11 @@ class InProcessVLLM:
         self.sleep_between_rollouts = sleep_between_rollouts
         self.asleep = False
         self.dtype = llm.llm_engine.model_config.dtype
-        self.last_sync_bytes = 0  # tensor bytes the last load_weights pushed
+        self.last_sync_bytes = 0  # tensor bytes the last load_weights pushed (or the adapter file's, LoRA-only)
+        self.lora_dir: Path | None = None  # LoRA-only sync: where each sync's adapter is written (start)
+        self.base_current = True
+        self.lora_request = None  # the adapter every request is sampled with (LoRA-only sync)
+        self._lora_version = 0
 
     @classmethod
     def start(
@@ -54,10 +62,17 @@ class InProcessVLLM:
         enforce_eager: bool = False,
         sleep_between_rollouts: bool = False,
         external_launcher: bool = False,
+        lora_dir: str | Path | None = None,
+        lora_rank: int = 0,
+        base_current: bool = True,
     ) -> InProcessVLLM:
         """``external_launcher``: this is one of several training processes (``accelerate launch``); each holds its
         own engine (tensor parallel size 1) on its own device, built inside the existing process group, as vLLM's
-        ``external_launcher`` executor does for torchrun-style launches."""
+        ``external_launcher`` executor does for torchrun-style launches.
+
+        ``lora_dir``: LoRA-only sync (``lora_export``): the engine applies the policy's adapter of rank
+        ``lora_rank`` itself, written under ``lora_dir`` at each sync; ``base_current``: the engine's backbone is
+        already the base weights (exported unmerged), else the first sync pushes them once."""
         if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise RuntimeError(
                 "rollout.vllm.mode 'colocate' pushes weights into the engine's model runner in this process: unset "
@@ -84,12 +99,15 @@ class InProcessVLLM:
             # ("CPU Generator does not use offset"); whole-prompt prefill avoids the split
             enable_chunked_prefill=not current_platform.is_cpu(),
             **({"distributed_executor_backend": "external_launcher"} if external_launcher else {}),
+            **({"enable_lora": True, "max_lora_rank": engine_max_rank(lora_rank), "max_loras": 1} if lora_dir else {}),
         )
         if not current_platform.is_cpu():
             # vLLM drops torch to 1 thread for serving; the trainer's CPU work (audio features) wants them back. On
             # CPU vLLM binds the process's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND) and forbids changing them.
             torch.set_num_threads(threads)
         engine = cls(llm, sleep)
+        if lora_dir is not None:
+            engine.lora_dir, engine.base_current = Path(lora_dir), base_current
         engine.warm_up()
         return engine
 
@@ -122,7 +140,7 @@ class InProcessVLLM:
         self._wake()
         prompts = [{"prompt_embeds": e.to(self.dtype)} for e in embeds]
         params = [SamplingParams(**fields, detokenize=False) for fields in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         self._sleep()
         results = []
         for output, fields in zip(outputs, requests, strict=True):
@@ -142,16 +160,44 @@ class InProcessVLLM:
         return results
 
     def load_weights(self, model) -> None:
-        """Push ``model``'s backbone (LoRA merged, plain Qwen2 names) into the engine in place. A sleeping engine is
-        woken and left awake: the trainer syncs right before a rollout, which puts it back to sleep."""
+        """Push ``model``'s backbone (LoRA merged, plain Qwen2 names) into the engine in place, or with LoRA-only
+        sync (``lora_dir``) its adapter alone. A sleeping engine is woken and left awake: the trainer syncs right
+        before a rollout, which puts it back to sleep."""
         self._wake()
-        # In-process executor: the iterator reaches the model runner as is, one tensor at a time
-        self.last_sync_bytes = 0
+        if self.lora_dir is not None and not lora_only_possible(model):
+            # base weights train too (or no adapter): the merged backbone from now on, sampled without an adapter
+            self.lora_dir, self.lora_request, self.base_current = None, None, False
+        if self.lora_dir is None:
+            self.last_sync_bytes = self._push(backbone_weights(model))
+        else:
+            self.last_sync_bytes = 0 if self.base_current else self._push(backbone_weights(model, merge_lora=False))
+            self.base_current = True
+            self.last_sync_bytes += self._load_adapter(model)
+        self.llm.reset_prefix_cache()
 
-        def weights():
-            for name, tensor in backbone_weights(model):
-                self.last_sync_bytes += tensor.numel() * tensor.element_size()
+    def _push(self, weights) -> int:
+        """Reload the engine's weights in place from ``(name, tensor)`` pairs; the bytes pushed."""
+        pushed = 0
+
+        def counted():
+            nonlocal pushed
+            for name, tensor in weights:
+                pushed += tensor.numel() * tensor.element_size()
                 yield name, tensor
 
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights(), "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        # In-process executor: the iterator reaches the model runner as is, one tensor at a time
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted(), "is_checkpoint_format": True})
+        return pushed
+
+    def _load_adapter(self, model) -> int:
+        """Write the adapter as a new version and sample with it from now on (a new id: vLLM caches adapters by id);
+        the version before last is removed. The adapter file's bytes."""
+        from vllm.lora.request import LoRARequest
+
+        self._lora_version += 1
+        version = self._lora_version
+        path = self.lora_dir / f"v{version}"
+        written = write_adapter(model, path, dtype=self.dtype)
+        self.lora_request = LoRARequest(f"policy-v{version}", version, str(path))
+        shutil.rmtree(self.lora_dir / f"v{version - 2}", ignore_errors=True)
+        return written
