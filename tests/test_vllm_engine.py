@@ -41,7 +41,7 @@ from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E40
 from grpo_audio.rollout.serve import server_command  # noqa: E402
 from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402
 from grpo_audio.rollout.vllm_inprocess import InProcessVLLM  # noqa: E402
-from grpo_audio.rollout.vllm_server import VLLMServerClient  # noqa: E402
+from grpo_audio.rollout.vllm_server import VLLMServerClient, VLLMServerError  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -421,15 +421,36 @@ def server(model, tmp_path_factory):
         process.wait(timeout=60)
 
 
+@pytest.fixture(scope="module")
+def lora_server(model, tmp_path_factory):
+    """A second server, started for LoRA-only sync (`serve-rollouts ... --enable-lora --max-lora-rank 8`)."""
+    backbone = export_backbone(model, tmp_path_factory.mktemp("lora_server_backbone"))
+    log = tmp_path_factory.mktemp("lora_server_log") / "server.log"
+
+    def command(port: int) -> list[str]:
+        options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
+        lora = ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "1"]
+        return server_command(str(backbone), [*options, *lora, "--max-model-len", "1024"])
+
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    process, url = start_on_some_port(command, env, log, "/v1/models", timeout_s=600)
+    try:
+        yield url, backbone
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def server_engine(url, backbone, model, tokenizer, weight_sync="channel", **sampling):
+def server_engine(url, backbone, model, tokenizer, weight_sync="channel", lora_rank=None, **sampling):
     return VLLMRolloutEngine(
-        VLLMServerClient(url, backbone, weight_sync=weight_sync, sync_port=free_port()),
+        VLLMServerClient(url, backbone, weight_sync=weight_sync, sync_port=free_port(), lora_rank=lora_rank),
         SamplingSettings(**{"max_new_tokens": 12, **sampling}),
         stop_token_ids=list(model.generation_config.eos_token_id),
         pad_token_id=tokenizer.pad_token_id,
@@ -493,6 +514,40 @@ def test_server_mode_weight_sync_moves_the_server_with_the_trainer(server, model
         check_against_teacher_forcing(trained, tokenizer, ids, audio, result, temperature=1.0)
     finally:
         engine.sync_weights(model, 2)
+
+
+@pytest.mark.parametrize("weight_sync", ["channel", "disk"])
+def test_server_mode_lora_only_sync_sends_the_base_once_then_the_adapter(lora_server, model, tokenizer, weight_sync):
+    from peft import LoraConfig, get_peft_model
+
+    url, backbone = lora_server
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=r".*language_model\..*\.(q_proj|v_proj|up_proj)$")
+    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
+    gen = torch.Generator().manual_seed(0)
+    adapter_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    base_bytes = sum(t.numel() * t.element_size() for _, t in backbone_weights(model))
+    ids, audio = rows(model, [(p, i, 4) for i, p in enumerate(prompts(model))])
+    engine = server_engine(url, backbone, peft_model, tokenizer, weight_sync, lora_rank=4, temperature=1.0)
+    for step in (1, 2):  # a new adapter each step
+        with torch.no_grad():
+            for param in adapter_b:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+        adapter_bytes = sum(p.numel() * p.element_size() for n, p in peft_model.named_parameters() if "lora_" in n)
+        assert engine.sync_weights(peft_model, step)
+        moved = engine.backend.last_sync_bytes
+        if weight_sync == "disk":  # the base goes as the rewritten files
+            base_bytes = sum(p.stat().st_size for p in backbone.glob("*.safetensors"))
+        assert moved == (base_bytes + adapter_bytes if step == 1 else adapter_bytes)  # the base once
+        result = engine.generate(peft_model, ids, audio)
+        check_against_teacher_forcing(peft_model, tokenizer, ids, audio, result, temperature=1.0)
+    with pytest.raises(AssertionError):  # the adapter matters: the base model gives other log-probs
+        check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=1.0)
+
+
+def test_a_server_without_lora_is_refused_for_lora_only_sync(server):
+    url, backbone = server
+    with pytest.raises(VLLMServerError, match=r"runs without LoRA .*--enable-lora --max-lora-rank 8`"):
+        VLLMServerClient(url, backbone, sync_port=free_port(), lora_rank=4)
 
 
 @pytest.mark.slow

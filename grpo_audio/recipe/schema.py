@@ -279,9 +279,10 @@ class VLLMOptions:
         "server: seconds to wait for one HTTP request (a rollout or a weight reload).", 600.0
     )
     sync_lora_only: bool = _help(
-        "With model.lora, colocate: the engine holds the base backbone once and each sync sends only the adapter "
-        "(vLLM's LoRA support; grpo_audio/rollout/lora_export.py); false: the merged backbone at every sync. When "
-        "base weights train too, the merged backbone is sent whatever this says.",
+        "With model.lora: the engine holds the base backbone once and each sync sends only the adapter (vLLM's LoRA "
+        "support; grpo_audio/rollout/lora_export.py); false: the merged backbone at every sync. server: start it "
+        "with `grpo-audio serve-rollouts DIR --enable-lora --max-lora-rank R`. When base weights train too, the "
+        "merged backbone is sent whatever this says.",
         True,
     )
     weight_sync: Literal["channel", "disk"] = _help(

@@ -112,6 +112,7 @@ def start_vllm_backend(recipe: Recipe, model, run_dir: Path):
             timeout_s=options.server_timeout_s,
             weight_sync=options.weight_sync,
             sync_port=options.sync_port,
+            lora_rank=recipe.model.lora.r if recipe.model.lora is not None and options.sync_lora_only else None,
         )
         return client, None
     if options.mode != "colocate":

@@ -8,8 +8,10 @@ writes one) with what the trainer relies on, so that no flag can be forgotten:
         --worker-extension-cls grpo_audio.rollout.weight_receiver.WeightReceiver [vLLM options]
 
 (dev mode: the ``/collective_rpc`` and ``/reset_prefix_cache`` endpoints weight sync uses; the worker extension:
-weights received over the channel, ``weight_receiver.py``). Every further option goes to vLLM as given, e.g.
-``--tensor-parallel-size 8 --port 8000``. The process is replaced by vLLM's (``exec``), so signals reach it directly.
+weights received over the channel, ``weight_receiver.py``; runtime LoRA updating: with ``model.lora`` the adapter
+is reloaded in place at each sync, for which the server needs ``--enable-lora --max-lora-rank R``). Every further
+option goes to vLLM as given, e.g. ``--tensor-parallel-size 8 --port 8000``. The process is replaced by vLLM's
+(``exec``), so signals reach it directly.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main(argv: list[str]) -> int:
         return 2
     command = server_command(backbone, options)
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"
+    os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # LoRA-only sync reloads the adapter in place
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached

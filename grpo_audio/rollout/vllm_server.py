@@ -40,10 +40,15 @@ import httpx2
 import openai
 import torch
 
+from grpo_audio.distributed import share_from_main
 from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone
+from grpo_audio.rollout.lora_export import adapter_files, engine_max_rank, lora_only_possible, write_adapter
 from grpo_audio.rollout.vllm_backend import SampledCompletion, check_finish
 from grpo_audio.rollout.weight_channel import WeightChannel, device_for
 from grpo_audio.rollout.weight_receiver import READY
+
+LORA_NAME = "policy"  # the adapter every request names under LoRA-only sync, reloaded in place at each sync
+LORA_SUBDIR = "policy_lora"  # weight_sync 'disk': the adapter directory inside the backbone directory
 
 
 class VLLMServerError(RuntimeError):
@@ -61,6 +66,7 @@ class VLLMServerClient:
         max_parallel: int = 64,
         weight_sync: str = "channel",
         sync_port: int = 51216,
+        lora_rank: int | None = None,
     ) -> None:
         if weight_sync not in ("channel", "disk"):
             raise ValueError(f"weight_sync {weight_sync!r}: expected 'channel' or 'disk'")
@@ -72,6 +78,10 @@ class VLLMServerClient:
         self.channel: WeightChannel | None = None
         self._manifest: list[list] | None = None  # [name, dtype, shape] per tensor, in sending order
         self.last_sync_bytes = 0
+        # LoRA-only sync (lora_rank given): the server holds the base backbone and samples with the adapter "policy"
+        self.lora_rank = lora_rank
+        self.lora_active = False  # requests name the adapter (after the first LoRA-only sync)
+        self.base_current = False  # the server's backbone is known to be the base weights
         limits = httpx2.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
         self.client = openai.OpenAI(
             base_url=self.url + "/v1",
@@ -88,6 +98,8 @@ class VLLMServerClient:
         self.dtype = self._check_server_config()
         if weight_sync == "channel":
             self._check_weight_receiver()
+        if lora_rank is not None:
+            self._check_lora(lora_rank)
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         """A JSON request to ``path`` under the server root ({} for an empty reply)."""
@@ -116,6 +128,22 @@ class VLLMServerClient:
                 "rollout.vllm.weight_sync=disk"
             )
 
+    def _check_lora(self, rank: int) -> None:
+        """The server can apply an adapter of rank ``rank`` (LoRA-only sync)."""
+        fix = (
+            f"restart it with `grpo-audio serve-rollouts BACKBONE_DIR --enable-lora --max-lora-rank "
+            f"{engine_max_rank(rank)}`, or set rollout.vllm.sync_lora_only=false"
+        )
+        if self.server_lora_rank is None:
+            raise VLLMServerError(
+                f"the vLLM server at {self.url} runs without LoRA (model.lora syncs the adapter only): {fix}"
+            )
+        if self.server_lora_rank < rank:
+            raise VLLMServerError(
+                f"the vLLM server at {self.url} takes LoRA ranks up to {self.server_lora_rank}, model.lora.r is "
+                f"{rank}: {fix}"
+            )
+
     def _rpc(self, method: str, *args: str) -> list:
         """Call ``method`` on every server worker (dev-mode ``/collective_rpc``); their results, in worker order."""
         return self._request("POST", "/collective_rpc", {"method": method, "args": list(args)}).get("results", [])
@@ -125,6 +153,8 @@ class VLLMServerClient:
         info = self._request("GET", "/server_info?config_format=json")["vllm_config"]
         parallel = info.get("parallel_config", {})
         self.server_workers = int(parallel.get("world_size") or 1)
+        lora = info.get("lora_config") or None
+        self.server_lora_rank = int(lora["max_lora_rank"]) if lora else None
         config = info["model_config"]
         wrong = []
         if not config.get("enable_prompt_embeds"):
@@ -150,7 +180,8 @@ class VLLMServerClient:
             "skip_special_tokens": False,
         }
         with self._errors("POST", "/v1/completions"):
-            completion = self.client.completions.create(model=self.model_name, prompt=None, extra_body=extra)
+            model = LORA_NAME if self.lora_active else self.model_name
+            completion = self.client.completions.create(model=model, prompt=None, extra_body=extra)
         choices = sorted(completion.choices, key=lambda c: c.index)
         if len(choices) != fields["n"]:
             raise VLLMServerError(f"the server returned {len(choices)} completions for n={fields['n']}")
@@ -177,16 +208,53 @@ class VLLMServerClient:
         barrier, so that no process samples from the old weights."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not distributed or torch.distributed.get_rank() == 0:
-            if self.weight_sync == "channel":
-                self.last_sync_bytes = self._send_weights(model)
-            else:
-                self.last_sync_bytes = self._reload_from_disk(model)
+            self.last_sync_bytes = self._sync(model)
             self._request("POST", "/reset_prefix_cache")
         if distributed:
             torch.distributed.barrier()
+        self.lora_active = share_from_main(lambda: self.lora_active)  # every process names the same model
 
-    def _reload_from_disk(self, model) -> int:
-        export_backbone(model, self.backbone_dir, dtype=self.dtype)
+    def _sync(self, model) -> int:
+        """One sync from process 0: the merged backbone, or (LoRA-only) the base once and then the adapter."""
+        if self.weight_sync == "channel" and self.channel is None:
+            self._open_channel("nccl" if next(model.parameters()).device.type == "cuda" else "gloo")
+        lora_only = self.lora_rank is not None and lora_only_possible(model)
+        if not lora_only:  # no adapter, or base weights train too: the merged backbone, sampled without an adapter
+            self.lora_active, self.base_current = False, False
+            return self._send_weights(model) if self.weight_sync == "channel" else self._reload_from_disk(model)
+        moved = 0
+        if not self.base_current:  # the server's weights are of unknown origin until the base is pushed once
+            base = self._send_weights(model, merge_lora=False) if self.weight_sync == "channel" else None
+            moved += base if base is not None else self._reload_from_disk(model, merge_lora=False)
+            self.base_current = True
+        moved += self._send_adapter(model)
+        self.lora_active = True
+        return moved
+
+    def _send_adapter(self, model) -> int:
+        """The adapter to the server (over the channel into a directory on its host, or written beside the backbone
+        directory), loaded in place as LORA_NAME; the adapter's tensor bytes."""
+        tensors, config = adapter_files(model, dtype=self.dtype)
+        if self.weight_sync == "channel":
+            manifest = [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors.items()]
+            target = device_for(self.channel.backend)
+
+            def send() -> None:
+                for tensor in tensors.values():
+                    self.channel.broadcast(tensor.to(target))
+
+            paths, _ = self._alongside_rpc(send, "receive_adapter", json.dumps(manifest), json.dumps(config))
+            path = paths[0]  # worker 0 wrote it
+        else:
+            write_adapter(model, self.backbone_dir / LORA_SUBDIR, dtype=self.dtype)
+            path = str((self.backbone_dir / LORA_SUBDIR).resolve())
+        body = {"lora_name": LORA_NAME, "lora_path": path, "load_inplace": True}
+        with self._errors("POST", "/v1/load_lora_adapter"):  # its reply is a sentence, not JSON
+            self.root.post("/v1/load_lora_adapter", body=body, cast_to=str)
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def _reload_from_disk(self, model, merge_lora: bool = True) -> int:
+        export_backbone(model, self.backbone_dir, dtype=self.dtype, merge_lora=merge_lora)
         body = {
             "method": "reload_weights",
             "kwargs": {"weights_path": str(self.backbone_dir.resolve()), "is_checkpoint_format": True},
@@ -194,11 +262,8 @@ class VLLMServerClient:
         self._request("POST", "/collective_rpc", body)
         return sum(p.stat().st_size for p in self.backbone_dir.glob("*.safetensors"))
 
-    def _send_weights(self, model) -> int:
+    def _send_weights(self, model, merge_lora: bool = True) -> int:
         """Stream the backbone over the channel while the server's workers receive it; the bytes sent."""
-        device = next(model.parameters()).device
-        if self.channel is None:
-            self._open_channel("nccl" if device.type == "cuda" else "gloo")
         if self._manifest is None:  # names, dtypes and shapes do not change during a run
             self._manifest = [
                 [name, str(self.dtype).removeprefix("torch."), list(tensor.shape)]
@@ -208,7 +273,8 @@ class VLLMServerClient:
 
         def send() -> int:
             sent = 0
-            for (name, tensor), (listed, _, _) in zip(backbone_weights(model), self._manifest, strict=True):
+            weights = backbone_weights(model, merge_lora)
+            for (name, tensor), (listed, _, _) in zip(weights, self._manifest, strict=True):
                 if name != listed:
                     raise RuntimeError(f"backbone tensor {name} where the manifest lists {listed}")
                 tensor = tensor.to(device=target, dtype=self.dtype).contiguous()

@@ -11,6 +11,8 @@ trainer calls its methods through the dev-mode ``/collective_rpc`` endpoint (``V
   broadcast from the trainer and hands it to the model runner's in-place ``reload_weights`` (plain Qwen2 names,
   checkpoint format: vLLM fuses q/k/v and gate/up and takes its tensor-parallel shard as for a checkpoint file),
   one tensor at a time, so the extra memory is one tensor;
+* ``receive_adapter(manifest, config)``: LoRA-only sync: the adapter's tensors, written as a PEFT adapter directory
+  on the server's host for ``/v1/load_lora_adapter``;
 * ``close_weight_channel()``.
 
 Arguments travel as JSON strings (the endpoint passes strings through). Runs inside vLLM's worker process; imports
@@ -20,6 +22,9 @@ only torch and the channel module.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -65,6 +70,28 @@ class WeightReceiver:
 
         self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
         return received
+
+    def receive_adapter(self, manifest: str, config: str) -> str:
+        """Receive the LoRA adapter's tensors the JSON ``manifest`` lists and write them, with the JSON adapter
+        ``config``, as a PEFT adapter directory on this host (worker 0 writes; every worker takes part in the
+        broadcasts). Returns the directory, which the trainer then asks the server to load."""
+        from safetensors.torch import save_file
+
+        channel = getattr(self, "_weight_channel", None)
+        if channel is None:
+            raise RuntimeError("receive_adapter before open_weight_channel")
+        device = device_for(channel.backend)
+        tensors = {}
+        for name, dtype, shape in json.loads(manifest):
+            tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+            channel.broadcast(tensor)
+            tensors[name] = tensor.cpu()
+        out = Path(tempfile.gettempdir()) / "grpo-audio-lora" / f"server-{os.getpid()}" / "policy"
+        if int(self.rank) == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+            (out / "adapter_config.json").write_text(config, encoding="utf-8")
+        return str(out)
 
     def close_weight_channel(self) -> None:
         channel = getattr(self, "_weight_channel", None)
