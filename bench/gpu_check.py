@@ -17,7 +17,9 @@ the GPU; nothing is downloaded), each phase on a fresh peak-memory window (``tor
   micro-batch 1 or 4, gradient checkpointing on or off; one prompt's group per step): the trainer's own time split
   (``time/rollout_s``, ``time/logprob_s``, ...), the step's wall time, and the peak memory of generation (rollout,
   rewards, reference pass) and of the update (policy forward, backward, optimizer), next to the memory plan's
-  rollout and train peaks for the same ``StepShape`` (``grpo_audio.model.memory_plan.estimate_step_memory``);
+  rollout and train peaks for the same ``StepShape`` (``grpo_audio.model.memory_plan.estimate_step_memory``), and
+  the engine-vs-trainer drift in bf16 (``rollout.engine_logprobs``: ``sampling/sampling_logp_difference/mean`` and
+  ``/max``, ``sampling/outside_support_frac``);
 * ``full_mb1_ckpt``: the same step training the whole backbone (``model.lora: null``, beta 0), next to the capacity
   plan's "1 GPU, full" row; an out-of-memory error is recorded as the phase's result.
 
@@ -243,6 +245,9 @@ def phase_recipe(
         "trainer.max_steps=1",
         f"trainer.gradient_checkpointing={str(checkpointing).lower()}",
         "trainer.save_strategy=no",
+        # engine-vs-trainer drift in bf16: the HF engine's sampling log-probs against the trainer's old-policy pass
+        # (sampling/sampling_logp_difference/mean, max; sampling/outside_support_frac), one more no-grad pass
+        "rollout.engine_logprobs=true",
         f"run.output_dir={check.work / 'runs' / name}",
     ]
     if not lora:
@@ -468,7 +473,11 @@ def step_row(
         "plan_rollout_gib": plan_rollout,
         "plan_train_gib": plan_train,
         "allocated_start_gib": probe.allocated_start,
-        "logs": {k: v for k, v in logs.items() if k.startswith(("time/", "completions/", "loss", "kl"))},
+        "logs": {
+            k: v
+            for k, v in logs.items()
+            if k.startswith(("time/", "completions/", "loss", "kl", "sampling/", "microbatch/"))
+        },
         "note": f"micro-batches {micro_steps}; audio features {logs.get('time/audio_features_s', 0):.2f} s, "
         f"rewards {logs.get('time/scoring_s', 0):.2f} s; mean completion length {lengths}",
     }

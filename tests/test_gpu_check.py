@@ -61,6 +61,9 @@ def test_tiny_preset_runs_every_phase_and_writes_the_table(gpu_check, tmp_path, 
         step = rows[name]
         assert step["rollout_s"] > 0 and step["update_s"] > 0 and step["step_s"] >= step["update_s"]
         assert step["logs"]["completions/mean_length"] == 8  # forced to the full length in the trainer too
+        # the drift measurement: the HF engine's log-probs against the trainer's (bf16 here, as on the GPU)
+        assert step["logs"]["sampling/sampling_logp_difference/max"] >= 0
+        assert 0 <= step["logs"]["sampling/outside_support_frac"] <= 1
         assert step["plan_train_gib"] > 0 and step["plan_rollout_gib"] > 0
     assert rows["full_mb1_ckpt"]["plan_train_gib"] > rows["lora_mb1_ckpt"]["plan_train_gib"]
     # the first phases share one model; every other phase's model is gone when it ends (no 16 GiB leak per phase)
