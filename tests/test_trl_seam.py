@@ -96,6 +96,8 @@ SEAMS = {
     ),
     "_compute_loss": Seam(GRPOTrainer, frozenset({"GRPOTrainer.compute_loss"}), "GRPOTrainer.compute_loss"),
     "training_step": Seam(GRPOTrainer, frozenset({"Trainer._run_epoch"}), "Trainer._run_epoch"),
+    # rollout.overlap reads the next optimizer step's batches one step ahead
+    "get_batch_samples": Seam(Trainer, frozenset({"Trainer._run_epoch"}), "Trainer._run_epoch"),
     "create_optimizer": Seam(
         Trainer,
         frozenset({"Trainer._prepare_for_training", "Trainer.create_optimizer_and_scheduler"}),

@@ -159,6 +159,36 @@ def check_sampling(recipe: Recipe) -> None:
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
+def check_overlap(recipe: Recipe) -> None:
+    """rollout.overlap needs rollouts that run beside the update: a separate server's."""
+    spec = recipe.rollout
+    if not spec.overlap:
+        return
+    if spec.engine != "vllm" or spec.vllm.mode != "server":
+        where = "the hf engine generates" if spec.engine == "hf" else "a colocated vLLM engine samples"
+        raise RecipeError(
+            f"rollout.overlap needs rollout.engine vllm with rollout.vllm.mode server: {where} in the training "
+            "process, on the trainer's own device, so there is nothing to overlap the update with",
+            key="rollout.overlap",
+        )
+    if spec.dynamic_sampling.enabled:
+        raise RecipeError(
+            "rollout.overlap with rollout.dynamic_sampling: its extra rounds sample after the step's rewards are "
+            "known, which a rollout prefetched a step ahead cannot wait for; turn one of them off",
+            key="rollout.overlap",
+        )
+    t = recipe.trainer
+    accumulation = int(t.get("gradient_accumulation_steps", 1))
+    steps = int(t.get("steps_per_generation") or accumulation)
+    if steps != accumulation or int(t.get("num_iterations", 1)) != 1:
+        raise RecipeError(
+            f"rollout.overlap needs one generation batch per optimizer step (trainer.steps_per_generation "
+            f"{steps} = gradient_accumulation_steps {accumulation}, num_iterations 1): the rollouts prefetched "
+            "are the next optimizer step's",
+            key="rollout.overlap",
+        )
+
+
 def check_trackers(recipe: Recipe) -> None:
     """The tracking backends ``trainer.report_to`` names are installed, before anything is built or written
     (transformers would fail only when its callback starts, after the run directory is written)."""
@@ -179,6 +209,7 @@ def check_cross_section(recipe: Recipe) -> None:
     check_ranges(recipe)
     check_consistency(recipe)
     check_sampling(recipe)
+    check_overlap(recipe)
     check_trackers(recipe)
     if recipe.model.adapter_learning_rate is not None and recipe.model.freeze_adapter:
         raise RecipeError(

@@ -337,6 +337,13 @@ class RolloutSection:
     dynamic_sampling: DynamicSamplingSpec = _help(
         "DAPO's dynamic sampling: train only on groups whose rewards differ.", factory=DynamicSamplingSpec
     )
+    overlap: bool = _help(
+        "One-step-off-policy rollouts (vllm engine, mode server): the next step's rollouts are sampled by the server "
+        "from this step's starting weights while this step updates; TRL's importance correction weighs them by "
+        "the trainer's over the sampler's log-probs; rollout/staleness is logged (1, or 0 where nothing was "
+        "prefetched). grpo_audio/rollout/overlap.py.",
+        False,
+    )
 
 
 @dataclass

@@ -156,16 +156,33 @@ class VLLMRolloutEngine:
 
     @torch.no_grad()
     def generate(self, model, prompt_ids: list[list[int]], audio: AudioRows) -> RolloutResult:
+        embeds, requests = self.prepare(model, prompt_ids, audio)
+        return self.sample(embeds, requests)
+
+    @torch.no_grad()
+    def prepare(
+        self, model, prompt_ids: list[list[int]], audio: AudioRows, at: tuple[int, int] | None = None
+    ) -> tuple[list[torch.Tensor], list[dict]]:
+        """The requests of one ``generate`` call: each group's prompt embeddings and sampling fields. ``at``:
+        ``(optimizer step, first global row)`` to seed them for, as the first call of that step would be (a rollout
+        prepared a step ahead, ``rollout.overlap``); default: this call's place (``set_batch_position``)."""
         groups = consecutive_groups(prompt_ids, audio)
         embeds = self.prompt_embeds(model, prompt_ids, audio, [first for first, _ in groups])
-        base = seed_base(self.seed, self.step, self._calls_this_step) + self.first_row
-        self._calls_this_step += 1
+        if at is None:
+            base = seed_base(self.seed, self.step, self._calls_this_step) + self.first_row
+            self._calls_this_step += 1
+        else:
+            base = seed_base(self.seed, at[0], 0) + at[1]
         allowed = self.allowed_token_ids if self.sampling.text_only else None
         # seed of a group = base + its first global row, so the k-th sample (seed + k) of every group is distinct
         requests = [
             sampling_fields(self.sampling, count, (base + first) & SEED_MASK, self.stop_token_ids, allowed)
             for first, count in groups
         ]
+        return embeds, requests
+
+    def sample(self, embeds: list[torch.Tensor], requests: list[dict]) -> RolloutResult:
+        """Sample prepared requests on the backend (no model access: it can run beside the trainer's update)."""
         outputs = self.backend.generate(embeds, requests)
         completions, reasons, logprobs = [], [], []
         for group in outputs:

@@ -42,6 +42,7 @@ import torch
 
 from grpo_audio.distributed import share_from_main
 from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone
+from grpo_audio.rollout.daemon import in_daemon_thread
 from grpo_audio.rollout.lora_export import adapter_files, engine_max_rank, lora_only_possible, write_adapter
 from grpo_audio.rollout.vllm_backend import SampledCompletion, check_finish
 from grpo_audio.rollout.weight_channel import WeightChannel, device_for
@@ -299,24 +300,24 @@ class VLLMServerClient:
         def join() -> WeightChannel:
             return WeightChannel(host, self.sync_port, world - 1, world, backend, self.timeout_s)
 
+        # A channel an earlier trainer left (stopped or killed; a resume asks for the same port) is closed first,
+        # and before this process connects: its store still listens on the port, and joining it would never meet
+        # the new group.
+        self._rpc("close_weight_channel")
         _, self.channel = self._alongside_rpc(join, "open_weight_channel", json.dumps(spec))
 
     def _alongside_rpc(self, action, method: str, *args: str):
         """Run ``action`` here while the server's workers run ``method``: (the workers' results, action's result).
 
-        Both block until the other side takes part (a rendezvous, a broadcast), so the request goes out in a thread.
-        If the server fails first, its error is raised without waiting for ``action`` (which then ends at the
-        channel's timeout, in its thread)."""
-        pool = ThreadPoolExecutor(max_workers=2)
-        try:
-            remote = pool.submit(self._rpc, method, *args)
-            local = pool.submit(action)
-            done, _ = wait([remote, local], return_when=FIRST_EXCEPTION)
-            if remote in done and remote.exception() is not None:
-                raise VLLMServerError(f"weight sync: the server's {method} failed: {remote.exception()}")
-            return remote.result(), local.result()
-        finally:
-            pool.shutdown(wait=False)
+        Both block until the other side takes part (a rendezvous, a broadcast), so each runs in a thread of its own.
+        If the server fails first, its error is raised without waiting for ``action``, which then ends at the
+        channel's timeout in its thread (a daemon thread: it does not hold the process open)."""
+        remote = in_daemon_thread(self._rpc, method, *args)
+        local = in_daemon_thread(action)
+        done, _ = wait([remote, local], return_when=FIRST_EXCEPTION)
+        if remote in done and remote.exception() is not None:
+            raise VLLMServerError(f"weight sync: the server's {method} failed: {remote.exception()}")
+        return remote.result(), local.result()
 
 
 @contextmanager

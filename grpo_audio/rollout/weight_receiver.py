@@ -21,6 +21,7 @@ only torch and the channel module.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -40,8 +41,11 @@ class WeightReceiver:
         return READY
 
     def open_weight_channel(self, spec: str) -> None:
-        """``spec``: JSON ``{host, port, world_size, backend, timeout_s}``; this worker joins as its own rank."""
+        """``spec``: JSON ``{host, port, world_size, backend, timeout_s}``; this worker joins as its own rank. A
+        channel left by an earlier trainer (one that stopped, or was killed) is closed first: its store would hold
+        the port that the same command, resumed, asks for again."""
         options = json.loads(spec)
+        self.close_weight_channel()
         self._weight_channel = WeightChannel(
             options["host"],
             int(options["port"]),
@@ -94,10 +98,12 @@ class WeightReceiver:
         return str(out)
 
     def close_weight_channel(self) -> None:
+        """Drop this worker's channel, if any (the trainer closes a predecessor's before it opens its own)."""
         channel = getattr(self, "_weight_channel", None)
         if channel is not None:
             channel.close()
         self._weight_channel = None
+        gc.collect()  # the store's listening socket closes with its last reference
 
 
 __all__ = ["READY", "WeightReceiver"]

@@ -1,7 +1,7 @@
 """``AudioGRPOTrainer``: TRL's GRPOTrainer with audio in generation and in every log-prob pass.
 
 Stock TRL has no audio path: a model given placeholder tokens but no audio trains without error while never
-hearing anything. This subclass overrides nine methods of TRL 1.16 (pinned exactly) and transformers' Trainer;
+hearing anything. This subclass overrides ten methods of TRL 1.16 (pinned exactly) and transformers' Trainer;
 ``tests/test_trl_seam.py`` checks each one's signature against the base method and that the base class still calls
 it. From TRL's ``GRPOTrainer``:
 
@@ -24,6 +24,8 @@ it. From TRL's ``GRPOTrainer``:
 From transformers' ``Trainer``:
 
 * ``create_optimizer``: the audio adapter's parameters in groups of their own learning rate, when set;
+* ``get_batch_samples``: with ``rollout.overlap``, also reads the next optimizer step's batches, whose rollouts are
+  sampled during this step's update (``grpo_audio.rollout.overlap``);
 * ``_get_output_dir`` and ``_save_checkpoint``: crash-safe checkpoints (below), with the judge caches inside.
 
 Audio is handed to the log-prob method through ``self._current_audio`` because TRL's callers do not forward
@@ -61,6 +63,7 @@ from grpo_audio.distributed import fail_together, root_parameters_unsharded, sha
 from grpo_audio.model.sampling import NEG, SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
 from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
+from grpo_audio.rollout.overlap import RolloutPrefetcher
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import CheckpointWriteError, replace_dir_atomic
@@ -119,6 +122,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         eval_spec=None,
         dynamic_sampling=None,
         max_tokens_per_microbatch: int | None = None,
+        overlap: bool = False,
         **kwargs,
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
@@ -144,6 +148,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         # trainer.max_tokens_per_microbatch: the log-prob and loss passes' chunks packed by tokens (token_budget)
         self.max_tokens_per_microbatch = max_tokens_per_microbatch
         self._padding = [0, 0, 0]  # this step's passes: token positions, positions covered, chunks
+        # rollout.overlap: the next step's rollouts sampled during this step's update (grpo_audio.rollout.overlap)
+        self.prefetcher = RolloutPrefetcher(rollout_engine) if overlap else None
+        self._lookahead: list = []  # the next optimizer step's batches, read ahead for the prefetch
+        self._lookahead_source = None  # the epoch iterator they came from
         self._policy_pass = False
         self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
@@ -627,22 +635,68 @@ class AudioGRPOTrainer(GRPOTrainer):
         ):
             # A PEFT wrapper forwards prompt_embeddings/config to the base model and keeps its adapters active
             start = time.perf_counter()
-            sync_weights = getattr(self.rollout_engine, "sync_weights", None)
-            # An engine holding its own copy of the weights (vLLM) is brought up to this optimizer step first
-            if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
-                mode = "train" if self.model.training else "eval"
-                self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
-                moved = getattr(getattr(self.rollout_engine, "backend", None), "last_sync_bytes", None)
-                if moved is not None:  # what the sync moved: tensor bytes sent, or files written (disk)
-                    self._metrics[mode]["weight_sync/bytes"].append(float(moved))
-            position = getattr(self.rollout_engine, "set_batch_position", None)
-            if position is not None:  # per-row random streams keyed by the rows' place in the global batch
-                position(self.state.global_step, self.accelerator.process_index * len(prompt_ids))
-            with root_parameters_unsharded(unwrapped):
-                result = self.rollout_engine.generate(unwrapped, [list(p) for p in prompt_ids], audio)
+            ids = [list(p) for p in prompt_ids]
+            overlapped = self.prefetcher is not None and self.model.training
+            result = self.prefetcher.take(ids, audio) if overlapped else None  # sampled a step ahead
+            if self.prefetcher is not None:
+                self.prefetcher.wait()  # the server's weights change below only once it is idle
+            self._sync_rollout_weights(unwrapped)
+            if result is None:
+                position = getattr(self.rollout_engine, "set_batch_position", None)
+                if position is not None:  # per-row random streams keyed by the rows' place in the global batch
+                    position(self.state.global_step, self.accelerator.process_index * len(prompt_ids))
+                with root_parameters_unsharded(unwrapped):
+                    result = self.rollout_engine.generate(unwrapped, ids, audio)
+                staleness = 0.0
+            else:
+                staleness = 1.0
+                self._metrics["train"]["rollout/prefetch_wait_s"].append(self.prefetcher.last_wait_s)
+                self._metrics["train"]["rollout/prefetch_sample_s"].append(self.prefetcher.last_sample_s)
+            if overlapped:
+                self._metrics["train"]["rollout/staleness"].append(staleness)
+                self._prefetch_next_rollouts(unwrapped)
             self.record_time("rollout_s", time.perf_counter() - start)  # weight sync included
         self.last_rollout = result
         return result.completion_ids, result.logprobs
+
+    def _sync_rollout_weights(self, unwrapped) -> None:
+        """Bring an engine holding its own copy of the weights (vLLM) up to this optimizer step; log the cost."""
+        sync_weights = getattr(self.rollout_engine, "sync_weights", None)
+        start = time.perf_counter()
+        if sync_weights is not None and sync_weights(unwrapped, self.state.global_step):
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["time/weight_sync_s"].append(time.perf_counter() - start)
+            moved = getattr(getattr(self.rollout_engine, "backend", None), "last_sync_bytes", None)
+            if moved is not None:  # what the sync moved: tensor bytes sent, or files written (disk)
+                self._metrics[mode]["weight_sync/bytes"].append(float(moved))
+
+    def _prefetch_next_rollouts(self, unwrapped) -> None:
+        """``rollout.overlap``: start sampling the next optimizer step's rollouts (its rows read one step ahead by
+        ``get_batch_samples``) with the weights the server now holds; none at an epoch's end."""
+        if not self._lookahead:
+            return
+        rows = self._lookahead[0]  # the next step's generation batch (every micro-batch of a step carries it)
+        prompt_ids = [list(p) for p in self._tokenize_prompts([row["prompt"] for row in rows])[0]]
+        audio = self._audio_rows(rows)
+        with root_parameters_unsharded(unwrapped):
+            first_row = self.accelerator.process_index * len(prompt_ids)
+            self.prefetcher.start(unwrapped, prompt_ids, audio, self.state.global_step + 1, first_row)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """transformers' batches of this optimizer step; with ``rollout.overlap`` the next step's are read too and
+        kept (``self._lookahead``) for the rollouts sampled a step ahead. The data order is unchanged."""
+        if self.prefetcher is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        held = self._lookahead if self._lookahead_source is epoch_iterator else []
+        batches, ahead = held[:num_batches], held[num_batches:]
+        for target in (batches, ahead):
+            while len(target) < num_batches:
+                try:
+                    target.append(next(epoch_iterator))
+                except StopIteration:
+                    break
+        self._lookahead, self._lookahead_source = ahead, epoch_iterator
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def _compute_loss(self, model, inputs):
         """TRL's loss with the micro-batch's audio; per-sequence losses averaged over loss-bearing rows only.

@@ -1,0 +1,96 @@
+"""One-step-off-policy rollouts (``rollout.overlap``): the next step's rollouts are sampled while this step updates.
+
+With a separate vLLM server (``rollout.vllm.mode: server``) the rollout GPUs idle while the trainer updates, and the
+training GPUs idle while the server samples. With overlap, at optimizer step k (the trainer holding weights
+``W_{k-1}``):
+
+1. the rollouts of step k are taken from the prefetch started at step k-1, which the server sampled from
+   ``W_{k-2}`` (staleness 1); without one (the first step, a resume, an epoch's first step) they are sampled now;
+2. the server is brought to ``W_{k-1}`` (it is idle: step 1 waited for it);
+3. the rollouts of step k+1 are prepared here (prompt embeddings, seeds: those the synchronous run would use for
+   step k+1) and sampled by the server in a background thread while step k scores its rollouts and updates.
+
+The sampler's log-probs of a prefetched rollout are ``W_{k-2}``'s; TRL's importance-sampling correction
+(``trainer.vllm_importance_sampling_*``) multiplies each token's loss by the truncated ratio of the trainer's
+old-policy log-prob (``W_{k-1}``) to it, as it does for any sampler mismatch. Staleness, the optimizer steps between
+the weights that sampled and the weights being updated, is logged per step (``rollout/staleness``) and is never
+more than 1: a prefetch is always consumed, or dropped, by the next step.
+
+Rewards are scored when the rollouts are taken (step 1), not in the background: a judge is then asked once per
+completion, with the trainer's own error handling. The next step's prompts come from the trainer's data loader,
+read one optimizer step ahead (``AudioGRPOTrainer.get_batch_samples``). A resumed run samples its first step
+synchronously, so it is not bitwise the run an uninterrupted one would have been (the rollouts of that step come
+from newer weights).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+
+from grpo_audio.audio.featurizer import AudioRows
+from grpo_audio.rollout.base import RolloutResult
+from grpo_audio.rollout.daemon import in_daemon_thread
+
+
+@dataclass
+class Prefetch:
+    """Rollouts being sampled for a step ahead: what was asked, and the result to come."""
+
+    prompt_ids: list[list[int]]
+    audio: AudioRows
+    future: Future
+    started: float
+
+    def matches(self, prompt_ids: list[list[int]], audio: AudioRows) -> bool:
+        """Whether these are the rows the step asks for (same tokens, same audio)."""
+        if prompt_ids != self.prompt_ids:
+            return False
+        mine, theirs = self.audio.as_dict(), audio.as_dict()
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine)
+
+
+class RolloutPrefetcher:
+    """Samples one step's rollouts ahead on the engine's backend, in a background thread (module docstring)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.pending: Prefetch | None = None
+        self.last_wait_s = 0.0  # how long the last take() waited for the server
+        self.last_sample_s = 0.0  # how long the server sampled the prefetch that take() returned
+
+    def start(self, model, prompt_ids: list[list[int]], audio: AudioRows, step: int, first_row: int) -> None:
+        """Prepare the requests of ``step`` here (they read the model) and sample them in the background."""
+        embeds, requests = self.engine.prepare(model, prompt_ids, audio, at=(step, first_row))
+
+        def sample() -> tuple[RolloutResult, float]:
+            begin = time.perf_counter()
+            return self.engine.sample(embeds, requests), time.perf_counter() - begin
+
+        # a daemon thread: a run that stops on an error does not wait for a sampling request in flight
+        self.pending = Prefetch(prompt_ids, audio, in_daemon_thread(sample), time.perf_counter())
+
+    def wait(self) -> None:
+        """Let a prefetch in flight finish (before the server's weights change), keeping its result."""
+        if self.pending is not None:
+            self.pending.future.exception()
+
+    def take(self, prompt_ids: list[list[int]], audio: AudioRows) -> RolloutResult | None:
+        """The prefetched rollouts if they are of these rows, else None; either way no prefetch is left."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        begin = time.perf_counter()
+        result, self.last_sample_s = pending.future.result()  # a sampling error surfaces here, in the step
+        self.last_wait_s = time.perf_counter() - begin
+        return result if pending.matches(prompt_ids, audio) else None
+
+    def close(self) -> None:
+        self.wait()
+        self.pending = None
+
+
+__all__ = ["Prefetch", "RolloutPrefetcher"]
