@@ -113,8 +113,10 @@ def main() -> None:
             process.wait(timeout=60)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (server and trainer share them)")
-    print(f"tiny model hidden {args.hidden_size}; 8 completions (2 prompts x G=4) per step, {args.completion}-token completions; "
-          f"{args.rounds} runs of {args.steps} steps per setting, first step of each left out")  # fmt: skip
+    print(
+        f"tiny model hidden {args.hidden_size}; 8 completions (2 prompts x G=4) per step, {args.completion} tokens "
+        f"each; {args.rounds} runs of {args.steps} steps per setting, first step of each left out"
+    )
     print()
     print("| setting | median s/step | vs synchronous | sampling hidden by the update |")
     print("| --- | ---: | ---: | ---: |")
