@@ -20,25 +20,16 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grpo_audio.rollout.serve import server_command  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from cpu_rollout_server import free_port, start_server  # noqa: E402  (bench/ is the script's directory)
 
 
 def train(run_dir: Path, overrides: list[str]) -> None:
@@ -52,26 +43,6 @@ def train(run_dir: Path, overrides: list[str]) -> None:
 def steps(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [m for m in rows if "reward" in m]
-
-
-def start_server(backbone: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            server_command(str(backbone), [*options, "--max-model-len", "1024"]), stdout=out, stderr=out, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=5).close()
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}") from None
-            time.sleep(1)
 
 
 def main() -> None:

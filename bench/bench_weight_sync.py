@@ -16,50 +16,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from cpu_rollout_server import free_port, start_server  # noqa: E402  (bench/ is the script's directory)
 
 from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
 from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
 from grpo_audio.rollout.backbone_export import export_backbone  # noqa: E402
-from grpo_audio.rollout.serve import server_command  # noqa: E402
 from grpo_audio.rollout.vllm_server import VLLMServerClient  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(backbone: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
-    command = server_command(str(backbone), [*options, "--max-model-len", "1024"])
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=5).close()
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}") from None
-            time.sleep(1)
 
 
 def main() -> None:
