@@ -639,7 +639,10 @@ class AudioGRPOTrainer(GRPOTrainer):
             overlapped = self.prefetcher is not None and self.model.training
             result = self.prefetcher.take(ids, audio) if overlapped else None  # sampled a step ahead
             if self.prefetcher is not None:
-                self.prefetcher.wait()  # the server's weights change below only once it is idle
+                # the server's weights change below only once it is idle: every process's prefetch has finished
+                self.prefetcher.wait()
+                if self.accelerator.num_processes > 1:
+                    self.accelerator.wait_for_everyone()
             self._sync_rollout_weights(unwrapped)
             if result is None:
                 position = getattr(self.rollout_engine, "set_batch_position", None)
