@@ -155,3 +155,32 @@ def test_a_run_with_overlap_resumes_after_a_kill(server, tmp_path):
     assert "resuming from" in resumed.stdout
     assert [m["rollout/staleness"] for m in metrics(run)] == [0.0, 1.0, 0.0, 1.0]
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_two_processes_overlap_against_one_server(server, tmp_path):
+    """2 training processes (accelerate, gloo) share the server: each prefetches its own rows, every prefetch ends
+    before process 0 syncs the weights, and each step after the first trains on rollouts one step stale."""
+    url, backbone = server
+    run = tmp_path / "run"
+    overrides = [f"run.output_dir={run}", *COMMON, *server_settings(url, backbone), "trainer.max_steps=3"]
+    overrides.append("trainer.per_device_train_batch_size=4")  # 8 completions per step, 4 per process
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+        "--main_process_port", "0", "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)],
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HELPERS.parent), str(HELPERS), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["processes"] == 2
+    assert [m["rollout/staleness"] for m in metrics(run)] == [0.0, 1.0, 1.0]
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted({(r["step"], r["rank"]) for r in rollouts}) == [(s, r) for s in (1, 2, 3) for r in (0, 1)]
