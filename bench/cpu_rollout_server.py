@@ -20,12 +20,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(backbone: Path, log: Path, timeout_s: float = 900.0) -> tuple[subprocess.Popen, str]:
-    """Start the server on ``backbone`` (output to ``log``) and wait until it answers; (process, base URL)."""
+def start_server(
+    backbone: Path, log: Path, extra: tuple[str, ...] = (), timeout_s: float = 900.0
+) -> tuple[subprocess.Popen, str]:
+    """Start the server on ``backbone`` with vLLM options ``extra`` (output to ``log``) and wait until it answers;
+    (process, base URL)."""
     port = free_port()
-    options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
+    options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", *extra]
     command = server_command(str(backbone), [*options, "--max-model-len", "1024"])
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # as serve-rollouts sets it
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

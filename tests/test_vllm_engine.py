@@ -544,6 +544,21 @@ def test_server_mode_lora_only_sync_sends_the_base_once_then_the_adapter(lora_se
         check_against_teacher_forcing(model, tokenizer, ids, audio, result, temperature=1.0)
 
 
+def test_a_trainer_whose_channel_another_replaced_is_told_at_once(server, model):
+    """One server serves one training run: when a second trainer opens its channel, the first one's next sync fails
+    at once with the reason, instead of waiting for the channel's timeout."""
+    url, backbone = server
+    first = VLLMServerClient(url, backbone, sync_port=free_port())
+    first.load_weights(model)
+    second = VLLMServerClient(url, backbone, sync_port=free_port())
+    second.load_weights(model)
+    start = time.perf_counter()
+    with pytest.raises(VLLMServerError, match=r"another trainer opened one on this server since"):
+        first.load_weights(model)
+    assert time.perf_counter() - start < 60
+    second.load_weights(model)  # the second trainer's channel still works
+
+
 def test_a_server_without_lora_is_refused_for_lora_only_sync(server):
     url, backbone = server
     with pytest.raises(VLLMServerError, match=r"runs without LoRA .*--enable-lora --max-lora-rank 8`"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -77,6 +78,7 @@ class VLLMServerClient:
         self.max_parallel = max_parallel
         self.weight_sync, self.sync_port = weight_sync, sync_port
         self.channel: WeightChannel | None = None
+        self.channel_token: str | None = None  # names this trainer's channel on the server (_open_channel)
         self._manifest: list[list] | None = None  # [name, dtype, shape] per tensor, in sending order
         self.last_sync_bytes = 0
         # LoRA-only sync (lora_rank given): the server holds the base backbone and samples with the adapter "policy"
@@ -244,7 +246,9 @@ class VLLMServerClient:
                 for tensor in tensors.values():
                     self.channel.broadcast(tensor.to(target))
 
-            paths, _ = self._alongside_rpc(send, "receive_adapter", json.dumps(manifest), json.dumps(config))
+            paths, _ = self._alongside_rpc(
+                send, "receive_adapter", self.channel_token, json.dumps(manifest), json.dumps(config)
+            )
             path = paths[0]  # worker 0 wrote it
         else:
             write_adapter(model, self.backbone_dir / LORA_SUBDIR, dtype=self.dtype)
@@ -283,7 +287,7 @@ class VLLMServerClient:
                 sent += tensor.numel() * tensor.element_size()
             return sent
 
-        received, sent = self._alongside_rpc(send, "receive_weights", json.dumps(self._manifest))
+        received, sent = self._alongside_rpc(send, "receive_weights", self.channel_token, json.dumps(self._manifest))
         if any(int(r) != sent for r in received):
             raise VLLMServerError(
                 f"the server's workers received {received} bytes of weights; the trainer sent {sent}"
@@ -296,6 +300,7 @@ class VLLMServerClient:
         world = self.server_workers + 1
         spec = {"host": host, "port": self.sync_port, "world_size": world, "backend": backend}
         spec["timeout_s"] = self.timeout_s
+        spec["token"] = self.channel_token = uuid.uuid4().hex  # names this trainer's channel on the server
 
         def join() -> WeightChannel:
             return WeightChannel(host, self.sync_port, world - 1, world, backend, self.timeout_s)

@@ -6,7 +6,9 @@ trainer calls its methods through the dev-mode ``/collective_rpc`` endpoint (``V
 
 * ``weight_receiver_ready()``: answers ``"grpo-audio"``; the trainer checks it at start, so a server started
   without the extension is refused with the command to start it;
-* ``open_weight_channel(spec)``: joins the channel group (``weight_channel.py``) as rank = the worker's rank;
+* ``open_weight_channel(spec)``: joins the channel group (``weight_channel.py``) as rank = the worker's rank; the
+  spec's ``token`` names the trainer, and later calls carry it (a trainer whose channel another one replaced gets
+  an error at once);
 * ``receive_weights(manifest)``: for each ``[name, dtype, shape]`` of the manifest, in order, receives the tensor by
   broadcast from the trainer and hands it to the model runner's in-place ``reload_weights`` (plain Qwen2 names,
   checkpoint format: vLLM fuses q/k/v and gate/up and takes its tensor-parallel shard as for a checkpoint file),
@@ -46,6 +48,7 @@ class WeightReceiver:
         the port that the same command, resumed, asks for again."""
         options = json.loads(spec)
         self.close_weight_channel()
+        self._weight_channel_token = options["token"]
         self._weight_channel = WeightChannel(
             options["host"],
             int(options["port"]),
@@ -55,11 +58,20 @@ class WeightReceiver:
             timeout_s=float(options["timeout_s"]),
         )
 
-    def receive_weights(self, manifest: str) -> int:
-        """Receive every tensor the JSON ``manifest`` lists and load it in place; returns the bytes received."""
+    def _channel_of(self, token: str) -> WeightChannel:
+        """The channel the trainer holding ``token`` opened; an error at once if another trainer has opened one
+        since (one server serves one training run), instead of a receive that waits for the channel's timeout."""
         channel = getattr(self, "_weight_channel", None)
-        if channel is None:
-            raise RuntimeError("receive_weights before open_weight_channel")
+        if channel is None or getattr(self, "_weight_channel_token", None) != token:
+            raise RuntimeError(
+                "this trainer's weight channel is closed: another trainer opened one on this server since (one "
+                "server serves one training run)"
+            )
+        return channel
+
+    def receive_weights(self, token: str, manifest: str) -> int:
+        """Receive every tensor the JSON ``manifest`` lists and load it in place; returns the bytes received."""
+        channel = self._channel_of(token)
         entries = json.loads(manifest)
         device = device_for(channel.backend)
         received = 0
@@ -75,15 +87,13 @@ class WeightReceiver:
         self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
         return received
 
-    def receive_adapter(self, manifest: str, config: str) -> str:
+    def receive_adapter(self, token: str, manifest: str, config: str) -> str:
         """Receive the LoRA adapter's tensors the JSON ``manifest`` lists and write them, with the JSON adapter
         ``config``, as a PEFT adapter directory on this host (worker 0 writes; every worker takes part in the
         broadcasts). Returns the directory, which the trainer then asks the server to load."""
         from safetensors.torch import save_file
 
-        channel = getattr(self, "_weight_channel", None)
-        if channel is None:
-            raise RuntimeError("receive_adapter before open_weight_channel")
+        channel = self._channel_of(token)
         device = device_for(channel.backend)
         tensors = {}
         for name, dtype, shape in json.loads(manifest):
