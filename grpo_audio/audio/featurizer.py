@@ -41,9 +41,6 @@ class AudioRows:
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in AUDIO_KEYS if getattr(self, k) is not None}
 
-    def rows(self, start: int, end: int) -> dict[str, torch.Tensor]:
-        return {k: v[start:end] for k, v in self.as_dict().items()}
-
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows ``index`` (any order), as model inputs."""
         return {k: v[index.to(v.device)] for k, v in self.as_dict().items()}

@@ -7,8 +7,9 @@ training GPUs idle while the server samples. With overlap, at optimizer step k (
 1. the rollouts of step k are taken from the prefetch started at step k-1, which the server sampled from
    ``W_{k-2}`` (staleness 1); without one (the first step, a resume, an epoch's first step) they are sampled now;
 2. the server is brought to ``W_{k-1}`` (it is idle: step 1 waited for it);
-3. the rollouts of step k+1 are prepared here (prompt embeddings, seeds: those the synchronous run would use for
-   step k+1) and sampled by the server in a background thread while step k scores its rollouts and updates.
+3. the rollouts of step k+1 are prepared here (audio features, prompt embeddings, seeds: those the synchronous
+   run would use for step k+1) and sampled by the server in a background thread while step k scores its rollouts
+   and updates; step k+1 then takes over those audio features instead of computing them again.
 
 The sampler's log-probs of a prefetched rollout are ``W_{k-2}``'s; TRL's importance-sampling correction
 (``trainer.vllm_importance_sampling_*``) multiplies each token's loss by the truncated ratio of the trainer's
@@ -41,9 +42,9 @@ class Prefetch:
     """Rollouts being sampled for a step ahead: what was asked, and the result to come."""
 
     prompt_ids: list[list[int]]
+    audio_paths: list[str]
     audio: AudioRows
     future: Future
-    started: float
 
     def matches(self, prompt_ids: list[list[int]], audio: AudioRows) -> bool:
         """Whether these are the rows the step asks for (same tokens, same audio)."""
@@ -62,7 +63,15 @@ class RolloutPrefetcher:
         self.last_wait_s = 0.0  # how long the last take() waited for the server
         self.last_sample_s = 0.0  # how long the server sampled the prefetch that take() returned
 
-    def start(self, model, prompt_ids: list[list[int]], audio: AudioRows, step: int, first_row: int) -> None:
+    def start(
+        self,
+        model,
+        prompt_ids: list[list[int]],
+        audio_paths: list[str],
+        audio: AudioRows,
+        step: int,
+        first_row: int,
+    ) -> None:
         """Prepare the requests of ``step`` here (they read the model) and sample them in the background."""
         embeds, requests = self.engine.prepare(model, prompt_ids, audio, at=(step, first_row))
 
@@ -71,7 +80,14 @@ class RolloutPrefetcher:
             return self.engine.sample(embeds, requests), time.perf_counter() - begin
 
         # a daemon thread: a run that stops on an error does not wait for a sampling request in flight
-        self.pending = Prefetch(prompt_ids, audio, in_daemon_thread(sample), time.perf_counter())
+        self.pending = Prefetch(prompt_ids, list(audio_paths), audio, in_daemon_thread(sample))
+
+    def audio_for(self, audio_paths: list[str]) -> AudioRows | None:
+        """The audio features computed for the prefetch, when the step's rows are its rows (the step reuses them
+        instead of computing them again), else None."""
+        if self.pending is None or self.pending.audio_paths != list(audio_paths):
+            return None
+        return self.pending.audio
 
     def wait(self) -> None:
         """Let a prefetch in flight finish (before the server's weights change), keeping its result."""
@@ -87,10 +103,6 @@ class RolloutPrefetcher:
         result, self.last_sample_s = pending.future.result()  # a sampling error surfaces here, in the step
         self.last_wait_s = time.perf_counter() - begin
         return result if pending.matches(prompt_ids, audio) else None
-
-    def close(self) -> None:
-        self.wait()
-        self.pending = None
 
 
 __all__ = ["Prefetch", "RolloutPrefetcher"]

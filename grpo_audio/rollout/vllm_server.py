@@ -224,11 +224,10 @@ class VLLMServerClient:
         lora_only = self.lora_rank is not None and lora_only_possible(model)
         if not lora_only:  # no adapter, or base weights train too: the merged backbone, sampled without an adapter
             self.lora_active, self.base_current = False, False
-            return self._send_weights(model) if self.weight_sync == "channel" else self._reload_from_disk(model)
+            return self._push_backbone(model, merge_lora=True)
         moved = 0
         if not self.base_current:  # the server's weights are of unknown origin until the base is pushed once
-            base = self._send_weights(model, merge_lora=False) if self.weight_sync == "channel" else None
-            moved += base if base is not None else self._reload_from_disk(model, merge_lora=False)
+            moved += self._push_backbone(model, merge_lora=False)
             self.base_current = True
         moved += self._send_adapter(model)
         self.lora_active = True
@@ -258,6 +257,12 @@ class VLLMServerClient:
             self.root.post("/v1/load_lora_adapter", body=body, cast_to=str)
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
+    def _push_backbone(self, model, merge_lora: bool) -> int:
+        """The backbone (LoRA merged, or the base alone) to the server the ``weight_sync`` way; the bytes moved."""
+        if self.weight_sync == "channel":
+            return self._send_weights(model, merge_lora)
+        return self._reload_from_disk(model, merge_lora)
+
     def _reload_from_disk(self, model, merge_lora: bool = True) -> int:
         export_backbone(model, self.backbone_dir, dtype=self.dtype, merge_lora=merge_lora)
         body = {
@@ -269,10 +274,10 @@ class VLLMServerClient:
 
     def _send_weights(self, model, merge_lora: bool = True) -> int:
         """Stream the backbone over the channel while the server's workers receive it; the bytes sent."""
-        if self._manifest is None:  # names, dtypes and shapes do not change during a run
+        if self._manifest is None:  # names, dtypes and shapes do not change during a run (nor with LoRA merged)
             self._manifest = [
                 [name, str(self.dtype).removeprefix("torch."), list(tensor.shape)]
-                for name, tensor in backbone_weights(model)
+                for name, tensor in backbone_weights(model, merge_lora=False)
             ]
         target = device_for(self.channel.backend)
 

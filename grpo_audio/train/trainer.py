@@ -251,10 +251,15 @@ class AudioGRPOTrainer(GRPOTrainer):
         return output
 
     def _audio_rows(self, inputs) -> AudioRows:
+        paths = [row["audio"] for row in inputs]
+        if self.prefetcher is not None and self.model.training:
+            prefetched = self.prefetcher.audio_for(paths)  # computed a step ahead for these rows' rollouts
+            if prefetched is not None:
+                return prefetched
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
         with root_parameters_unsharded(model):
-            audio = self.featurizer.rows([row["audio"] for row in inputs], model, self.accelerator.device)
+            audio = self.featurizer.rows(paths, model, self.accelerator.device)
         self.record_time("audio_features_s", time.perf_counter() - start)
         return audio
 
@@ -680,10 +685,11 @@ class AudioGRPOTrainer(GRPOTrainer):
             return
         rows = self._lookahead[0]  # the next step's generation batch (every micro-batch of a step carries it)
         prompt_ids = [list(p) for p in self._tokenize_prompts([row["prompt"] for row in rows])[0]]
-        audio = self._audio_rows(rows)
+        audio = self._audio_rows(rows)  # the next step takes these over (RolloutPrefetcher.audio_for)
         with root_parameters_unsharded(unwrapped):
             first_row = self.accelerator.process_index * len(prompt_ids)
-            self.prefetcher.start(unwrapped, prompt_ids, audio, self.state.global_step + 1, first_row)
+            paths = [row["audio"] for row in rows]
+            self.prefetcher.start(unwrapped, prompt_ids, paths, audio, self.state.global_step + 1, first_row)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """transformers' batches of this optimizer step; with ``rollout.overlap`` the next step's are read too and
