@@ -189,3 +189,29 @@ def test_a_judge_down_past_the_limit_stops_after_a_checkpoint_and_the_same_comma
     assert rollouts(run_dir) == rollouts(uninterrupted)  # the stopped step's batch was drawn again, alike
     a, b = weights(run_dir), weights(uninterrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_after_one_checkpoint_when_scoring_fails(tmp_path):
+    """The stop past the limit with 2 processes (accelerate, gloo): rewards are scored on process 0, every process
+    sees the global breakdown, so both stop before step 3's update after one checkpoint of step 2 holding both
+    processes' state, each with the same one line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_scale_out import launch
+
+    run_dir = tmp_path / "run"
+    terms = '[{name: "failing_rewards:down_after", label: judge, options: {calls: 2}}]'
+    done = launch(
+        run_dir, 2, tmp_path / "probe.jsonl", f"rewards.terms={terms}", "trainer.max_steps=4",
+        "trainer.save_steps=100", expect_failure=True,
+    )  # fmt: skip
+    checkpoint = run_dir / "trainer" / "checkpoint-2"
+    line = (
+        "error: 12 of 12 completions (100%) are unscored, more than rewards.max_unscored_fraction=0.2 allows: judge "
+        "failed on 12 (first: 'stub judge went down'); the run stopped at step 3, before its update; checkpoint "
+        f"{checkpoint} holds step 2, and the same command resumes from it"
+    )
+    assert done.stderr.count(line) == 2, done.stderr[-4000:]  # one per process (their lines may interleave)
+    assert sorted(p.name for p in (run_dir / "trainer").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"

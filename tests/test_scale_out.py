@@ -41,10 +41,12 @@ def launch(
     *extra: str,
     kill_after_checkpoint: int | None = None,
     fail_rename_at: int | None = None,
+    expect_failure: bool = False,
 ) -> subprocess.CompletedProcess:
     """``grpo-audio train`` on ``processes`` processes; with ``kill_after_checkpoint`` every process is SIGKILLed
     right after that checkpoint is complete (tests/helpers/kill_run.py); with ``fail_rename_at`` process 0's rename
-    of that checkpoint into place fails with a full disk (tests/helpers/disk_full_run.py)."""
+    of that checkpoint into place fails with a full disk (tests/helpers/disk_full_run.py); ``expect_failure``: the
+    run is expected to stop with an error."""
     per_process = PROMPTS_PER_STEP * G // processes
     overrides = [f"run.output_dir={run_dir}", f"trainer.per_device_train_batch_size={per_process}", *COMMON, *extra]
     if kill_after_checkpoint is not None:
@@ -78,7 +80,7 @@ def launch(
         "HF_HUB_OFFLINE": "1",
     }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if kill_after_checkpoint is None and fail_rename_at is None:
+    if kill_after_checkpoint is None and fail_rename_at is None and not expect_failure:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     else:
         assert done.returncode != 0, "the run was expected to be killed or to fail"
