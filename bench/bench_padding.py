@@ -8,7 +8,11 @@ The batch is laid out as TRL lays it out (left-padded prompts, right-padded comp
 
 * ``fixed``: TRL's chunks of ``--chunk-rows`` rows at the batch's full width;
 * ``packed``: ``grpo_audio.train.token_budget.pack_rows`` with the same worst-case memory (``chunk-rows x width``
-  positions per chunk), and with a quarter of it.
+  positions per chunk), and with a quarter of it;
+* ``padding-free``: the same packer counting tokens (``trainer.padding_free``), each chunk's rows laid end to end in
+  one row with position ids restarting per row and no attention mask (``pack_tokens``): transformers then builds a
+  block-diagonal causal mask, so on SDPA (this CPU) attention still spans the whole packed row, masked, while the
+  projections and MLP see only tokens; flash-attention's variable-length kernels (GPU) skip the masked part too.
 
 Reported per layout: the share of positions that are padding, the positions computed, and the median wall time of
 a no-grad forward of the harness's tiny backbone (hidden 128, 2 layers) over every chunk, the layouts taking turns
@@ -31,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import Qwen2Config, Qwen2Model  # noqa: E402
 
-from grpo_audio.train.token_budget import fixed_chunks, pack_rows, padding_fraction  # noqa: E402
+from grpo_audio.train.token_budget import fixed_chunks, pack_rows, pack_tokens, padding_fraction  # noqa: E402
 
 
 def cot_lengths(rows: int, seed: int) -> tuple[list[int], list[int]]:
@@ -57,8 +61,13 @@ def forward_seconds(model, mask: torch.Tensor, chunks) -> float:
     with torch.no_grad():
         for chunk in chunks:
             part = mask[chunk.index, chunk.start : chunk.end]
-            embeds = torch.randn(part.size(0), part.size(1), model.config.hidden_size)
-            model(inputs_embeds=embeds, attention_mask=part)
+            if chunk.tokens is None:
+                embeds = torch.randn(part.size(0), part.size(1), model.config.hidden_size)
+                model(inputs_embeds=embeds, attention_mask=part)
+            else:  # padding-free: one row of the chunk's tokens, positions restarting per row
+                _, _, positions, _ = pack_tokens(part, part, part)
+                embeds = torch.randn(1, positions.size(1), model.config.hidden_size)
+                model(inputs_embeds=embeds, position_ids=positions)
     return time.perf_counter() - start
 
 
@@ -79,6 +88,8 @@ def main() -> None:
         f"fixed, {args.chunk_rows} rows x {width} columns": fixed_chunks(args.rows, width, args.chunk_rows),
         f"packed, budget {budget} positions (same worst case)": pack_rows(mask, first_completion, budget),
         f"packed, budget {budget // 4} positions (a quarter)": pack_rows(mask, first_completion, budget // 4),
+        f"padding-free, budget {budget} tokens": pack_rows(mask, first_completion, budget, padding_free=True),
+        f"padding-free, budget {budget // 4} tokens": pack_rows(mask, first_completion, budget // 4, True),
     }
     config = Qwen2Config(
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -103,8 +103,9 @@ def _exact_setup(tiny_recipe, *overrides):
         ("rollout.temperature=1.0", "rollout.top_k=20"),
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9"),
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "trainer.max_tokens_per_microbatch=80"),
+        ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "trainer.padding_free=true"),
     ],
-    ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp", "T0.7-topk-topp-token-budget"],
+    ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp", "T0.7-topk-topp-token-budget", "T0.7-topk-topp-padding-free"],
 )
 def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, sampling):
     recipe, setup = _exact_setup(tiny_recipe, *sampling)

@@ -142,6 +142,32 @@ def test_rollouts_sampled_a_step_ahead_are_one_step_stale_and_importance_correct
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_prefetched_rollouts_are_scored_in_the_background_once(server, tmp_path, monkeypatch):
+    """With one process the prefetch thread scores what it sampled: the rubric runs once per step, in that thread for
+    every prefetched step, and the step trains on those rewards."""
+    url, backbone = server
+    log = tmp_path / "scoring.jsonl"
+    monkeypatch.setenv("GRPO_AUDIO_SCORING_LOG", str(log))
+    run = tmp_path / "run"
+    logged = 'rewards.terms=[{name: "helpers.scoring_log:logged_half_informative", label: mixed}]'
+    done = train(run, *server_settings(url, backbone), "trainer.max_steps=3", logged)
+    assert done.returncode == 0, done.stderr[-4000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # once per step (none for a 4th step that never comes), at the RewardContext step the step itself has
+    assert [c["step"] for c in calls] == [0, 1, 2]
+    assert calls[0]["thread"] == "MainThread" and all(c["thread"] != "MainThread" for c in calls[1:])
+    steps = metrics(run)
+    assert [m["rewards/scored_ahead"] for m in steps] == [0.0, 1.0, 1.0]
+    assert all(m["rollout/prefetch_score_s"] > 0 for m in steps[1:])
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    for step, call in enumerate(calls, start=1):
+        rows = [r for r in rollouts if r["step"] == step]
+        assert [r["completion"] for r in rows] == call["completions"]
+        assert [r["rewards"]["mixed"] for r in rows] == call["values"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_a_run_with_overlap_resumes_after_a_kill(server, tmp_path):
     """SIGKILL right after checkpoint 2; the same command resumes: its first step samples synchronously
     (staleness 0, nothing was prefetched in this process), the next ones a step ahead again."""

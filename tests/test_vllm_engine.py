@@ -277,8 +277,9 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
         "rollout.temperature=0.7",
         "rollout.top_k=20",
         "rollout.top_p=0.9",
-        # and the passes packed by tokens (grpo_audio/train/token_budget.py): still exact against the engine
+        # and the passes packed by tokens without padding (grpo_audio/train/token_budget.py): still exact
         "trainer.max_tokens_per_microbatch=64",
+        "trainer.padding_free=true",  # laid end to end in one token row each: exact too
         *TINY_OVERRIDES,
     ]
     argv = [sys.executable, "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]

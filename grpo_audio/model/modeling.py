@@ -152,13 +152,30 @@ class CovoAudioModel(CovoAudioPreTrainedModel):
         return out
 
     def splice_audio(
-        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_embeds: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        audio_embeds: torch.Tensor,
+        packed_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Replace each row's ``<|cAUDIO|>`` embeddings by that row's first n_b audio frames, in order."""
+        """Replace each row's ``<|cAUDIO|>`` embeddings by that row's first n_b audio frames, in order. With
+        ``packed_lengths`` the one token row holds several rows end to end, ``packed_lengths[b]`` tokens each, and
+        ``audio_embeds`` has one row per packed row."""
         placeholder = input_ids == self.config.audio_placeholder_token_id
-        counts = placeholder.sum(dim=1)
-        if audio_embeds.size(0) != input_ids.size(0):
-            raise ValueError(f"audio for {audio_embeds.size(0)} rows given with {input_ids.size(0)} token rows")
+        if packed_lengths is None:
+            counts = placeholder.sum(dim=1)
+        else:
+            if input_ids.size(0) != 1 or int(packed_lengths.sum()) != input_ids.size(1):
+                raise ValueError(
+                    f"packed_lengths sum to {int(packed_lengths.sum())} tokens for token rows of shape "
+                    f"{tuple(input_ids.shape)}: packing lays the rows in one token row"
+                )
+            row_of_token = torch.repeat_interleave(torch.arange(len(packed_lengths), device=input_ids.device),
+                                                   packed_lengths.to(input_ids.device))  # fmt: skip
+            counts = torch.zeros(len(packed_lengths), dtype=torch.long, device=input_ids.device)
+            counts = counts.index_add(0, row_of_token, placeholder[0].long())
+        if audio_embeds.size(0) != len(counts):
+            raise ValueError(f"audio for {audio_embeds.size(0)} rows given with {len(counts)} token rows")
         too_many = (counts > audio_embeds.size(1)).nonzero().flatten().tolist()
         if too_many:
             b = too_many[0]
@@ -181,10 +198,17 @@ class CovoAudioModel(CovoAudioPreTrainedModel):
         audio_segment_counts: torch.LongTensor | None = None,
         audio_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        packed_lengths: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """The backbone's hidden states, with each row's audio at its placeholders. ``packed_lengths`` (R,): the one
+        token row holds R rows end to end (padding-free; give ``position_ids`` restarting per row and no attention
+        mask: ``grpo_audio.train.token_budget.pack_tokens``); the audio inputs keep one row per packed row."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if packed_lengths is not None and (attention_mask is not None or position_ids is None):
+            # with a mask, or without positions that restart, attention would reach across the packed rows
+            raise ValueError("packed_lengths needs position_ids restarting at each row and no attention_mask")
         if input_features is not None and audio_embeds is not None:
             raise ValueError("give either input_features or audio_embeds, not both")
         if inputs_embeds is None:
@@ -194,7 +218,7 @@ class CovoAudioModel(CovoAudioPreTrainedModel):
                     raise ValueError("input_features needs audio_segment_counts (segments per row)")
                 audio_embeds = self.embed_audio_rows(input_features, audio_segment_counts)
             if audio_embeds is not None:
-                inputs_embeds = self.splice_audio(input_ids, inputs_embeds, audio_embeds)
+                inputs_embeds = self.splice_audio(input_ids, inputs_embeds, audio_embeds, packed_lengths)
             elif (input_ids == self.config.audio_placeholder_token_id).any():
                 raise ValueError("input_ids contain <|cAUDIO|> placeholders but no audio was given")
         return self.language_model(

@@ -468,4 +468,11 @@ TRAINER_HARNESS_FIELDS = {
         "padding cut) instead of per_device_train_batch_size rows at the batch's full width; the same values and "
         "gradient with less padding (grpo_audio/train/token_budget.py). null = TRL's fixed-size chunks.",
     ),
+    "padding_free": (
+        bool,
+        "Lay each chunk's rows end to end in one token row, padding dropped, with position ids restarting per row "
+        "(block-diagonal attention; flash-attention's variable-length kernels on GPU). A chunk then costs its tokens "
+        "and max_tokens_per_microbatch counts tokens. The same values and gradient "
+        "(grpo_audio/train/token_budget.py).",
+    ),
 }

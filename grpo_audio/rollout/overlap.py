@@ -17,8 +17,10 @@ old-policy log-prob (``W_{k-1}``) to it, as it does for any sampler mismatch. St
 the weights that sampled and the weights being updated, is logged per step (``rollout/staleness``) and is never
 more than 1: a prefetch is always consumed, or dropped, by the next step.
 
-Rewards are scored when the rollouts are taken (step 1), not in the background: a judge is then asked once per
-completion, with the trainer's own error handling. The next step's prompts come from the trainer's data loader,
+With one training process the prefetch thread also scores the rollouts it sampled (``score``, given by the trainer:
+``grpo_audio.train.scoring_ahead``), so the rewards, an LLM judge's included, are ready when step k+1 takes the
+rollouts; a scoring error there is kept (``last_score_error``) and the step scores the batch itself. The next step's
+prompts come from the trainer's data loader,
 read one optimizer step ahead (``AudioGRPOTrainer.get_batch_samples``). A resumed run samples its first step
 synchronously, so it is not bitwise the run an uninterrupted one would have been (the rollouts of that step come
 from newer weights).
@@ -27,8 +29,10 @@ from newer weights).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -62,6 +66,8 @@ class RolloutPrefetcher:
         self.pending: Prefetch | None = None
         self.last_wait_s = 0.0  # how long the last take() waited for the server
         self.last_sample_s = 0.0  # how long the server sampled the prefetch that take() returned
+        self.last_scored: Any = None  # what ``score`` returned for the prefetch that take() returned, if it ran
+        self.last_score_error: str | None = None  # why ``score`` failed, if it did
 
     def start(
         self,
@@ -71,13 +77,22 @@ class RolloutPrefetcher:
         audio: AudioRows,
         step: int,
         first_row: int,
+        score: Callable[[RolloutResult], Any] | None = None,
     ) -> None:
-        """Prepare the requests of ``step`` here (they read the model) and sample them in the background."""
+        """Prepare the requests of ``step`` here (they read the model) and sample them in the background; then
+        ``score(result)`` there too, when given."""
         embeds, requests = self.engine.prepare(model, prompt_ids, audio, at=(step, first_row))
 
-        def sample() -> tuple[RolloutResult, float]:
+        def sample() -> tuple[RolloutResult, float, Any, str | None]:
             begin = time.perf_counter()
-            return self.engine.sample(embeds, requests), time.perf_counter() - begin
+            result = self.engine.sample(embeds, requests)
+            seconds = time.perf_counter() - begin
+            if score is None:
+                return result, seconds, None, None
+            try:
+                return result, seconds, score(result), None
+            except Exception as error:  # noqa: BLE001  (the step scores the batch itself, and raises it there)
+                return result, seconds, None, f"{type(error).__name__}: {error}"
 
         # a daemon thread: a run that stops on an error does not wait for a sampling request in flight
         self.pending = Prefetch(prompt_ids, list(audio_paths), audio, in_daemon_thread(sample))
@@ -100,9 +115,13 @@ class RolloutPrefetcher:
         if pending is None:
             return None
         begin = time.perf_counter()
-        result, self.last_sample_s = pending.future.result()  # a sampling error surfaces here, in the step
+        # a sampling error surfaces here, in the step
+        result, self.last_sample_s, self.last_scored, self.last_score_error = pending.future.result()
         self.last_wait_s = time.perf_counter() - begin
-        return result if pending.matches(prompt_ids, audio) else None
+        if not pending.matches(prompt_ids, audio):
+            self.last_scored = None
+            return None
+        return result
 
 
 __all__ = ["Prefetch", "RolloutPrefetcher"]

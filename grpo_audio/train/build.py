@@ -108,6 +108,7 @@ def make_trainer(
         eval_spec=recipe.eval,
         dynamic_sampling=recipe.rollout.dynamic_sampling,
         max_tokens_per_microbatch=recipe.trainer.get("max_tokens_per_microbatch"),
+        padding_free=bool(recipe.trainer.get("padding_free", False)),
         overlap=recipe.rollout.overlap,
         callbacks=[
             MetricsFileCallback(run_dir / "metrics.jsonl"),

@@ -96,6 +96,37 @@ def log_by_category(log_metric: Callable[[str, float], None], breakdown: RewardB
                 log_metric(f"rewards_by_category/{category}/{name}/mean", mean)
 
 
+def reward_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The per-row columns ``R_total`` hands the rubric for dataset rows: every column but the prompt and completion
+    (TRL's ``_calculate_rewards`` passes the others as keyword lists) and TRL's control arguments."""
+    skip = {"prompt", "completion", "completion_ids", *TRL_CONTROL_KWARGS}
+    return [{k: v for k, v in row.items() if k not in skip} for row in rows]
+
+
+def reward_context(
+    completion_ids: Sequence[Sequence[int]] | None,
+    rows: int,
+    *,
+    step: int,
+    total_steps: int,
+    group_size: int,
+    max_length: int | None,
+    stop_token_ids: Collection[int],
+) -> RewardContext:
+    """The ``RewardContext`` of a batch of ``rows`` completions at optimizer step ``step`` (module docstring)."""
+    if completion_ids is not None and len(completion_ids) != rows:
+        raise ValueError(f"R_total: {len(completion_ids)} completion_ids for {rows} completions")
+    stop_ids, ids = set(stop_token_ids), completion_ids
+    return RewardContext(
+        step=step,
+        total_steps=max(1, total_steps),
+        group_size=group_size,
+        lengths=None if ids is None else [len(row) for row in ids],  # |y| in tokens, stop token included
+        finish_reasons=None if ids is None or not stop_ids else [finish_reason(row, stop_ids) for row in ids],
+        max_length=max_length,
+    )
+
+
 def make_trl_reward(
     rubric: Rubric,
     group_size: int,
@@ -105,6 +136,7 @@ def make_trl_reward(
     stop_token_ids: Collection[int] | Callable[[], Collection[int]] = (),
     category_fields: Sequence[str] = CATEGORY_FIELDS,
     check_unscored: bool = True,
+    prescored: Callable[[list[str], list[dict], RewardContext], RewardBreakdown | None] | None = None,
 ):
     """TRL reward function ``R_total``; ``on_breakdown(breakdown, samples, seconds)`` sees every scored batch.
 
@@ -120,6 +152,8 @@ def make_trl_reward(
         category_fields: the row fields naming a row's category, first set wins (module docstring).
         check_unscored: raise ``UnscoredRowsError`` here when too much of the batch is unscored; the trainer checks
             the global batch itself on every process instead (``AudioGRPOTrainer._calculate_rewards``).
+        prescored: called with the rubric's arguments before scoring; a breakdown it returns is used instead of
+            scoring again (the batch was scored ahead, with exactly these arguments: ``rollout.overlap``).
     """
 
     def R_total(completions: list, **kwargs: Any) -> list[float | None]:  # noqa: N802  (TRL logs the __name__)
@@ -127,20 +161,18 @@ def make_trl_reward(
         columns = {k: v for k, v in kwargs.items() if k not in TRL_CONTROL_KWARGS}
         samples = [{k: v[i] for k, v in columns.items()} for i in range(len(texts))]
         state = kwargs.get("trainer_state")
-        ids = kwargs.get("completion_ids")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"R_total: {len(ids)} completion_ids for {len(texts)} completions")
-        stop_ids = set(stop_token_ids() if callable(stop_token_ids) else stop_token_ids)
-        context = RewardContext(
+        context = reward_context(
+            kwargs.get("completion_ids"),
+            len(texts),
             step=int(getattr(state, "global_step", 0) or 0),
-            total_steps=max(1, int(getattr(state, "max_steps", 1) or 1)),
+            total_steps=int(getattr(state, "max_steps", 1) or 1),
             group_size=group_size,
-            lengths=None if ids is None else [len(row) for row in ids],  # |y| in tokens, stop token included
-            finish_reasons=None if ids is None or not stop_ids else [finish_reason(row, stop_ids) for row in ids],
             max_length=max_length,
+            stop_token_ids=stop_token_ids() if callable(stop_token_ids) else stop_token_ids,
         )
         start = time.perf_counter()
-        breakdown = rubric.score(texts, samples, context)
+        found = prescored(texts, samples, context) if prescored is not None else None
+        breakdown = found if found is not None else rubric.score(texts, samples, context)
         seconds = time.perf_counter() - start
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:

@@ -21,6 +21,15 @@ Memory: the forward's peak (activations of one chunk, and the vocabulary project
 loss pass the activations saved for backward add up over the micro-batch's chunks, as they do over TRL's rows:
 smaller than padded by the padding removed, not bounded by M.
 
+Padding-free (``trainer.padding_free: true``): each chunk's rows are laid end to end in a single token row, their
+padding dropped, with position ids that restart at 0 for every row (``pack_tokens``). Given position ids and no
+attention mask, transformers' attention keeps each token to its own row's earlier tokens: a block-diagonal causal
+mask on the SDPA and eager kernels, variable-length kernels (``cu_seqlens`` from the position ids) with
+flash-attention. A chunk then costs its tokens, not ``rows x width``, and its packing budget counts tokens. The
+results are scattered back to the ``rows x width`` grid (``unpack_tokens``), so the rest of the pass is unchanged.
+Position ids counted from each row's first token rather than from the padded column shift every position of a row
+alike, which the rotary encoding does not see.
+
 ``padding_fraction`` reports the share of positions a pass spends on padding (logged per step as
 ``microbatch/padding_frac``, with ``microbatch/chunks``); ``bench/padding_waste.py`` measures both layouts on a
 CoT-like length distribution.
@@ -36,15 +45,18 @@ import torch
 
 @dataclass(frozen=True)
 class Chunk:
-    """Rows ``index`` of the batch, scored over columns ``start:end`` (``end`` exclusive)."""
+    """Rows ``index`` of the batch, scored over columns ``start:end`` (``end`` exclusive); ``tokens`` is set when the
+    rows are scored padding-free (their token count, what the chunk's forward covers)."""
 
     index: torch.Tensor
     start: int
     end: int
+    tokens: int | None = None
 
     @property
     def positions(self) -> int:
-        return len(self.index) * (self.end - self.start)
+        """Token positions the chunk's forward covers: ``rows x width``, or its tokens when padding-free."""
+        return len(self.index) * (self.end - self.start) if self.tokens is None else self.tokens
 
 
 def row_spans(attention_mask: torch.Tensor, first_completion_column: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,31 +71,66 @@ def row_spans(attention_mask: torch.Tensor, first_completion_column: int) -> tup
     return first, last
 
 
-def pack_rows(attention_mask: torch.Tensor, first_completion_column: int, max_tokens: int) -> list[Chunk]:
-    """Chunks of at most ``max_tokens`` positions (``rows x span``), rows sorted by where their tokens end."""
+def pack_rows(
+    attention_mask: torch.Tensor, first_completion_column: int, max_tokens: int, padding_free: bool = False
+) -> list[Chunk]:
+    """Chunks of at most ``max_tokens`` positions (``rows x span``; padding-free: the rows' tokens), rows sorted by
+    where their tokens end."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens}: must be at least 1")
     first, last = row_spans(attention_mask, first_completion_column)
     order = torch.argsort(last, stable=True).tolist()
     first, last = first.tolist(), last.tolist()
+    counts = attention_mask.sum(dim=1).tolist()
     chunks: list[Chunk] = []
     rows: list[int] = []
-    start = end = 0
+    start = end = tokens = 0
     for row in order:
         new_start, new_end = (min(start, first[row]), max(end, last[row])) if rows else (first[row], last[row])
-        if rows and (len(rows) + 1) * (new_end - new_start) > max_tokens:
-            chunks.append(Chunk(torch.tensor(rows), start, end))
-            rows, (new_start, new_end) = [], (first[row], last[row])
+        cost = tokens + counts[row] if padding_free else (len(rows) + 1) * (new_end - new_start)
+        if rows and cost > max_tokens:
+            chunks.append(Chunk(torch.tensor(rows), start, end, tokens if padding_free else None))
+            rows, (new_start, new_end), tokens = [], (first[row], last[row]), 0
         rows.append(row)
-        start, end = new_start, new_end
+        start, end, tokens = new_start, new_end, tokens + counts[row]
     if rows:
-        chunks.append(Chunk(torch.tensor(rows), start, end))
+        chunks.append(Chunk(torch.tensor(rows), start, end, tokens if padding_free else None))
     return chunks
 
 
-def fixed_chunks(rows: int, width: int, batch_size: int) -> list[Chunk]:
-    """TRL's layout: consecutive chunks of ``batch_size`` rows, each the batch's full width."""
-    return [Chunk(torch.arange(s, min(s + batch_size, rows)), 0, width) for s in range(0, rows, batch_size)]
+def fixed_chunks(rows: int, width: int, batch_size: int, attention_mask: torch.Tensor | None = None) -> list[Chunk]:
+    """TRL's layout: consecutive chunks of ``batch_size`` rows, each the batch's full width (padding-free: pass the
+    ``attention_mask`` to count each chunk's tokens)."""
+    chunks = []
+    for s in range(0, rows, batch_size):
+        index = torch.arange(s, min(s + batch_size, rows))
+        tokens = None if attention_mask is None else int(attention_mask[index].sum())
+        chunks.append(Chunk(index, 0, width, tokens))
+    return chunks
+
+
+def pack_tokens(
+    ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A chunk's rows (``ids``, ``mask``, ``labels``: rows x width) laid end to end without padding (module
+    docstring): ``(ids, labels, position_ids)``, each (1, T) with T the chunk's tokens, and the rows' token counts
+    (rows,). Row i's tokens keep their order and get positions ``0 .. n_i - 1``."""
+    kept = mask.bool()
+    lengths = kept.sum(dim=1)
+    starts = torch.cumsum(lengths, 0) - lengths  # where each row begins in the packed row
+    flat = torch.arange(int(lengths.sum()), device=ids.device)
+    positions = flat - torch.repeat_interleave(starts, lengths)
+    return ids[kept].unsqueeze(0), labels[kept].unsqueeze(0), positions.unsqueeze(0), lengths
+
+
+def unpack_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token outputs of a packed forward back on the chunk's grid. ``values`` (1, T - 1) holds the outputs for
+    packed tokens 1 .. T-1 (position t predicts token t + 1, as ``logprob_labels`` are scored); the result (rows,
+    width - 1) holds them for columns 1 .. width-1, as the padded forward's outputs are laid, zeros elsewhere.
+    Differentiable."""
+    kept = mask.bool()
+    every = torch.cat([values.new_zeros(1, 1), values], dim=1)[0]  # token 0 has no prediction: a prompt token
+    return values.new_zeros(kept.shape).masked_scatter(kept, every)[:, 1:]
 
 
 def padding_fraction(attention_mask: torch.Tensor, chunks: list[Chunk]) -> float:
@@ -121,4 +168,13 @@ def score_in_chunks(
     return [None if slot is None else torch.cat(slot)[inverse.to(slot[0].device)] for slot in pieces]
 
 
-__all__ = ["Chunk", "fixed_chunks", "pack_rows", "padding_fraction", "row_spans", "score_in_chunks"]
+__all__ = [
+    "Chunk",
+    "fixed_chunks",
+    "pack_rows",
+    "pack_tokens",
+    "padding_fraction",
+    "row_spans",
+    "score_in_chunks",
+    "unpack_tokens",
+]

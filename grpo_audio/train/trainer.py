@@ -67,8 +67,16 @@ from grpo_audio.rollout.overlap import RolloutPrefetcher
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
 from grpo_audio.train.run_dir import CheckpointWriteError, replace_dir_atomic
+from grpo_audio.train.scoring_ahead import ScoredAhead, ahead_scorer, background_tokenizer
 from grpo_audio.train.scoring_stop import RandomState, ScoringStoppedError
-from grpo_audio.train.token_budget import Chunk, fixed_chunks, pack_rows, score_in_chunks
+from grpo_audio.train.token_budget import (
+    Chunk,
+    fixed_chunks,
+    pack_rows,
+    pack_tokens,
+    score_in_chunks,
+    unpack_tokens,
+)
 from rewards import RewardBreakdown, Rubric, UnscoredRowsError
 from rewards.judge.cache import save_judge_caches
 
@@ -122,6 +130,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         eval_spec=None,
         dynamic_sampling=None,
         max_tokens_per_microbatch: int | None = None,
+        padding_free: bool = False,
         overlap: bool = False,
         **kwargs,
     ) -> None:
@@ -136,6 +145,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                 # TRL sets eos_token_ids in super().__init__, below: read when rewards are scored
                 stop_token_ids=lambda: [*self.eos_token_ids, self._tokenizer.pad_token_id],
                 check_unscored=False,  # _calculate_rewards checks, on every process (scoring_stop)
+                prescored=self._breakdown_scored_ahead,
             )
         ]
         self.rubric = rubric
@@ -147,11 +157,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.sampling = sampling
         # trainer.max_tokens_per_microbatch: the log-prob and loss passes' chunks packed by tokens (token_budget)
         self.max_tokens_per_microbatch = max_tokens_per_microbatch
+        self.padding_free = padding_free  # trainer.padding_free: each chunk's rows in one token row (token_budget)
         self._padding = [0, 0, 0]  # this step's passes: token positions, positions covered, chunks
         # rollout.overlap: the next step's rollouts sampled during this step's update (grpo_audio.rollout.overlap)
         self.prefetcher = RolloutPrefetcher(rollout_engine) if overlap else None
         self._lookahead: list = []  # the next optimizer step's batches, read ahead for the prefetch
         self._lookahead_source = None  # the epoch iterator they came from
+        self._scored_ahead: ScoredAhead | None = None  # this step's rewards, scored with its prefetch
+        self._background_tokenizer = None  # the prefetch thread's own tokenizer (scoring_ahead)
         self._policy_pass = False
         self.rollout_log = rollout_log
         self._current_audio: AudioRows | None = None
@@ -274,6 +287,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             audio, self._current_audio = self._current_audio, None
+            self._scored_ahead = None  # R_total took it, or this step's rows were scored now
         output.update(audio.as_dict())
         self._mask_rows_outside_the_loss(output, len(inputs))
         elapsed = time.perf_counter() - start
@@ -547,6 +561,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         def publish():
             if not self.args.should_save:
                 return
+            if self.prefetcher is not None:
+                self.prefetcher.wait()  # its scoring may be appending to a judge cache copied below
             try:
                 save_judge_caches(self.judge_cache_files, staging_root / name)
                 replace_dir_atomic(staging_root / name, final_root / name)
@@ -660,6 +676,9 @@ class AudioGRPOTrainer(GRPOTrainer):
                 staleness = 1.0
                 self._metrics["train"]["rollout/prefetch_wait_s"].append(self.prefetcher.last_wait_s)
                 self._metrics["train"]["rollout/prefetch_sample_s"].append(self.prefetcher.last_sample_s)
+                self._scored_ahead = self.prefetcher.last_scored  # R_total takes it (_breakdown_scored_ahead)
+                if self._scored_ahead is not None:
+                    self._metrics["train"]["rollout/prefetch_score_s"].append(self._scored_ahead.seconds)
             if overlapped:
                 self._metrics["train"]["rollout/staleness"].append(staleness)
                 self._prefetch_next_rollouts(unwrapped)
@@ -680,16 +699,41 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _prefetch_next_rollouts(self, unwrapped) -> None:
         """``rollout.overlap``: start sampling the next optimizer step's rollouts (its rows read one step ahead by
-        ``get_batch_samples``) with the weights the server now holds; none at an epoch's end."""
-        if not self._lookahead:
-            return
+        ``get_batch_samples``) with the weights the server now holds, and with one process score them there too
+        (``grpo_audio.train.scoring_ahead``); none at an epoch's or the run's end."""
+        if not self._lookahead or self.state.global_step + 1 >= self.state.max_steps:
+            return  # an epoch's or the run's last step: no step takes these rollouts
         rows = self._lookahead[0]  # the next step's generation batch (every micro-batch of a step carries it)
         prompt_ids = [list(p) for p in self._tokenize_prompts([row["prompt"] for row in rows])[0]]
         audio = self._audio_rows(rows)  # the next step takes these over (RolloutPrefetcher.audio_for)
+        step = self.state.global_step + 1  # the step that takes these rollouts sees this global_step
+        score = None
+        if self.accelerator.num_processes == 1:  # several: scored on process 0 for the global batch, in the step
+            if self._background_tokenizer is None:
+                self._background_tokenizer = background_tokenizer(self.processing_class)
+            score = ahead_scorer(
+                self.rubric,
+                self._background_tokenizer,
+                rows,
+                step=step,
+                total_steps=self.state.max_steps,
+                group_size=self.args.num_generations,
+                max_length=self.args.max_completion_length,
+                stop_token_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id],
+            )
         with root_parameters_unsharded(unwrapped):
             first_row = self.accelerator.process_index * len(prompt_ids)
             paths = [row["audio"] for row in rows]
-            self.prefetcher.start(unwrapped, prompt_ids, paths, audio, self.state.global_step + 1, first_row)
+            self.prefetcher.start(unwrapped, prompt_ids, paths, audio, step, first_row, score=score)
+
+    def _breakdown_scored_ahead(self, texts, samples, context):
+        """``R_total``'s lookup: this step's breakdown when its batch was scored with the prefetch, with exactly these
+        arguments (``grpo_audio.train.scoring_ahead``), else None (it scores now). Logs ``rewards/scored_ahead``."""
+        ahead, self._scored_ahead = self._scored_ahead, None
+        hit = ahead is not None and ahead.answers(texts, samples, context)
+        if self.prefetcher is not None and self.model.training and self.accelerator.num_processes == 1:
+            self._metrics["train"]["rewards/scored_ahead"].append(float(hit))
+        return ahead.breakdown if hit else None
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """transformers' batches of this optimizer step; with ``rollout.overlap`` the next step's are read too and
@@ -797,9 +841,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         sampling = self.reference_sampling if self._is_reference_pass(model) else self.sampling
         rows, width = input_ids.shape
         if self.max_tokens_per_microbatch is not None:
-            chunks = pack_rows(attention_mask, width - logits_to_keep, self.max_tokens_per_microbatch)
+            chunks = pack_rows(
+                attention_mask, width - logits_to_keep, self.max_tokens_per_microbatch, self.padding_free
+            )
         else:
-            chunks = fixed_chunks(rows, width, batch_size or rows)
+            chunks = fixed_chunks(rows, width, batch_size or rows, attention_mask if self.padding_free else None)
         self._count_padding(attention_mask, chunks)
         # logged once per micro-batch, from the policy pass (the old/reference passes skip them): the outside mass,
         # and the share of sampled tokens this pass scores outside its distribution's support (log-prob NEG)
@@ -815,6 +861,16 @@ class AudioGRPOTrainer(GRPOTrainer):
             labels = ids.masked_fill(mask == 0, -100)
             labels[:, :-keep] = -100
             model_inputs = {"input_ids": ids, "attention_mask": mask, **audio.select(chunk.index)}
+            if self.padding_free:  # the rows end to end in one token row, positions restarting per row
+                flat_ids, labels, positions, lengths = pack_tokens(ids, mask, labels)
+                model_inputs.update(input_ids=flat_ids, attention_mask=None, position_ids=positions)
+                model_inputs["packed_lengths"] = lengths
+
+            def on_grid(values: torch.Tensor | None) -> torch.Tensor | None:
+                if values is None or not self.padding_free:
+                    return values
+                return unpack_tokens(values, mask)
+
             if compute_aux_loss:
                 model_inputs["output_router_logits"] = True
             with self.accelerator.autocast():
@@ -828,10 +884,10 @@ class AudioGRPOTrainer(GRPOTrainer):
             if compute_aux_loss:
                 all_aux.append(outputs.aux_loss)
             return [
-                outputs.log_probs[:, -keep:],
-                outputs.entropy[:, -keep:] if compute_entropy else None,
-                outputs.outside_mass[:, -keep:] if log_outside else None,
-                outputs.label_mask[:, -keep:].float() if policy else None,
+                on_grid(outputs.log_probs)[:, -keep:],
+                on_grid(outputs.entropy)[:, -keep:] if compute_entropy else None,
+                on_grid(outputs.outside_mass)[:, -keep:] if log_outside else None,
+                on_grid(outputs.label_mask.float())[:, -keep:] if policy else None,
             ]
 
         logps, entropies, outside, scored = score_in_chunks(score, chunks, rows, width, logits_to_keep)

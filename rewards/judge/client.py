@@ -48,6 +48,8 @@ logger = logging.getLogger("rewards.judge")
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 STRUCTURED_MODES = ("auto", "choice", "regex", "off")
+# The backoff's random factor comes from a generator of its own: a retry never moves the run's `random` stream.
+_JITTER = random.Random()
 NO_KEY = "EMPTY"  # sent as the bearer token when no api_key_env is set (the library needs one; vLLM ignores it)
 
 
@@ -168,7 +170,7 @@ class _OpenAI(openai.AsyncOpenAI):
         if retry_after is not None and 0 < retry_after <= self._max_backoff_s:
             return retry_after
         done = min(options.get_max_retries(self.max_retries) - remaining_retries, 60)
-        return min(self._max_backoff_s, self._backoff_s * 2**done) * random.uniform(0.5, 1.0)
+        return min(self._max_backoff_s, self._backoff_s * 2**done) * _JITTER.uniform(0.5, 1.0)
 
 
 def _root_cause(error: BaseException) -> BaseException:

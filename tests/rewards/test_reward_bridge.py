@@ -149,3 +149,57 @@ def test_category_fields_are_read_in_order():
     ]
     assert row_categories(samples) == ["sound", "Which", "perception", None]
     assert row_categories(samples, ("category",)) == ["Sound", "x", "perception", None]
+
+
+def test_a_batch_scored_ahead_with_the_same_arguments_is_not_scored_again(seen_contexts):
+    """``rollout.overlap`` scores a prefetched batch in the background (``grpo_audio.train.scoring_ahead``);
+    ``R_total`` takes that breakdown only when texts, rows and context are the ones it would score."""
+    from types import SimpleNamespace
+
+    from grpo_audio.train.scoring_ahead import ahead_scorer
+
+    class Decoder:  # decodes id k as the letter chr(96 + k); 0 is the EOS, left out like a special token
+        def batch_decode(self, ids, skip_special_tokens):
+            assert skip_special_tokens
+            return ["".join(chr(96 + k) for k in row if k) for row in ids]
+
+    rubric = Rubric([TermSpec("tmp_context_probe")])
+    rows = [{"prompt": "p", "id": "q1", "answer": "high"}, {"prompt": "p", "id": "q1", "answer": "high"}]
+    ids = [[1, 2, 0], [3, 4, 5]]
+    settings = dict(total_steps=10, group_size=2, max_length=3, stop_token_ids=[0])
+    ahead = ahead_scorer(rubric, Decoder(), rows, step=4, **settings)(SimpleNamespace(completion_ids=ids))
+    assert ahead.texts == ["ab", "cde"] and len(seen_contexts) == 1
+    offered = []
+
+    def lookup(texts, samples, context):
+        offered.append((texts, samples, context))
+        return ahead.breakdown if ahead.answers(texts, samples, context) else None
+
+    reward = make_trl_reward(rubric, 2, max_length=3, stop_token_ids=[0], prescored=lookup)
+    trl_columns = {"id": ["q1", "q1"], "answer": ["high", "high"], "completion_ids": ids}  # TRL: all but the prompt
+
+    def at_step(step, completions):
+        logged = defaultdict(list)
+        state = SimpleNamespace(global_step=step, max_steps=10)
+        reward(prompts=["p", "p"], completions=completions, trainer_state=state,
+               log_metric=lambda name, value: logged[name].append(value), **trl_columns)  # fmt: skip
+        return logged
+
+    logged = at_step(4, ["ab", "cde"])
+    assert len(seen_contexts) == 1  # taken from the background's breakdown: the rubric was not called again
+    assert logged["rewards/tmp_context_probe/mean"] == [0.0]  # and logged as if scored here
+    texts, samples, context = offered[0]
+    assert (texts, samples, context) == (ahead.texts, ahead.samples, ahead.context)
+    at_step(5, ["ab", "cde"])  # another step: another context
+    at_step(4, ["ab", "cdf"])  # another text
+    assert len(seen_contexts) == 3
+
+
+def test_rows_with_array_columns_are_scored_again():
+    import numpy as np
+
+    from grpo_audio.train.scoring_ahead import ScoredAhead
+    from rewards import RewardContext
+
+    ahead = ScoredAhead(["a"], [{"x": np.zeros(3)}], RewardContext(), breakdown=None, seconds=0.0)
+    assert not ahead.answers(["a"], [{"x": np.zeros(3)}], RewardContext())  # no plain equality: never a guess

@@ -523,6 +523,23 @@ def test_the_backoff_hook_still_exists_in_the_openai_client():
     assert params == ["self", "remaining_retries", "options", "response_headers"]
 
 
+def test_a_retry_delay_leaves_the_runs_random_stream_alone():
+    """The backoff's random factor has a generator of its own: a judge retried in the prefetch thread
+    (``rollout.overlap``) or in the step does not move the ``random`` state a checkpoint saves."""
+    import random
+    from types import SimpleNamespace
+
+    from rewards.judge.client import _OpenAI
+
+    client = _OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=3, backoff_s=1.0, max_backoff_s=8.0)
+    random.seed(0)
+    before = random.getstate()
+    options = SimpleNamespace(get_max_retries=lambda default: 3)  # the library's request options, as far as used
+    delays = [client._calculate_retry_timeout(remaining, options) for remaining in (3, 2, 1)]
+    assert random.getstate() == before
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and 2.0 <= delays[2] <= 4.0
+
+
 def test_the_probe_is_one_short_try_whatever_the_judges_retries(judge_server, monkeypatch):
     import rewards.judge.scorers as scorers
 
