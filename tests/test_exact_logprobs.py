@@ -104,8 +104,25 @@ def _exact_setup(tiny_recipe, *overrides):
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9"),
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "trainer.max_tokens_per_microbatch=80"),
         ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "trainer.padding_free=true"),
+        ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "model.family=qwen2_audio"),
+        # the mel form (the audio tower trains, so it runs inside every pass) with the passes padding-free
+        (
+            "rollout.temperature=0.7",
+            "model.family=qwen2_audio",
+            "trainer.padding_free=true",
+            "model.freeze_encoder=false",
+        ),
     ],
-    ids=["T1", "T0.7", "T1-topk", "T0.7-topk-topp", "T0.7-topk-topp-token-budget", "T0.7-topk-topp-padding-free"],
+    ids=[
+        "T1",
+        "T0.7",
+        "T1-topk",
+        "T0.7-topk-topp",
+        "T0.7-topk-topp-token-budget",
+        "T0.7-topk-topp-padding-free",
+        "qwen2-audio-T0.7-topk-topp",
+        "qwen2-audio-padding-free-mel",
+    ],  # fmt: skip
 )
 def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, sampling):
     recipe, setup = _exact_setup(tiny_recipe, *sampling)

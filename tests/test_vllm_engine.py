@@ -307,13 +307,16 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_only_sync_sends_the_adapter_and_stays_exact(tmp_path):
+@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio"])
+def test_lora_only_sync_sends_the_adapter_and_stays_exact(tmp_path, family):
     """model.lora with the colocated engine: the engine holds the base backbone and samples with the adapter each
     sync writes (vLLM's LoRA support), the sync moves the adapter's bytes only, and the trainer's log-probs still
-    equal the engine's (the adapter is non-zero from step 2 on: the high learning rate moves B at step 1)."""
+    equal the engine's (the adapter is non-zero from step 2 on: the high learning rate moves B at step 1). For both
+    families: the engine takes prompt embeddings on the exported Qwen2 backbone, whichever audio model made them."""
     run = tmp_path / "run"
     overrides = [
         f"run.output_dir={run}",
+        f"model.family={family}",
         *VLLM_TRAIN,
         "trainer.max_steps=3",
         "trainer.learning_rate=5e-2",

@@ -59,6 +59,8 @@ __all__ = [
     "segment_count",
     "split_segments",
     "trim_and_pad",
+    "whisper_feature_extractor",
+    "whisper_log_mel",
 ]
 
 SAMPLE_RATE = 24000  # Hz, the rate every clip is brought to first
@@ -140,7 +142,7 @@ def split_segments(wave: np.ndarray) -> list[np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
-def _whisper_feature_extractor() -> WhisperFeatureExtractor:
+def whisper_feature_extractor() -> WhisperFeatureExtractor:
     # WhisperFeatureExtractor's torch path is exactly the released computation: torch.stft(n_fft 400, hop 160,
     # periodic Hann window, center=True, reflect padding), |X|^2 with the last frame dropped, the 128-bin Slaney
     # filterbank from mel_filter_bank(norm="slaney", mel_scale="slaney", 0-8000 Hz), log10(clamp(x, 1e-10)), floor
@@ -184,7 +186,13 @@ def log_mel_batch(
         # Each segment is resampled on its own, as the release does; segment lengths from `trim_and_pad` are
         # multiples of 480, so the 16 kHz length is exactly 2/3 of the 24 kHz length.
         waves_16k.append(resample(segment, SAMPLE_RATE, ENCODER_SAMPLE_RATE, resampler))
-    features = _whisper_feature_extractor()(
+    return whisper_log_mel(waves_16k, device)
+
+
+def whisper_log_mel(waves_16k: list[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, 128, 3000) float32 Whisper log-mels of N 16 kHz waveforms, each zero-padded or cut to 30 s (the
+    computation ``log_mel_batch`` spells out), in one batched STFT on ``device``."""
+    features = whisper_feature_extractor()(
         waves_16k,
         sampling_rate=ENCODER_SAMPLE_RATE,
         padding="max_length",

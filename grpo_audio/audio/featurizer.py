@@ -1,11 +1,15 @@
-"""Audio for a batch of rows, in the form ``CovoAudioModel.forward`` takes, and how it is computed.
+"""Audio for a batch of rows, in the form the policy models' forward takes, and how it is computed.
 
-Two forms (see ``grpo_audio.model.modeling``):
+Two forms (see ``grpo_audio.model.modeling`` and ``grpo_audio.model.qwen2_audio``):
 * ``embeds``: adapter outputs (B, N_max, H), computed once per clip (one encoder call each, cached across steps),
   and reused by the rollout and by every log-prob pass (old, reference, policy). Valid only while the
   encoder and the adapter are frozen (no gradient has to flow into them).
-* ``mel``: log-mel segments (B, S_max, 128, 3000) + segments per row; the encoder/adapter run inside each forward,
-  so gradients reach whichever of them is trained.
+* ``mel``: log-mel segments (B, S_max, 128, 3000) + segments per row (+ valid mel frames per row, for a front end
+  whose model needs them: ``feature_lengths``); the encoder/adapter run inside each forward, so gradients reach
+  whichever of them is trained.
+
+The clip's features come from the model family's front end (``grpo_audio.audio.front_ends``); the embeds form asks
+the model for a clip's frames (``clip_audio_embeds``) with its audio modules (``audio_modules``) in eval mode.
 
 Rows of a GRPO batch repeat each clip G times; features are computed per unique clip and then indexed per row.
 """
@@ -20,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from grpo_audio.audio.covo import CovoAudioFeatures, prepare_file, prepare_waveform
+from grpo_audio.audio.front_ends import COVO_FRONT_END, AudioFrontEnd
 from grpo_audio.audio.resample import DEFAULT_RESAMPLER
 
-AUDIO_KEYS = ("audio_embeds", "input_features", "audio_segment_counts")
+AUDIO_KEYS = ("audio_embeds", "input_features", "audio_segment_counts", "feature_lengths")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class AudioRows:
     audio_embeds: torch.Tensor | None = None
     input_features: torch.Tensor | None = None
     audio_segment_counts: torch.Tensor | None = None
+    feature_lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         tensor = self.audio_embeds if self.audio_embeds is not None else self.input_features
@@ -63,11 +68,16 @@ def eval_mode(*modules: torch.nn.Module):
             m.train(training)
 
 
+def policy_model(model):
+    """The policy model (``CovoAudioForConditionalGeneration``, ``Qwen2AudioPolicy``) inside a possibly PEFT- or
+    accelerate-wrapped one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "module", base)
+
+
 def covo_core(model):
     """The ``CovoAudioModel`` inside a (possibly PEFT- or accelerate-wrapped) ``CovoAudioForConditionalGeneration``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)
-    return base.model
+    return policy_model(model).model
 
 
 class AudioFeaturizer:
@@ -88,28 +98,33 @@ class AudioFeaturizer:
         embed_cache_mb: float = 512.0,
         ablation: str = "none",
         resampler: str = DEFAULT_RESAMPLER,
+        front_end: AudioFrontEnd = COVO_FRONT_END,
     ) -> None:
         if ablation not in ("none", "silence"):
             raise ValueError(f"unknown audio ablation {ablation!r}")
         self.reuse_embeddings = reuse_embeddings
         self.ablation = ablation
         self.resampler = resampler
+        self.front_end = front_end
         self.mel_cache_size = mel_cache_size
         self.embed_cache_bytes = int(embed_cache_mb * 2**20)
-        self._mels: OrderedDict[str, CovoAudioFeatures] = OrderedDict()
+        self._mels: OrderedDict[str, object] = OrderedDict()
         self._embeds: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._embed_bytes = 0
         self.encoder_calls = 0
         self.clips_encoded = 0
 
-    def features(self, path: str) -> CovoAudioFeatures:
+    def features(self, path: str):
+        """The front end's features of the clip at ``path`` (``CovoAudioFeatures``, ``WindowFeatures``)."""
         if path in self._mels:
             self._mels.move_to_end(path)
             return self._mels[path]
-        feats = prepare_file(path, resampler=self.resampler)
+        front_end = self.front_end
+        feats = front_end.prepare_file(path, resampler=self.resampler)
         if self.ablation == "silence":
             # Same length (so the same placeholders), no content: the control for "the gain comes from listening"
-            feats = prepare_waveform(np.zeros(feats.n_samples, dtype=np.float32), resampler=self.resampler)
+            silent = np.zeros(feats.n_samples, dtype=np.float32)
+            feats = front_end.prepare_waveform(silent, resampler=self.resampler)
         self._mels[path] = feats
         if len(self._mels) > self.mel_cache_size:
             self._mels.popitem(last=False)
@@ -126,7 +141,14 @@ class AudioFeaturizer:
             for i, p in enumerate(unique):
                 mel[i, : feats[p].input_features.size(0)] = feats[p].input_features
             counts = torch.tensor([feats[p].input_features.size(0) for p in unique])
-            return AudioRows(input_features=mel[rows].to(device), audio_segment_counts=counts[rows].to(device))
+            lengths = None
+            if all(hasattr(f, "mel_frames") for f in feats.values()):  # the model needs its windows' valid length
+                lengths = torch.tensor([feats[p].mel_frames for p in unique])[rows].to(device)
+            return AudioRows(
+                input_features=mel[rows].to(device),
+                audio_segment_counts=counts[rows].to(device),
+                feature_lengths=lengths,
+            )
         per_clip = self.clip_embeddings(unique, model, device)
         n_max = max(c.size(0) for c in per_clip)
         padded = per_clip[0].new_zeros(len(unique), n_max, per_clip[0].size(-1))
@@ -149,14 +171,13 @@ class AudioFeaturizer:
         """
         missing = list(dict.fromkeys(p for p in paths if p not in self._embeds))
         computed: dict[str, torch.Tensor] = {}
-        core = covo_core(model)
+        policy = policy_model(model)
         for p in missing:
             feats = self.features(p)
-            with torch.no_grad(), eval_mode(core.encoder, core.audio_adapter):
-                encoded = core.encode_segments(feats.input_features.to(device))  # (S, 188, H)
+            with torch.no_grad(), eval_mode(*policy.audio_modules()):
+                computed[p] = policy.clip_audio_embeds(feats)  # (n_placeholders, H)
             self.encoder_calls += 1
             self.clips_encoded += 1
-            computed[p] = encoded.reshape(-1, encoded.size(-1))[: feats.n_placeholders]
         out = []
         for p in paths:
             if p in computed:

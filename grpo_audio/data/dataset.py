@@ -1,6 +1,6 @@
 """Turn audio questions into the training dataset TRL consumes: one row per question with the rendered prompt.
 
-Columns: ``prompt`` (ChatML text with the clip's ``<|cAUDIO|>`` placeholders), ``audio`` (absolute path),
+Columns: ``prompt`` (the family's chat layout with the clip's audio placeholders), ``audio`` (absolute path),
 ``id``, ``question``, ``choices``, ``answer`` and the manifest's metadata fields. TRL forwards every column but
 ``prompt`` to the reward functions, so rewards see the gold answer and metadata, never the waveform.
 """
@@ -11,31 +11,40 @@ from collections.abc import Mapping, Sequence
 
 from datasets import Dataset
 
-from grpo_audio.audio.covo import SAMPLE_RATE, placeholder_count, trim_and_pad
+from grpo_audio.audio.front_ends import AudioFrontEnd
 from grpo_audio.audio.io import AudioLoadError, load_audio
 from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, render_prompt
+from grpo_audio.model.family import COVO_AUDIO, ModelFamily
 
 
-def clip_placeholders(path: str) -> int:
-    """Placeholder count of a clip: decode it at 24 kHz, trim/pad, count frames (also proves the file decodes)."""
-    return placeholder_count(len(trim_and_pad(load_audio(path, SAMPLE_RATE))))
+def clip_placeholders(path: str, front_end: AudioFrontEnd = COVO_AUDIO.front_end) -> int:
+    """Placeholder count of a clip: decode it at the front end's rate and count (also proves the file decodes)."""
+    return front_end.placeholders_for_file_length(len(load_audio(path, front_end.sample_rate)), front_end.sample_rate)
 
 
 def build_dataset(
-    rows: Sequence[AudioQuestion], tokenizer, template: PromptTemplate, placeholders: Mapping[str, int] | None = None
+    rows: Sequence[AudioQuestion],
+    tokenizer,
+    template: PromptTemplate,
+    clip_lengths: Mapping[str, tuple[int, int]] | None = None,
+    family: ModelFamily = COVO_AUDIO,
 ) -> Dataset:
-    """``placeholders`` (row id -> count, e.g. ``SkipReport.placeholders``) saves decoding each clip again; rows
-    missing from it are decoded here."""
+    """Prompt rows in ``family``'s layout. ``clip_lengths`` (row id -> (frames, sample rate), e.g.
+    ``SkipReport.clip_lengths``) saves decoding each clip again; rows missing from it are decoded here."""
     records = []
     metadata_keys = sorted({k for r in rows for k in r.metadata})
+    front_end = family.front_end
     for row in rows:
         try:
-            n = placeholders[row.id] if placeholders and row.id in placeholders else clip_placeholders(row.audio)
+            if clip_lengths and row.id in clip_lengths:
+                n = front_end.placeholders_for_file_length(*clip_lengths[row.id])
+            else:
+                n = clip_placeholders(row.audio, front_end)
         except AudioLoadError as exc:
             raise DataError(f"row {row.id!r}: {exc}") from exc
         record = {
-            "prompt": render_prompt(tokenizer, template, row.question, row.choices, n),
+            "prompt": render_prompt(tokenizer, template, row.question, row.choices, n, family),
             "audio": row.audio,
             "id": row.id,
             "question": row.question,

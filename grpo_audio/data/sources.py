@@ -42,7 +42,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from grpo_audio.audio.covo import SAMPLE_RATE, placeholders_for_file_length
+from grpo_audio.audio.covo import SAMPLE_RATE
 from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
 from grpo_audio.audio.resample import DEFAULT_RESAMPLER
 from grpo_audio.data.formats import SourceRow, read_rows
@@ -206,8 +206,9 @@ class SkipReport:
     skipped: list[SkipRecord] = field(default_factory=list)
     truncated: list[TruncationRecord] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict, repr=False)  # row id -> seconds, kept rows
-    # row id -> <|cAUDIO|> count of the kept rows, from the decode done here (the dataset needs no second one)
-    placeholders: dict[str, int] = field(default_factory=dict, repr=False)
+    # row id -> (frames, sample rate) of the kept rows' clips, read here: the dataset counts each clip's
+    # placeholders from them (the model family's front end) without decoding it again
+    clip_lengths: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     log_path: Path | None = None
 
     @property
@@ -291,13 +292,13 @@ def apply_audio_policy(
                     report.skipped.append(SkipRecord(row.id, where, row.audio, reason, message, row))
                     continue
                 copy, n_24k = _truncated_copy(row.audio, limit, truncate_dir, policy.resampler)
-                report.placeholders[row.id] = placeholders_for_file_length(n_24k, SAMPLE_RATE)
+                report.clip_lengths[row.id] = (n_24k, SAMPLE_RATE)
                 report.truncated.append(TruncationRecord(row.id, where, row.audio, copy, clip.duration_s, limit))
                 row = replace(row, audio=copy, metadata={**row.metadata, "audio_original": row.audio})
                 report.durations[row.id] = limit
             else:
                 report.durations[row.id] = clip.duration_s
-                report.placeholders[row.id] = placeholders_for_file_length(clip.frames, clip.sample_rate)
+                report.clip_lengths[row.id] = (clip.frames, clip.sample_rate)
             kept.append(row)
             report.kept = len(kept)
     return kept, report
@@ -375,7 +376,7 @@ def load_heldout_rows(recipe, run_dir: str | Path) -> tuple[list[AudioQuestion],
     the same row reader and rules, the same audio policy (``data.on_bad_row``, ``on_bad_audio``, the length limits;
     all rows, ``data.max_samples`` does not apply). Its skips and truncations are logged and counted apart from the
     training rows': ``<run_dir>/data/heldout/skipped.jsonl`` (and ``truncated.jsonl``, truncated clips under
-    ``truncated/`` there), summary lines starting "held-out:". ``report.placeholders`` saves ``build_dataset`` a
+    ``truncated/`` there), summary lines starting "held-out:". ``report.clip_lengths`` saves ``build_dataset`` a
     second decode. Raises ``DataError`` like ``load_rows_for_recipe``.
     """
     data = recipe.data

@@ -32,7 +32,7 @@ from grpo_audio.evaluation.metrics import compute_metrics
 from grpo_audio.evaluation.runner import check_eval_rows, load_eval_rows, predict, prompt_texts, skipped_records
 from grpo_audio.evaluation.scoring import FORMAT_RULES
 from grpo_audio.files import write_jsonl
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.model.family import family_for, family_of_model
 from grpo_audio.recipe import Recipe
 from grpo_audio.recipe.schema import EvalSetSection
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
@@ -85,7 +85,7 @@ def load_eval_sets(
         else:
             rows, report = load_eval_rows(eval_set_recipe(recipe, spec), out)
         template = load_template(spec.template or recipe.prompt.template)
-        texts = prompt_texts(rows, tokenizer, template, featurizer)
+        texts = prompt_texts(rows, tokenizer, template, featurizer, family_for(recipe.model))
         prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         rule = spec.rule or FORMAT_RULES["mmau" if spec.source == "synthetic" else spec.source]
         sets.append(EvalSet(spec.name, rows, prompt_ids, rule, template.ident, report))
@@ -119,9 +119,10 @@ class HeldOutEvaluator:
         }
 
     def _engine(self, model, kind: str) -> HFRolloutEngine:
-        markers = self.tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+        markers = self.tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
         eos = list(model.generation_config.eos_token_id)
-        return HFRolloutEngine(self._settings[kind], eos, self.tokenizer.pad_token_id, markers)
+        pad = self.tokenizer.pad_token_id
+        return HFRolloutEngine(self._settings[kind], eos, pad, markers, first_banned_id=len(self.tokenizer))
 
     def __call__(self, model, step: int) -> dict[str, float]:
         """The metrics above for ``model`` (put in eval mode for the call, its train/eval mode restored after; the

@@ -24,7 +24,7 @@ from grpo_audio.data.dataset import build_dataset
 from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate
 from grpo_audio.data.sources import SkipReport
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.model.family import COVO_AUDIO, ModelFamily, family_of_model
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 
@@ -58,12 +58,14 @@ def heldout_accuracy(
         list(model.generation_config.eos_token_id),
         tokenizer.pad_token_id,
         audio_marker_ids,
+        first_banned_id=len(tokenizer),
     )
     sampler = HFRolloutEngine(
         SamplingSettings(max_new_tokens=max_new_tokens, temperature=1.0, do_sample=True),
         list(model.generation_config.eos_token_id),
         tokenizer.pad_token_id,
         audio_marker_ids,
+        first_banned_id=len(tokenizer),
     )
     accuracy = rewards.get_reward("accuracy")
     options = evaluation_options(accuracy_options)
@@ -108,11 +110,16 @@ def heldout_accuracy(
     return {**result, "examples": examples[:4]}
 
 
-def heldout_rows(split: tuple[list[AudioQuestion], SkipReport], tokenizer, template: PromptTemplate) -> list[dict]:
+def heldout_rows(
+    split: tuple[list[AudioQuestion], SkipReport],
+    tokenizer,
+    template: PromptTemplate,
+    family: ModelFamily = COVO_AUDIO,
+) -> list[dict]:
     """The held-out split (``load_heldout_rows``: the same row reader, rules and audio policy as the training rows)
-    as prompt rows; [] when the recipe has none."""
+    as prompt rows in ``family``'s layout; [] when the recipe has none."""
     rows, report = split
-    return list(build_dataset(rows, tokenizer, template, report.placeholders)) if rows else []
+    return list(build_dataset(rows, tokenizer, template, report.clip_lengths, family)) if rows else []
 
 
 def accuracy_options(recipe: Recipe) -> dict:
@@ -124,7 +131,7 @@ def measure_heldout(recipe: Recipe, model, tokenizer, rows: list[dict], featuriz
     """``heldout_accuracy`` with the recipe's completion length and accuracy options; None without rows."""
     if not rows:
         return None
-    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
     return heldout_accuracy(
         model, tokenizer, rows, featurizer, recipe.rollout.max_completion_length, markers, accuracy_options(recipe)
     )

@@ -33,6 +33,7 @@ from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score
 from grpo_audio.files import sha256_file, write_jsonl
+from grpo_audio.model.family import COVO_AUDIO, family_of_model
 from grpo_audio.rollout.factory import build_rollout_engine
 from grpo_audio.rollout.hf import SamplingSettings
 
@@ -92,10 +93,13 @@ def check_eval_rows(rows: list[AudioQuestion], report: SkipReport) -> None:
         )
 
 
-def prompt_texts(rows: list[AudioQuestion], tokenizer, template: PromptTemplate, featurizer: AudioFeaturizer):
-    """Each row's full prompt text (chat template, the clip's placeholders, question and choices)."""
+def prompt_texts(
+    rows: list[AudioQuestion], tokenizer, template: PromptTemplate, featurizer: AudioFeaturizer, family=COVO_AUDIO
+):
+    """Each row's full prompt text in ``family``'s layout (chat template, the clip's placeholders, question and
+    choices)."""
     return [
-        render_prompt(tokenizer, template, r.question, r.choices, featurizer.features(r.audio).n_placeholders)
+        render_prompt(tokenizer, template, r.question, r.choices, featurizer.features(r.audio).n_placeholders, family)
         for r in rows
     ]
 
@@ -155,8 +159,12 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     torch.manual_seed(recipe.run.seed)
+    family = family_of_model(model)
     featurizer = AudioFeaturizer(
-        reuse_embeddings=True, resampler=recipe.data.resampler, ablation=recipe.model.audio_ablation
+        reuse_embeddings=True,
+        resampler=recipe.data.resampler,
+        ablation=recipe.model.audio_ablation,
+        front_end=family.front_end,
     )
     # The recipe's engine (HF generate or vLLM) with the evaluation's own decoding settings
     engine = build_rollout_engine(recipe, model, tokenizer, out)
@@ -164,7 +172,7 @@ def evaluate(recipe, template: PromptTemplate, settings: EvalSettings, out_dir: 
     if hasattr(engine, "sync_weights"):  # vLLM: make sure the engine holds this model's weights
         engine.sync_weights(model, 0)
     k = settings.samples
-    prompts = prompt_texts(rows, tokenizer, template, featurizer)
+    prompts = prompt_texts(rows, tokenizer, template, featurizer, family)
     if prompts:
         (out / "prompt.txt").write_text(f"# template {template.ident}\n{prompts[0]}\n", encoding="utf-8")
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []

@@ -10,28 +10,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpo_audio.model.checkpoint_load import load_covo_checkpoint
-from grpo_audio.model.tokenizer import IM_END, check_covo_tokens
+from grpo_audio.model.family import FAMILIES, checkpoint_family, family_for
+from grpo_audio.model.tokenizer import IM_END
 from grpo_audio.recipe.schema import ModelSection
 
 
 def build_tokenizer_and_model(spec: ModelSection, seed: int, vocabulary_texts: Sequence[str] = ()):
-    """``(tokenizer, model)`` for ``spec``; the model's generation config stops at ``<|endoftext|>`` and
-    ``<|im_end|>``.
+    """``(tokenizer, model)`` for ``spec``, of its family (``grpo_audio.model.family``); the model's generation
+    config stops at ``<|endoftext|>`` and ``<|im_end|>``.
 
     ``tiny``: a BPE tokenizer trained on ``vocabulary_texts`` (the prompt, questions and choices the run will
-    render; ``grpo_audio.data.vocabulary.vocabulary_texts``) and a model initialised from ``seed``; the same texts and
-    seed give the same tokenizer and weights. ``pretrained``: the checked loader on ``spec.path`` (the texts are
-    not used).
+    render; ``grpo_audio.data.vocabulary.vocabulary_texts``) with the family's special tokens and chat template, and
+    the family's model at tiny widths initialised from ``seed``; the same texts and seed give the same tokenizer and
+    weights. ``pretrained``: the family's checked loader on ``spec.path`` (the texts are not used).
     """
+    family = family_for(spec)
     if spec.source == "tiny":
-        from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+        from grpo_audio.model.tiny import build_tiny_tokenizer, tiny_tokenizer_corpus
 
-        tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(list(vocabulary_texts)), spec.tiny.text_vocab_size)
-        model = build_tiny_model(spec.tiny, tokenizer, seed)
+        corpus = tiny_tokenizer_corpus(list(vocabulary_texts))
+        tokenizer = build_tiny_tokenizer(corpus, spec.tiny.text_vocab_size, family.audio_tokens, family.chat_template)
+        model = family.build_tiny(spec.tiny, tokenizer, seed)
     else:
-        tokenizer, model = load_pretrained(Path(spec.path))
-    check_covo_tokens(tokenizer, spec.path or "tiny tokenizer")
+        tokenizer, model = family.load(Path(spec.path))
+    family.check_tokens(tokenizer, spec.path or "tiny tokenizer")
     # a2t rollouts end at <|endoftext|>; <|im_end|> closes a chat turn: both stop a text-only rollout
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -39,17 +41,17 @@ def build_tokenizer_and_model(spec: ModelSection, seed: int, vocabulary_texts: S
 
 
 def load_pretrained(directory: Path):
-    """``(tokenizer, model)`` from a Covo-Audio checkpoint directory, released layout (``llm.*`` names) or a
-    ``save_pretrained`` directory of ours: the checked loader decides which, and a bad directory is an error."""
-    model, tokenizer = load_covo_checkpoint(directory)
-    return tokenizer, model
+    """``(tokenizer, model)`` from a checkpoint directory of any family (its ``config.json`` says which; Covo-Audio's
+    checked loader, released layout or ours, when it names none): a bad directory is one ``CheckpointError``."""
+    return FAMILIES[checkpoint_family(Path(directory)) or "covo_audio"].load(Path(directory))
 
 
 def apply_freezing(model, spec: ModelSection) -> None:
-    """Encoder and adapter train or not as ``spec`` says (the backbone's trainable part is LoRA's business)."""
-    core = model.model
-    core.encoder.requires_grad_(not spec.freeze_encoder)
-    core.audio_adapter.requires_grad_(not spec.freeze_adapter)
+    """Encoder and adapter train or not as ``spec`` says (the backbone's trainable part is LoRA's business); their
+    modules are the family's (Covo-Audio: encoder, audio_adapter; Qwen2-Audio: audio_tower, multi_modal_projector)."""
+    family = family_for(spec)
+    getattr(model.model, family.encoder_module).requires_grad_(not spec.freeze_encoder)
+    getattr(model.model, family.adapter_module).requires_grad_(not spec.freeze_adapter)
 
 
 def lora_config(spec: ModelSection):
@@ -63,9 +65,13 @@ def lora_config(spec: ModelSection):
     from peft import LoraConfig
 
     lora = spec.lora
+    family = family_for(spec)
     modules_to_save = [
         name
-        for name, frozen in (("audio_adapter", spec.freeze_adapter), ("encoder", spec.freeze_encoder))
+        for name, frozen in (
+            (family.adapter_module, spec.freeze_adapter),
+            (family.encoder_module, spec.freeze_encoder),
+        )
         if not frozen
     ]
     pattern = r".*language_model\..*\.(" + "|".join(lora.target_modules) + r")$"

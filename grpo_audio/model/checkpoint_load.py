@@ -59,7 +59,7 @@ def _build_empty(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
         return CovoAudioForConditionalGeneration(config)
 
 
-def _refuse_pickles(directory: Path) -> None:
+def refuse_pickles(directory: Path) -> None:
     """CheckpointError for a pickle weight file in ``directory``, decided from the file names: nothing is opened.
 
     Unpickling can run code stored in the file, so it is never done; and a pickle beside safetensors would leave open
@@ -90,7 +90,7 @@ def check_resume_weights(checkpoint: str | os.PathLike) -> None:
       export silently. Headers only: no tensor data is read.
     """
     directory = Path(checkpoint)
-    _refuse_pickles(directory)
+    refuse_pickles(directory)
     for path in sorted(directory.glob("*.safetensors")):
         try:
             with safe_open(path, framework="pt") as f:
@@ -363,7 +363,7 @@ def _checked_layout(directory: Path):
         raise CheckpointError(
             f"{directory}: not a directory" if directory.exists() else f"{directory}: not found{tried(directory)}"
         )
-    _refuse_pickles(directory)
+    refuse_pickles(directory)
     config = _read_config(directory)
     listing, stored = _scan_headers(directory)
     layout = _detect_layout(listing, stored)

@@ -154,11 +154,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _is_checkpoint_dir(directory: Path) -> bool:
+def _is_checkpoint_dir(directory: Path, model_type: str = "covo_audio") -> bool:
     try:
-        return json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("model_type") == "covo_audio"
+        return json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("model_type") == model_type
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _refuse_foreign(target: Path, model_type: str, title: str) -> None:
+    """A directory that exists, is not empty and holds no checkpoint of this type is never replaced."""
+    if target.exists() and (
+        not target.is_dir() or (any(target.iterdir()) and not _is_checkpoint_dir(target, model_type))
+    ):
+        raise CheckpointError(f"{target}: exists and is not a {title} checkpoint directory; refusing to replace it")
 
 
 def save_covo_checkpoint(
@@ -186,8 +194,7 @@ def save_covo_checkpoint(
     from transformers.utils.hub import convert_file_size_to_int
 
     target = Path(directory)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not _is_checkpoint_dir(target))):
-        raise CheckpointError(f"{target}: exists and is not a Covo-Audio checkpoint directory; refusing to replace it")
+    _refuse_foreign(target, "covo_audio", "Covo-Audio")
     max_bytes = convert_file_size_to_int(max_shard_size)
     plan = _export_plan(model, merge_lora)
     inner = _unwrap(model)
@@ -200,9 +207,33 @@ def save_covo_checkpoint(
             f"model config (audio_token_index {config.audio_token_index}, audio_placeholder_token_id "
             f"{config.audio_placeholder_token_id})"
         )
-    float_dtypes = [e.dtype for e in plan.values() if e.dtype.is_floating_point]
-    dtype = max(set(float_dtypes), key=float_dtypes.count)
+    dtype = _main_dtype(plan)
+    # a loaded released checkpoint's own value, else the class the released checkpoint names (not ours: readers of the
+    # released format key on that name)
+    architectures = getattr(inner, "released_architectures", None) or [RELEASED_ARCHITECTURE]
+    config_data = _config_json(config, dtype, architectures)
+    extras = dict(extra_files or {})
+    return _write_directory(target, exports, config_data, inner, tokenizer, extras, max_bytes)
 
+
+def _main_dtype(plan: dict[str, _Export]) -> torch.dtype:
+    float_dtypes = [e.dtype for e in plan.values() if e.dtype.is_floating_point]
+    return max(set(float_dtypes), key=float_dtypes.count)
+
+
+def _write_directory(
+    target: Path,
+    exports: dict[str, _Export],
+    config_data: dict,
+    inner: nn.Module,
+    tokenizer,
+    extra_files: dict[str, str],
+    max_bytes: int,
+    save_others: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``exports`` (names -> tensors) as safetensors shards, ``config.json``, the generation config, the
+    tokenizer, ``save_others(directory)`` and ``extra_files`` into ``<target>.tmp-XXXX``, fsync, and rename it over
+    ``target`` (module docstring)."""
     # Only huggingface_hub's split is used: its save_torch_state_dict wants every tensor in memory at once (each merged
     # LoRA layer included) and writes into the directory it is given; the split needs sizes alone, known up front.
     split = split_state_dict_into_shards_factory(
@@ -219,16 +250,14 @@ def save_covo_checkpoint(
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        # a loaded released checkpoint's own value, else the class the released checkpoint names (not ours: readers
-        # of the released format key on that name)
-        architectures = getattr(inner, "released_architectures", None) or [RELEASED_ARCHITECTURE]
-        config_data = _config_json(config, dtype, architectures)
         (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         generation_config = getattr(inner, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
+        if save_others is not None:
+            save_others(tmp)
+        for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         for path in tmp.iterdir():
             _fsync(path)
@@ -246,4 +275,46 @@ def save_covo_checkpoint(
     return target
 
 
-__all__ = ["save_covo_checkpoint"]
+def save_qwen2_audio_checkpoint(
+    model: nn.Module,
+    tokenizer,
+    directory: str | os.PathLike,
+    max_shard_size: int | str = "5GB",
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a ``Qwen2AudioPolicy`` (or a PEFT model around one, LoRA merged as above) as a checkpoint directory that
+    transformers' ``Qwen2AudioForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load:
+    the parameter names transformers 5 writes, ``config.json`` with ``architectures:
+    [Qwen2AudioForConditionalGeneration]``, the tokenizer and the Whisper feature extractor's
+    ``preprocessor_config.json`` (128 mel bins, 16 kHz, 30 s). Written and replaced as ``save_covo_checkpoint``
+    does."""
+    from transformers import WhisperFeatureExtractor
+    from transformers.utils.hub import convert_file_size_to_int
+
+    target = Path(directory)
+    _refuse_foreign(target, "qwen2_audio", "Qwen2-Audio")
+    plan = _export_plan(model, merge_lora=True)
+    inner = _unwrap(model)
+    config_data = inner.config.to_dict()
+    config_data["architectures"] = ["Qwen2AudioForConditionalGeneration"]
+    config_data["dtype"] = str(_main_dtype(plan)).removeprefix("torch.")
+
+    def save_feature_extractor(where: Path) -> None:
+        WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True).save_pretrained(
+            where
+        )
+
+    extras = dict(extra_files or {})
+    max_bytes = convert_file_size_to_int(max_shard_size)
+    return _write_directory(target, plan, config_data, inner, tokenizer, extras, max_bytes, save_feature_extractor)
+
+
+def save_checkpoint(model: nn.Module, tokenizer, directory: str | os.PathLike, **options) -> Path:
+    """The model family's saver: ``save_covo_checkpoint`` (the released Covo-Audio format) or
+    ``save_qwen2_audio_checkpoint`` (transformers' format)."""
+    if _unwrap(model).config.model_type == "qwen2_audio":
+        return save_qwen2_audio_checkpoint(model, tokenizer, directory, **options)
+    return save_covo_checkpoint(model, tokenizer, directory, **options)
+
+
+__all__ = ["save_checkpoint", "save_covo_checkpoint", "save_qwen2_audio_checkpoint"]

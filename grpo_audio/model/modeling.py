@@ -26,17 +26,15 @@ allowed ids, never materialising (B, T, V) logits. Going through ``forward`` kee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen2Model
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import ModelOutput
 
+from grpo_audio.model.audio_heads import SampledTokenOutput, causal_lm_output, splice_audio_rows
 from grpo_audio.model.configuration import CovoAudioConfig
-from grpo_audio.model.sampling import SamplingDistribution, token_logprobs
+from grpo_audio.model.sampling import SamplingDistribution
 
 
 class CovoAudioDownsampleLayer(nn.Module):
@@ -72,18 +70,6 @@ class CovoAudioAdapter(nn.Module):
         for layer in self.downsample_layers:
             frames = layer(frames)
         return frames
-
-
-@dataclass
-class SampledTokenOutput(ModelOutput):
-    """Per next-token label (B, T - 1), zero where the label is -100: ``log_probs`` under the processed sampling
-    distribution, ``entropy`` of it, ``outside_mass`` (no gradient) the probability the unmasked distribution puts
-    on the banned ids (each of the two None unless asked for); ``label_mask`` marks the scored positions."""
-
-    log_probs: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
-    outside_mass: torch.Tensor | None = None
-    label_mask: torch.Tensor | None = None
 
 
 class CovoAudioPreTrainedModel(PreTrainedModel):
@@ -160,32 +146,9 @@ class CovoAudioModel(CovoAudioPreTrainedModel):
     ) -> torch.Tensor:
         """Replace each row's ``<|cAUDIO|>`` embeddings by that row's first n_b audio frames, in order. With
         ``packed_lengths`` the one token row holds several rows end to end, ``packed_lengths[b]`` tokens each, and
-        ``audio_embeds`` has one row per packed row."""
-        placeholder = input_ids == self.config.audio_placeholder_token_id
-        if packed_lengths is None:
-            counts = placeholder.sum(dim=1)
-        else:
-            if input_ids.size(0) != 1 or int(packed_lengths.sum()) != input_ids.size(1):
-                raise ValueError(
-                    f"packed_lengths sum to {int(packed_lengths.sum())} tokens for token rows of shape "
-                    f"{tuple(input_ids.shape)}: packing lays the rows in one token row"
-                )
-            row_of_token = torch.repeat_interleave(torch.arange(len(packed_lengths), device=input_ids.device),
-                                                   packed_lengths.to(input_ids.device))  # fmt: skip
-            counts = torch.zeros(len(packed_lengths), dtype=torch.long, device=input_ids.device)
-            counts = counts.index_add(0, row_of_token, placeholder[0].long())
-        if audio_embeds.size(0) != len(counts):
-            raise ValueError(f"audio for {audio_embeds.size(0)} rows given with {len(counts)} token rows")
-        too_many = (counts > audio_embeds.size(1)).nonzero().flatten().tolist()
-        if too_many:
-            b = too_many[0]
-            raise ValueError(
-                f"row {b} has {int(counts[b])} <|cAUDIO|> placeholders but its audio gives only "
-                f"{audio_embeds.size(1)} frames"
-            )
-        keep = torch.arange(audio_embeds.size(1), device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
-        frames = audio_embeds[keep].to(inputs_embeds.dtype)  # rows in order, frames in order
-        return inputs_embeds.masked_scatter(placeholder.unsqueeze(-1), frames)
+        ``audio_embeds`` has one row per packed row (``grpo_audio.model.audio_heads.splice_audio_rows``)."""
+        placeholder_id = self.config.audio_placeholder_token_id
+        return splice_audio_rows(input_ids, inputs_embeds, audio_embeds, placeholder_id, "<|cAUDIO|>", packed_lengths)
 
     def forward(
         self,
@@ -288,45 +251,22 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
             use_cache=use_cache,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        if logprob_labels is not None:
-            return self._sampled_token_logprobs(
-                hidden, logprob_labels, sampling or SamplingDistribution(), logprob_entropy, logprob_outside_mass
-            )
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.llm_config.vocab_size)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
-        )
+        vocab_size = self.config.llm_config.vocab_size
+        return causal_lm_output(
+            self, outputs, vocab_size, logits_to_keep, labels, logprob_labels, sampling, logprob_entropy,
+            logprob_outside_mass,
+        )  # fmt: skip
 
-    def _sampled_token_logprobs(
-        self, hidden: torch.Tensor, labels: torch.Tensor, sampling: SamplingDistribution, entropy: bool, outside: bool
-    ) -> SampledTokenOutput:
-        hidden, labels = hidden[:, :-1], labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
-        mask = labels != -100
-        weight = self.lm_head.weight
-        if hasattr(weight, "full_tensor"):  # an FSDP2-sharded head (DTensor): the projection needs every vocab row
-            weight = weight.full_tensor()
-        # The head runs in its own dtype, outside autocast: bf16 weights give generate's bf16 logits, and a head
-        # cast to float32 (TRL's cast_lm_head_to_fp32) stays float32
-        with torch.autocast(hidden.device.type, enabled=False):
-            scored = token_logprobs(
-                hidden[mask], weight, labels[mask], sampling, with_entropy=entropy, with_outside_mass=outside
-            )
+    def audio_modules(self) -> list[nn.Module]:
+        """The modules between a clip and its spliced frames: the Whisper encoder and the adapter."""
+        return [self.model.encoder, self.model.audio_adapter]
 
-        def spread(values: torch.Tensor | None) -> torch.Tensor | None:
-            # masked_scatter keeps an all-masked micro-batch connected to the graph (a differentiable zero)
-            return None if values is None else values.new_zeros(mask.shape).masked_scatter(mask, values)
-
-        return SampledTokenOutput(
-            log_probs=spread(scored.log_probs),
-            entropy=spread(scored.entropy),
-            outside_mass=spread(scored.outside_mass),
-            label_mask=mask,
-        )
+    def clip_audio_embeds(self, features) -> torch.Tensor:
+        """(n_placeholders, H) frames of one clip (``grpo_audio.audio.covo.CovoAudioFeatures``): its segments in one
+        encoder call, concatenated in time, the first n kept."""
+        device = self.model.encoder.conv1.weight.device
+        encoded = self.model.encode_segments(features.input_features.to(device))  # (S, 188, H)
+        return encoded.reshape(-1, encoded.size(-1))[: features.n_placeholders]
 
     @torch.no_grad()
     def prompt_embeddings(

@@ -14,24 +14,30 @@ from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, build_tiny_tokenizer
 from grpo_audio.recipe.schema import TinyModelSpec
 
 
+def tiny_backbone_config(spec: TinyModelSpec, tokenizer, vocab_size: int) -> dict:
+    """The Qwen2 backbone's config fields at the widths of ``spec`` (every family's tiny model uses it): an untied
+    LM head, RoPE base 1e6 and RMS-norm epsilon 1e-6 as released, no BOS, the tokenizer's EOS and pad."""
+    return dict(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def tiny_config(spec: TinyModelSpec, tokenizer) -> CovoAudioConfig:
     text_vocab = len(tokenizer)
     return CovoAudioConfig(
-        llm_config=dict(
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads,
-            vocab_size=text_vocab + spec.speech_vocab_size,
-            max_position_embeddings=4096,
-            rope_theta=1e6,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=False,
-            bos_token_id=None,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        llm_config=tiny_backbone_config(spec, tokenizer, text_vocab + spec.speech_vocab_size),
         encoder_config=dict(
             d_model=spec.encoder_d_model,
             encoder_layers=spec.encoder_layers,
@@ -76,4 +82,4 @@ def tiny_tokenizer_corpus(texts: list[str]) -> list[str]:
     return list(texts) + tags * 8
 
 
-__all__ = ["build_tiny_model", "build_tiny_tokenizer", "tiny_config", "tiny_tokenizer_corpus"]
+__all__ = ["build_tiny_model", "build_tiny_tokenizer", "tiny_backbone_config", "tiny_config", "tiny_tokenizer_corpus"]

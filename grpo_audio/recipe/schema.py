@@ -62,6 +62,12 @@ class ModelSection:
         "tiny",
     )
     path: str | None = _help("Model directory for source 'pretrained'.", None)
+    family: Literal["covo_audio", "qwen2_audio"] | None = _help(
+        "The model family (grpo_audio/model/family.py): 'covo_audio' (Covo-Audio) or 'qwen2_audio' (Qwen2-Audio, "
+        "transformers' Qwen2AudioForConditionalGeneration). null: read from the checkpoint's config.json "
+        "(model_type) for source 'pretrained', Covo-Audio for 'tiny'.",
+        None,
+    )
     tiny: TinyModelSpec = _help("Tiny model shape (source 'tiny').", factory=TinyModelSpec)
     freeze_encoder: bool = _help("Keep the Whisper encoder frozen.", True)
     freeze_adapter: bool = _help(
@@ -400,7 +406,9 @@ class RunSection:
     final_model_format: Literal["covo", "save_pretrained"] = _help(
         "Format of final_model/: 'covo' = the released Covo-Audio layout (llm.*, encoder.*, audio_adapter.* names, "
         "sharded safetensors, LoRA merged), a drop-in replacement for the released checkpoint; 'save_pretrained' = "
-        "transformers' layout of this harness's module names.",
+        "transformers' layout of this harness's module names. Another family than Covo-Audio is always saved in "
+        "transformers' own layout for its class (Qwen2-Audio: Qwen2AudioForConditionalGeneration), whatever this "
+        "says.",
         "covo",
     )
     output_dir: str = _help("Run directory (relative paths are relative to the current directory).", "runs/demo")

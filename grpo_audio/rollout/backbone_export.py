@@ -110,7 +110,7 @@ def backbone_config(model, dtype: torch.dtype | None = None) -> dict:
     """``config.json`` of the plain Qwen2 checkpoint: the model's ``llm_config`` with the CausalLM architecture and
     ``dtype`` (default: the dtype of the model's LM head)."""
     base = covo_base(model)
-    config = base.config.llm_config.to_dict()
+    config = base.config.get_text_config().to_dict()  # Covo-Audio's llm_config, Qwen2-Audio's text_config
     config["dtype"] = str(dtype or base.get_output_embeddings().weight.dtype).removeprefix("torch.")
     config["architectures"] = [ARCHITECTURE]
     config["model_type"] = "qwen2"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from grpo_audio.distributed import rank, share_from_main, world_size
+from grpo_audio.model.family import family_of_model
 from grpo_audio.model.sampling import SamplingDistribution
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import Recipe
 from grpo_audio.rollout.backbone_export import check_backbone_dir, covo_base, export_backbone
 from grpo_audio.rollout.base import RolloutEngine
@@ -50,16 +50,18 @@ def sampling_settings(recipe: Recipe) -> SamplingSettings:
 
 
 def sampling_distribution(recipe: Recipe, model, tokenizer) -> SamplingDistribution:
-    """The distribution the recipe's rollouts sample from: what the trainer's log-prob passes must score under."""
-    markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
-    return sampling_settings(recipe).distribution(covo_base(model).config.audio_token_index, markers)
+    """The distribution the recipe's rollouts sample from: what the trainer's log-prob passes must score under. The
+    text-only mask bans every id from ``len(tokenizer)`` on (Covo-Audio's discrete speech tokens; the unused rows of
+    a larger embedding table) and the family's audio markers, which only a prompt carries."""
+    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
+    return sampling_settings(recipe).distribution(len(tokenizer), markers)
 
 
 def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) -> RolloutEngine:
     spec = recipe.rollout
     sampling = sampling_settings(recipe)
     stop_token_ids = list(model.generation_config.eos_token_id)
-    audio_marker_ids = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+    audio_marker_ids = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
     ignored = ignored_generation_fields(covo_base(model).generation_config)
     if ignored and rank() == 0:
         fields = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))
@@ -74,6 +76,7 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
             stop_token_ids=stop_token_ids,
             pad_token_id=tokenizer.pad_token_id,
             audio_marker_ids=audio_marker_ids,
+            first_banned_id=len(tokenizer),
             seed=recipe.run.seed,
         )
     if spec.engine == "vllm":
@@ -86,7 +89,7 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
             stop_token_ids=stop_token_ids,
             pad_token_id=tokenizer.pad_token_id,
             audio_marker_ids=audio_marker_ids,
-            text_vocab_size=covo_base(model).config.audio_token_index,
+            text_vocab_size=len(tokenizer),
             seed=recipe.run.seed,
             synced_step=synced_step,
         )
@@ -190,7 +193,7 @@ def engine_dtype(option: str, model) -> str:
 
 
 def backbone_head_size(model) -> int:
-    config = covo_base(model).config.llm_config
+    config = covo_base(model).config.get_text_config()
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 

@@ -147,9 +147,13 @@ class HFRolloutEngine:
         pad_token_id: int,
         audio_marker_ids: list[int],
         seed: int | None = None,
+        first_banned_id: int | None = None,
     ) -> None:
         self.sampling = sampling
         self.audio_marker_ids = list(audio_marker_ids)
+        # ids from here on are never sampled (text-only): len(tokenizer); None: the model's config.audio_token_index
+        # (Covo-Audio's first speech id, which its loader checks equals len(tokenizer))
+        self.first_banned_id = first_banned_id
         self.stop_token_ids = list(stop_token_ids)
         self.pad_token_id = pad_token_id
         self.seed = seed  # None: the global RNG; an int: one seeded stream per row (module docstring)
@@ -192,7 +196,10 @@ class HFRolloutEngine:
             call = self._calls_this_step
             self._calls_this_step += 1
             seeds = [row_seed(self.seed, self.step, call, self.first_row + i) for i in range(len(prompt_ids))]
-        distribution = self.sampling.distribution(model.config.audio_token_index, self.audio_marker_ids)
+        first_banned = self.first_banned_id
+        if first_banned is None:
+            first_banned = model.config.audio_token_index
+        distribution = self.sampling.distribution(first_banned, self.audio_marker_ids)
         sampler = DistributionSampler(distribution, seeds, device, greedy=not self.sampling.do_sample)
         with own_generation_config(model):
             sequences = model.generate(

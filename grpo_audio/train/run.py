@@ -40,7 +40,8 @@ from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
 from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, model_holding
 from grpo_audio.model.checkpoint_load import check_covo_checkpoint, check_resume_weights
-from grpo_audio.model.checkpoint_save import save_covo_checkpoint
+from grpo_audio.model.checkpoint_save import save_checkpoint
+from grpo_audio.model.family import family_for, family_of_model
 from grpo_audio.model.training_settings import settings_files
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 from grpo_audio.recipe.rubric import recipe_rubric
@@ -156,7 +157,8 @@ def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None 
     if recipe.model.source == "pretrained":
         # files, config, safetensors headers, names and shapes (no tensor data): a bad checkpoint is refused before
         # the run directory is written, so a corrected rerun needs no run.overwrite
-        share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
+        if family_for(recipe.model).name == "covo_audio":  # the other families' loaders check as they load
+            share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
     judge_caches = judge_cache_files(recipe)
     opened = share_from_main(lambda: open_run(recipe, judge_caches))
     if opened_runs is not None:
@@ -166,14 +168,15 @@ def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None 
     data = share_from_main(lambda: load_training_rows(recipe, opened.run, template))
     rubric = build_rewards(recipe)
     tokenizer, model = build_model(recipe, data.rows, template)
-    dataset = build_dataset(data.rows, tokenizer, template, data.report.placeholders)
+    family = family_for(recipe.model)
+    dataset = build_dataset(data.rows, tokenizer, template, data.report.clip_lengths, family)
     featurizer = audio_featurizer(recipe)
     fresh = opened.run.resume_checkpoint is None
 
     def starting_point():
         (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
         split = load_heldout_rows(recipe, run_dir)
-        heldout = heldout_rows(split, tokenizer, template)
+        heldout = heldout_rows(split, tokenizer, template, family)
         if fresh:
             prepare_starting_point(
                 recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, opened.status, args.device
@@ -287,6 +290,7 @@ def audio_featurizer(recipe: Recipe) -> AudioFeaturizer:
         reuse_embeddings=recipe.model.freeze_encoder and recipe.model.freeze_adapter,
         ablation=recipe.model.audio_ablation,
         resampler=recipe.data.resampler,
+        front_end=family_for(recipe.model).front_end,
     )
 
 
@@ -319,7 +323,7 @@ def prepare_starting_point(
         save_model_atomic(model, tokenizer, run_dir / "initial_model", settings_files(recipe))
     elif recipe.coldstart.steps > 0:
         # merges LoRA on copies of each layer: the model about to train keeps its adapters
-        save_covo_checkpoint(model, tokenizer, run_dir / "initial_model", extra_files=settings_files(recipe))
+        save_checkpoint(model, tokenizer, run_dir / "initial_model", extra_files=settings_files(recipe))
 
 
 def announce(recipe: Recipe, setup: TrainingSetup) -> None:
@@ -370,8 +374,8 @@ def save_final_model(model, tokenizer, target: Path, fmt: str, extra_files: dict
     written aside and renamed into place; ``extra_files`` (the training settings, ``settings_files``) are written
     with it, inside the same atomic replacement."""
     try:
-        if fmt == "covo":
-            save_covo_checkpoint(model, tokenizer, target, extra_files=extra_files)
+        if fmt == "covo" or family_of_model(model).name != "covo_audio":  # the family's own format
+            save_checkpoint(model, tokenizer, target, extra_files=extra_files)
         else:
             save_model_atomic(model, tokenizer, target, extra_files)
     except OSError as exc:  # a full disk or a failing write: the checkpoints and any earlier final model stay

@@ -1,0 +1,165 @@
+"""Model families (``model.family``): what differs between the audio LLMs the harness trains, in one place.
+
+* ``covo_audio``: ``CovoAudioForConditionalGeneration`` (this package); 24 kHz, every 30 s segment; the prompt
+  carries ``<|begofcAUDIO|>`` + n x ``<|cAUDIO|>`` + ``<|endofcAUDIO|>`` before the user text;
+* ``qwen2_audio``: ``Qwen2AudioPolicy`` (transformers' ``Qwen2AudioForConditionalGeneration``); 16 kHz, the first
+  30 s; the chat template's audio part renders ``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n`` and
+  ``<|AUDIO|>`` is repeated n times, as its processor does.
+
+Each policy model has the same contract (forward with ``logprob_labels``/``sampling``/``packed_lengths``,
+``prompt_embeddings``, ``clip_audio_embeds``, ``audio_modules``, ``model.language_model`` and ``lm_head``), so the
+trainer and the engines do not ask which family they hold. A family gives what is needed around the model: its audio
+front end (``grpo_audio.audio.front_ends``), its audio tokens and prompt layout, its chat template for the tiny
+tokenizer, the names of its audio modules (``freeze_encoder``, ``freeze_adapter``), the tiny model builder and the
+checkpoint loader. ``family_for`` reads ``model.family`` or, when it is null, the checkpoint's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_audio.audio.front_ends import FRONT_ENDS, AudioFrontEnd
+from grpo_audio.model import qwen2_audio as qwen2_audio_model
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
+
+
+class FamilyError(ValueError):
+    """A model directory of no known family, or one that is not the family the recipe names."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    title: str
+    front_end: AudioFrontEnd
+    audio_tokens: tuple[str, str, str]  # (begin, placeholder, end)
+    chat_template: str  # the layout the tiny tokenizer gets (and a checkpoint's tokenizer without one)
+    audio_in_content_list: bool  # the chat template renders an audio part (else the audio block is inline text)
+    encoder_module: str  # the policy's audio encoder, under its ``.model`` (model.freeze_encoder)
+    adapter_module: str  # what maps encoder frames to the backbone's width (model.freeze_adapter)
+    build_tiny: Callable[[Any, Any, int], Any]  # (TinyModelSpec, tokenizer, seed) -> model
+    load: Callable[[Path], tuple[Any, Any]]  # directory -> (tokenizer, model)
+
+    @property
+    def placeholder(self) -> str:
+        return self.audio_tokens[1]
+
+    @property
+    def required_tokens(self) -> tuple[str, ...]:
+        return (ENDOFTEXT, IM_START, IM_END, *self.audio_tokens)
+
+    def check_tokens(self, tokenizer, source: str) -> dict[str, int]:
+        """Ids of the tokens the harness relies on; a tokenizer lacking one is rejected naming ``source``."""
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in self.required_tokens if t not in vocab]
+        if missing:
+            raise ValueError(f"{source}: tokenizer lacks the {self.title} special token(s) {missing}")
+        return {t: vocab[t] for t in self.required_tokens}
+
+    def audio_block(self, n_placeholders: int) -> str:
+        begin, placeholder, end = self.audio_tokens
+        return begin + placeholder * n_placeholders + end
+
+
+def _build_tiny_covo(spec, tokenizer, seed: int):
+    from grpo_audio.model.tiny import build_tiny_model
+
+    return build_tiny_model(spec, tokenizer, seed)
+
+
+def _load_covo(directory: Path):
+    from grpo_audio.model.checkpoint_load import load_covo_checkpoint
+
+    model, tokenizer = load_covo_checkpoint(directory)
+    return tokenizer, model
+
+
+def _load_qwen2_audio(directory: Path):
+    from grpo_audio.model.checkpoint_load import CheckpointError, refuse_pickles
+
+    refuse_pickles(directory)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = qwen2_audio_model.Qwen2AudioPolicy.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{directory}: cannot load a Qwen2-Audio checkpoint ({err})") from err
+    return tokenizer, model.eval()
+
+
+FAMILIES = {
+    "covo_audio": ModelFamily(
+        name="covo_audio",
+        title="Covo-Audio",
+        front_end=FRONT_ENDS["covo_audio"],
+        audio_tokens=AUDIO_SPECIAL_TOKENS,
+        chat_template=CHATML_TEMPLATE,
+        audio_in_content_list=False,
+        encoder_module="encoder",
+        adapter_module="audio_adapter",
+        build_tiny=_build_tiny_covo,
+        load=_load_covo,
+    ),
+    "qwen2_audio": ModelFamily(
+        name="qwen2_audio",
+        title="Qwen2-Audio",
+        front_end=FRONT_ENDS["qwen2_audio"],
+        audio_tokens=qwen2_audio_model.AUDIO_SPECIAL_TOKENS,
+        chat_template=qwen2_audio_model.CHAT_TEMPLATE,
+        audio_in_content_list=True,
+        encoder_module="audio_tower",
+        adapter_module="multi_modal_projector",
+        build_tiny=qwen2_audio_model.build_tiny_qwen2_audio,
+        load=_load_qwen2_audio,
+    ),
+}
+COVO_AUDIO = FAMILIES["covo_audio"]
+# config.json model_type -> family
+MODEL_TYPES = {"covo_audio": "covo_audio", "qwen2_audio": "qwen2_audio"}
+
+
+def checkpoint_family(directory: Path) -> str | None:
+    """The family of a checkpoint directory from its ``config.json`` ``model_type`` (a released Covo-Audio directory
+    has one too); None when the file is missing, unreadable or names no family: the loader of the family then
+    used (Covo-Audio's by default) says what is wrong, naming the file."""
+    try:
+        model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return MODEL_TYPES.get(model_type)
+
+
+def family_for(spec) -> ModelFamily:
+    """The family of the recipe's ``model`` section: ``model.family``, else the checkpoint's (pretrained) or
+    Covo-Audio. A pretrained directory of another known family than the one named is an error."""
+    named = getattr(spec, "family", None)
+    found = checkpoint_family(Path(spec.path)) if spec.source == "pretrained" and spec.path else None
+    if named is not None and found is not None and named != found:
+        raise FamilyError(f"model.family is {named!r} but {spec.path} holds a {found!r} checkpoint")
+    return FAMILIES[named or found or "covo_audio"]
+
+
+def family_of_model(model) -> ModelFamily:
+    """The family of a built policy model (possibly PEFT- or accelerate-wrapped)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(base, "module", base)
+    model_type = getattr(base.config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise FamilyError(f"model of type {model_type!r} is not a family the harness trains")
+    return FAMILIES[MODEL_TYPES[model_type]]
+
+
+__all__ = [
+    "COVO_AUDIO",
+    "FAMILIES",
+    "FamilyError",
+    "ModelFamily",
+    "checkpoint_family",
+    "family_for",
+    "family_of_model",
+]
