@@ -407,18 +407,6 @@ def test_the_cli_exits_2_with_one_error_line_before_any_training(layouts, tmp_pa
         assert not run.exists()
 
 
-def test_a_pretrained_model_without_lora_refuses_a_kl_reference(layouts):
-    """beta > 0 without LoRA on a pretrained model: TRL would rebuild the reference model from a directory it cannot
-    load (a raw traceback at start), so the recipe is refused; with LoRA the reference is the base model."""
-    from grpo_audio.recipe import RecipeError, load_recipe
-
-    good = ["model.source=pretrained", f"model.path={layouts['released']}", "coldstart.steps=0"]
-    load_recipe(None, [*good, "trainer.beta=0.04", "model.lora={r: 4}"])
-    load_recipe(None, [*good, "trainer.beta=0"])
-    with pytest.raises(RecipeError, match=r"trainer.beta=0.04 with a pretrained model and no model.lora"):
-        load_recipe(None, [*good, "trainer.beta=0.04"])
-
-
 def test_check_covo_checkpoint_reads_no_tensor_data(layouts, tmp_path, monkeypatch):
     from grpo_audio.model import checkpoint_load as checkpoint
 

@@ -72,3 +72,22 @@ def test_a_nucleus_cut_keeps_the_kl_within_the_range_of_the_untruncated_run(tmp_
     # the policy's nucleus renormalisation adds at most exp(d) - d - 1 with d = log(nucleus mass) >= log 0.8 per
     # token (0.023); the rest is the drift both runs share
     assert cut < full + 0.05 and cut < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio"])
+def test_full_fine_tuning_of_a_pretrained_model_keeps_a_frozen_copy_as_the_kl_reference(tmp_path, family):
+    """beta > 0 without LoRA (R1-AQA's setting) on a pretrained directory: the trainer keeps a frozen copy of the
+    starting point as the KL reference (TRL could not load one from a released Covo-Audio directory, nor as our
+    Qwen2-Audio class). The KL is 0 while the policy is the starting point and grows once the policy has moved."""
+    first = tmp_path / "first"
+    train(recipe(first, f"model.family={family}", "trainer.max_steps=1", "trainer.beta=0"))
+    second = tmp_path / "second"
+    mixed = 'rewards.terms=[{name: "helpers.mixed_signal:half_informative"}]'  # groups with reward variance
+    pretrained = ["model.source=pretrained", f"model.path={first / 'final_model'}", "model.lora=null"]
+    train(recipe(second, *pretrained, mixed, "trainer.learning_rate=5e-2"))
+    steps = [m for m in map(json.loads, (second / "metrics.jsonl").read_text().splitlines()) if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert abs(steps[0]["kl"]) < 1e-7  # step 1 scores the starting point against itself
+    moved = steps[0]["grad_norm"] > 0 or steps[1]["grad_norm"] > 0
+    assert moved and steps[2]["kl"] > 1e-6  # the policy moved away from the frozen copy

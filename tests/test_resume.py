@@ -1,6 +1,7 @@
 """Reproducible runs: same seed -> same metrics; SIGKILL + resume == uninterrupted; crash-safe checkpoints."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,11 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
-def kill(mode, step, run_dir):
-    proc = subprocess.run(
-        [sys.executable, str(KILL_RUN), mode, str(step), *overrides(run_dir)], capture_output=True, text=True
-    )
+def kill(mode, step, run_dir, *extra):
+    tests = str(Path(__file__).parent)  # reward plugins named helpers.<module>
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    argv = [sys.executable, str(KILL_RUN), mode, str(step), *overrides(run_dir, *extra)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert proc.returncode == -9, proc.stderr[-2000:]
 
 
@@ -77,6 +79,22 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(uninterrupt
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "completed" and len(status["resumes"]) == 1
     assert status["resumes"][0]["checkpoint"].endswith("checkpoint-2")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_cold_started_starting_point_as_its_kl_reference(tmp_path):
+    """Full fine-tuning with beta > 0: the KL reference is a frozen copy of the starting point, here the model after
+    its cold start. A resumed run does not redo the cold start; it reads the starting point back from
+    initial_model/, so it ends exactly as the uninterrupted run."""
+    mixed = 'rewards.terms=[{name: "helpers.mixed_signal:half_informative"}]'  # groups with reward variance
+    extra = ("coldstart.steps=2", "trainer.beta=0.04", "trainer.learning_rate=5e-2", mixed)
+    whole = tmp_path / "whole"
+    train(load_recipe(None, overrides(whole, *extra)))
+    assert any(m.get("kl", 0) > 0 for m in metrics(whole))  # the reference is in use
+    run_dir = tmp_path / "run"
+    kill("after_save", 2, run_dir, *extra)
+    train(load_recipe(None, overrides(run_dir, *extra)))
+    assert_same_run(whole, run_dir)
 
 
 @pytest.mark.slow

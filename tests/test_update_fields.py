@@ -7,7 +7,8 @@ sharding, speed, evaluation, TRL machinery the harness replaces). A TRL or trans
 fails ``test_every_grpo_config_field_is_classified`` until someone decides which it is: that is how a new loss knob
 with a default of its own cannot slip in unnoticed.
 
-``configs/covo_audio_avqa.yaml`` must pin every update field in its own text: the YAML file as written, not the
+The recipes that claim a source (``configs/covo_audio_avqa.yaml``, ``configs/r1_aqa_qwen2_audio.yaml``) must pin
+every update field in their own text: the YAML file as written, not the
 resolved recipe (whose unset keys are filled with defaults), and not the harness's ``TRAINER_DEFAULTS`` either. A
 field is pinned when the recipe's ``trainer`` section gives it (``null`` included: an explicit "off"), or, for a field
 another section owns (``TRAINER_KEYS_OWNED_ELSEWHERE``: sampling, G, the seed, reward weights), when that section
@@ -34,6 +35,8 @@ from grpo_audio.resources import shipped_dir
 from grpo_audio.train.build import TRAINER_DEFAULTS
 
 AVQA = shipped_dir("configs") / "covo_audio_avqa.yaml"
+R1_AQA = shipped_dir("configs") / "r1_aqa_qwen2_audio.yaml"
+SOURCED_RECIPES = [AVQA, R1_AQA]  # recipes that claim a source: every update field pinned in their own text
 
 # GRPOConfig fields that change the update: field -> why.
 UPDATE_FIELDS = {
@@ -339,8 +342,8 @@ def unpinned_update_fields(recipe: dict) -> dict[str, str]:
     return missing
 
 
-def _avqa_yaml() -> dict:
-    return load_yaml(AVQA.read_text(encoding="utf-8"))  # the recipe loader's YAML 1.2 reading
+def _avqa_yaml(path: Path = AVQA) -> dict:
+    return load_yaml(path.read_text(encoding="utf-8"))  # the recipe loader's YAML 1.2 reading
 
 
 def test_every_grpo_config_field_is_classified():
@@ -366,10 +369,11 @@ def test_a_new_trl_field_or_a_removed_one_is_caught():
     assert classification_gaps(fields - {"beta"}) == (set(), {"beta"})
 
 
-def test_avqa_recipe_pins_every_update_field():
-    missing = unpinned_update_fields(_avqa_yaml())
+@pytest.mark.parametrize("recipe_path", SOURCED_RECIPES, ids=lambda p: p.name)
+def test_sourced_recipes_pin_every_update_field(recipe_path):
+    missing = unpinned_update_fields(_avqa_yaml(recipe_path))
     lines = "\n".join(f"  {path}: {why}" for path, why in sorted(missing.items()))
-    assert not missing, f"{AVQA.name} leaves {len(missing)} update field(s) to a default:\n{lines}"
+    assert not missing, f"{recipe_path.name} leaves {len(missing)} update field(s) to a default:\n{lines}"
 
 
 def _without(path: str) -> Callable[[dict], None]:
@@ -446,3 +450,44 @@ def test_avqa_batch_is_the_sources_and_trl_keeps_every_pinned_value(tmp_path, mo
     }
     assert not changed, f"GRPOConfig did not keep the recipe's values (recipe, GRPOConfig): {changed}"
     assert args.use_bias_correction_kl is False and args.beta == 0.04
+
+
+def test_r1_aqa_recipe_is_r1_aqas_setting_and_trl_keeps_every_pinned_value(tmp_path, monkeypatch):
+    """R1-AQA (arXiv 2503.11197): Qwen2-Audio, full fine-tuning with the audio encoder, accuracy + format, G 8,
+    lr 1e-6, beta 0.04, T 1.0, 256 new tokens, the per-sequence 'grpo' loss, 16 completions per step, 1000 steps,
+    seed 42, MMAU test-mini every 100 steps; and GRPOConfig keeps every value."""
+    from grpo_audio.train.build import grpo_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recipe = load_recipe(R1_AQA, _stand_in_paths(tmp_path))
+    model, trainer, rollout = recipe.model, recipe.trainer, recipe.rollout
+    assert model.family == "qwen2_audio" and model.lora is None
+    assert not model.freeze_encoder and not model.freeze_adapter
+    assert [(t.name, t.weight) for t in recipe.rewards.terms] == [("accuracy", 1.0), ("format", 1.0)]
+    assert recipe.rewards.combiner == "sum" and recipe.prompt.template == "r1_aqa_v1"
+    assert (rollout.num_generations, rollout.temperature, rollout.max_completion_length) == (8, 1.0, 256)
+    assert (trainer["learning_rate"], trainer["beta"], trainer["loss_type"]) == (1e-6, 0.04, "grpo")
+    assert trainer["max_steps"] == 1000 and trainer["save_steps"] == 100 and recipe.run.seed == 42
+    assert trainer["per_device_train_batch_size"] * trainer["gradient_accumulation_steps"] == 16
+    assert [s.source for s in recipe.eval.sets] == ["mmau"] and recipe.eval.every_steps == 100
+    args = grpo_config(recipe, tmp_path / "run")
+    changed = {
+        key: (value, getattr(args, key))
+        for key, value in trainer.items()
+        if key != "generation_batch_size" and getattr(args, key) != value
+    }
+    assert not changed, f"GRPOConfig did not keep the recipe's values (recipe, GRPOConfig): {changed}"
+
+
+def test_r1_aqa_prompt_is_r1_aqas_text():
+    """R1-AQA's prompt: the question, the choices as a Python list, the answer asked for in <answer> </answer>."""
+    from grpo_audio.data.prompting import load_template
+
+    template = load_template("r1_aqa_v1")
+    text = template.user_text("What is the man doing?", ["Singing", "Talking", "Laughing"])
+    choices = ["Singing", "Talking", "Laughing"]
+    assert text == (
+        f"What is the man doing? Please choose the answer from the following options: {choices}. "
+        "Output the final answer in <answer> </answer>."
+    )
+    assert template.system == ""

@@ -35,6 +35,7 @@ from grpo_audio.recipe.templates import find_template
 logger = logging.getLogger("grpo_audio.data.prompting")
 
 _REQUIRED = ("name", "version", "system", "user", "choice_line")
+_OPTIONAL = {"choice_separator": "\n"}  # between the rendered choice lines
 _warned_no_template = False
 
 
@@ -46,6 +47,7 @@ class PromptTemplate:
     user: str
     choice_line: str
     path: str
+    choice_separator: str = "\n"
 
     @property
     def ident(self) -> str:
@@ -56,7 +58,7 @@ class PromptTemplate:
             self.choice_line.format(letter=string.ascii_uppercase[i], index=i + 1, text=text)
             for i, text in enumerate(choices)
         ]
-        return self.user.format(question=question.strip(), choices="\n".join(lines))
+        return self.user.format(question=question.strip(), choices=self.choice_separator.join(lines))
 
 
 def load_template(name_or_path: str) -> PromptTemplate:
@@ -70,10 +72,11 @@ def template_from_text(text: str, path: str) -> PromptTemplate:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise RecipeError(f"{path}: prompt template lacks {missing}")
-    unknown = sorted(set(data) - set(_REQUIRED))
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise RecipeError(f"{path}: unknown prompt template key(s) {unknown}")
-    return PromptTemplate(**{k: data[k] for k in _REQUIRED}, path=path)
+    optional = {k: data.get(k, default) for k, default in _OPTIONAL.items()}
+    return PromptTemplate(**{k: data[k] for k in _REQUIRED}, path=path, **optional)
 
 
 def audio_block(n_placeholders: int) -> str:

@@ -248,12 +248,6 @@ def check_cross_section(recipe: Recipe) -> None:
             raise RecipeError("model.source is 'pretrained' but model.path is not set")
         if not Path(recipe.model.path).is_dir():
             raise RecipeError(f"model.path: directory not found: {recipe.model.path}{tried(recipe.model.path)}")
-        if recipe.model.lora is None and float(recipe.trainer.get("beta", 0.0)) > 0:
-            raise RecipeError(
-                f"trainer.beta={recipe.trainer['beta']} with a pretrained model and no model.lora: TRL would rebuild "
-                "the reference model from a directory it cannot load; use LoRA (the reference is then the model with "
-                "its adapters disabled) or beta 0"
-            )
         if recipe.coldstart.steps > 0 and not recipe.coldstart.allow_pretrained:
             # The warm-up's targets carry random answers (format only): on a model that already answers, it
             # trains the answers back to chance before GRPO starts.

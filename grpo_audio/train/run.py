@@ -38,14 +38,14 @@ from grpo_audio.evaluation.during_training import HeldOutEvaluator, load_eval_se
 from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure_heldout
 from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
-from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, model_holding
+from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, load_pretrained, model_holding
 from grpo_audio.model.checkpoint_load import check_covo_checkpoint, check_resume_weights
 from grpo_audio.model.checkpoint_save import save_checkpoint
 from grpo_audio.model.family import family_for, family_of_model
 from grpo_audio.model.training_settings import settings_files
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
 from grpo_audio.recipe.rubric import recipe_rubric
-from grpo_audio.train.build import grpo_config, make_trainer
+from grpo_audio.train.build import TRAINER_DEFAULTS, grpo_config, make_trainer
 from grpo_audio.train.coldstart import run_coldstart
 from grpo_audio.train.preemption import PreemptedError
 from grpo_audio.train.run_dir import (
@@ -187,9 +187,10 @@ def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None 
     evaluator = build_evaluator(recipe, run_dir, tokenizer, featurizer, heldout_split)
     if fresh and recipe.coldstart.steps > 0:
         broadcast_parameters(model)  # the cold start ran on process 0 only
-    if recipe.model.source == "tiny":
-        # TRL rebuilds the reference model (beta > 0 without LoRA) from the policy's directory: the starting point
-        model.config._name_or_path = str(run_dir / "initial_model")
+    if not fresh and recipe.coldstart.steps > 0 and needs_frozen_reference(recipe):
+        # The trainer copies the model it is given as the KL reference; a resumed run did not redo the cold start,
+        # so its starting point is the one initial_model/ holds (the policy's weights come from the checkpoint).
+        load_starting_point(model, run_dir / "initial_model")
     trainer = make_trainer(
         recipe,
         args,
@@ -292,6 +293,17 @@ def audio_featurizer(recipe: Recipe) -> AudioFeaturizer:
         resampler=recipe.data.resampler,
         front_end=family_for(recipe.model).front_end,
     )
+
+
+def needs_frozen_reference(recipe: Recipe) -> bool:
+    """Whether the trainer keeps a frozen copy of the starting point as the KL reference: beta > 0 without LoRA."""
+    return float(recipe.trainer.get("beta", TRAINER_DEFAULTS["beta"])) != 0.0 and recipe.model.lora is None
+
+
+def load_starting_point(model, directory: Path) -> None:
+    """Put the weights of the starting point saved in ``directory`` (``initial_model/``) into ``model``."""
+    _, saved = load_pretrained(directory)
+    model.load_state_dict(saved.state_dict(), strict=True)
 
 
 def prepare_starting_point(

@@ -44,6 +44,7 @@ checkpoints, after every process has written its share (its RNG state).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import shutil
@@ -56,7 +57,8 @@ from accelerate.utils import gather, gather_object
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
-from trl.models import unwrap_model_for_generation
+from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
+from trl.trainer.utils import disable_dropout_in_model
 
 from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
 from grpo_audio.distributed import fail_together, root_parameters_unsharded, share_from_main
@@ -182,7 +184,23 @@ class AudioGRPOTrainer(GRPOTrainer):
         # there, and the KL estimator exp(ref - pol) - (ref - pol) - 1 would be about 1e9 (TRL and verl score the
         # reference on the full distribution too). Without truncation the two distributions are the same.
         self.reference_sampling = dataclasses.replace(sampling, top_k=0, top_p=1.0)
-        super().__init__(*args, **kwargs)
+        grpo_args = kwargs["args"]
+        reference = None
+        if grpo_args.beta != 0.0 and kwargs.get("peft_config") is None:
+            # Full fine-tuning with a KL term: the reference is a frozen copy of the starting point, made here. TRL
+            # would load one from the policy's config name (transformers' Auto classes), which neither a released
+            # Covo-Audio directory nor our Qwen2-Audio subclass loads as; so TRL builds none (beta 0 while it is
+            # constructed) and gets this copy, prepared as it prepares its own (below).
+            reference = copy.deepcopy(kwargs["model"]).eval().requires_grad_(False)
+            beta, grpo_args.beta = grpo_args.beta, 0.0
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if reference is not None:
+                grpo_args.beta = beta
+        if reference is not None:
+            self.beta = beta
+            self.ref_model = self._prepare_reference(reference)
         if self.loss_type in PER_SEQUENCE_LOSSES and self._entropy_bonus_enabled:
             raise ValueError(
                 f"trainer.entropy_coef with loss_type {self.loss_type!r}: the harness rescales per-sequence losses so "
@@ -207,6 +225,17 @@ class AudioGRPOTrainer(GRPOTrainer):
         if evaluator is not None:
             self.periodic_eval = PeriodicEvaluation(evaluator, eval_spec, self._record_metrics, self.log)
             self.add_callback(self.periodic_eval)
+
+    def _prepare_reference(self, reference):
+        """The KL reference as TRL prepares its own: dropout off when the policy's is, then DeepSpeed, FSDP or
+        accelerate's evaluation-mode placement."""
+        if self.args.disable_dropout:
+            disable_dropout_in_model(reference)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     def _record_metrics(self, metrics: dict[str, float]) -> None:
         """Values logged with the current step's TRL metrics (averaged like them over the logging interval)."""
