@@ -181,6 +181,26 @@ def final_weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
+def test_qwen2_audio_trains_on_two_processes_as_on_one(tmp_path):
+    """``model.family: qwen2_audio`` under accelerate with 2 processes: the cold start handed from process 0, the
+    same completions and rewards as one process, and the same final weights (DDP's mean gradient)."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch(two, 2, tmp_path / "two_probe.jsonl", "model.family=qwen2_audio")
+    launch(one, 1, tmp_path / "one_probe.jsonl", "model.family=qwen2_audio")
+    assert json.loads((two / "run.json").read_text())["processes"] == 2
+
+    def completions(run):
+        return sorted(
+            (r["step"], r["prompt_id"], r["completion"], r["R_total"]) for r in jsonl(run / "rollouts.jsonl")
+        )
+
+    assert completions(two) == completions(one)
+    assert "<|AUDIO|>" in (two / "prompt.txt").read_text()
+    a, b = final_weights(two), final_weights(one)
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
 def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_result(runs, tmp_path):
     root, _, _ = runs
     run_dir = tmp_path / "killed"
