@@ -112,6 +112,13 @@ def _exact_setup(tiny_recipe, *overrides):
             "trainer.padding_free=true",
             "model.freeze_encoder=false",
         ),
+        ("rollout.temperature=0.7", "rollout.top_k=20", "rollout.top_p=0.9", "model.family=qwen2_5_omni_thinker"),
+        (
+            "rollout.temperature=0.7",
+            "model.family=qwen2_5_omni_thinker",
+            "trainer.padding_free=true",
+            "model.freeze_encoder=false",
+        ),
     ],
     ids=[
         "T1",
@@ -122,6 +129,8 @@ def _exact_setup(tiny_recipe, *overrides):
         "T0.7-topk-topp-padding-free",
         "qwen2-audio-T0.7-topk-topp",
         "qwen2-audio-padding-free-mel",
+        "omni-thinker-T0.7-topk-topp",
+        "omni-thinker-padding-free-mel",
     ],  # fmt: skip
 )
 def test_trainer_logprobs_equal_the_hf_engine_sampling_logprobs(tiny_recipe, sampling):

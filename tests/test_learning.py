@@ -90,7 +90,7 @@ def test_coldstart_random_answers_are_independent_draws():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio"])
+@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio", "qwen2_5_omni_thinker"])
 def test_grpo_learns_pitch_from_audio_and_not_from_silence(tmp_path, family):
     """The proof-of-learning recipe, shortened, for each model family's tiny model: held-out accuracy rises well
     above the cold start's with audio, and stays at chance when every clip is silence (same prompts, no content)."""

@@ -181,12 +181,13 @@ def final_weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_qwen2_audio_trains_on_two_processes_as_on_one(tmp_path):
-    """``model.family: qwen2_audio`` under accelerate with 2 processes: the cold start handed from process 0, the
-    same completions and rewards as one process, and the same final weights (DDP's mean gradient)."""
+@pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni_thinker"])
+def test_a_qwen_family_trains_on_two_processes_as_on_one(tmp_path, family):
+    """A Qwen family under accelerate with 2 processes: the cold start handed from process 0, the same completions
+    and rewards as one process, and the same final weights (DDP's mean gradient)."""
     two, one = tmp_path / "two", tmp_path / "one"
-    launch(two, 2, tmp_path / "two_probe.jsonl", "model.family=qwen2_audio")
-    launch(one, 1, tmp_path / "one_probe.jsonl", "model.family=qwen2_audio")
+    launch(two, 2, tmp_path / "two_probe.jsonl", f"model.family={family}")
+    launch(one, 1, tmp_path / "one_probe.jsonl", f"model.family={family}")
     assert json.loads((two / "run.json").read_text())["processes"] == 2
 
     def completions(run):

@@ -307,7 +307,7 @@ def test_two_step_train_with_the_vllm_engine(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio"])
+@pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio", "qwen2_5_omni_thinker"])
 def test_lora_only_sync_sends_the_adapter_and_stays_exact(tmp_path, family):
     """model.lora with the colocated engine: the engine holds the base backbone and samples with the adapter each
     sync writes (vLLM's LoRA support), the sync moves the adapter's bytes only, and the trainer's log-probs still

@@ -64,7 +64,7 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoints
     def disk_full(*args, **kwargs):
         raise DISK_FULL
 
-    monkeypatch.setattr(training, "save_covo_checkpoint", disk_full)
+    monkeypatch.setattr(training, "save_checkpoint", disk_full)
     run_dir = tmp_path / "run"
     argv = ["train"]
     for item in overrides(run_dir):

@@ -119,7 +119,7 @@ class HeldOutEvaluator:
         }
 
     def _engine(self, model, kind: str) -> HFRolloutEngine:
-        markers = self.tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
+        markers = self.tokenizer.convert_tokens_to_ids(list(family_of_model(model).prompt_only_tokens))
         eos = list(model.generation_config.eos_token_id)
         pad = self.tokenizer.pad_token_id
         return HFRolloutEngine(self._settings[kind], eos, pad, markers, first_banned_id=len(self.tokenizer))

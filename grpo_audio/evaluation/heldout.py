@@ -131,7 +131,7 @@ def measure_heldout(recipe: Recipe, model, tokenizer, rows: list[dict], featuriz
     """``heldout_accuracy`` with the recipe's completion length and accuracy options; None without rows."""
     if not rows:
         return None
-    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
+    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).prompt_only_tokens))
     return heldout_accuracy(
         model, tokenizer, rows, featurizer, recipe.rollout.max_completion_length, markers, accuracy_options(recipe)
     )

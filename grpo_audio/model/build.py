@@ -7,6 +7,7 @@ section and the texts a tiny tokenizer is trained on; nothing here reads data fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def build_tokenizer_and_model(spec: ModelSection, seed: int, vocabulary_texts: S
         from grpo_audio.model.tiny import build_tiny_tokenizer, tiny_tokenizer_corpus
 
         corpus = tiny_tokenizer_corpus(list(vocabulary_texts))
-        tokenizer = build_tiny_tokenizer(corpus, spec.tiny.text_vocab_size, family.audio_tokens, family.chat_template)
+        tokenizer = build_tiny_tokenizer(
+            corpus, spec.tiny.text_vocab_size, family.audio_tokens, family.chat_template, family.other_tokens
+        )
         model = family.build_tiny(spec.tiny, tokenizer, seed)
     else:
         tokenizer, model = family.load(Path(spec.path))
@@ -48,10 +51,14 @@ def load_pretrained(directory: Path):
 
 def apply_freezing(model, spec: ModelSection) -> None:
     """Encoder and adapter train or not as ``spec`` says (the backbone's trainable part is LoRA's business); their
-    modules are the family's (Covo-Audio: encoder, audio_adapter; Qwen2-Audio: audio_tower, multi_modal_projector)."""
+    modules are the family's (Covo-Audio: encoder, audio_adapter; Qwen2-Audio: audio_tower, multi_modal_projector;
+    Qwen2.5-Omni's thinker: audio_tower and its final projection). A family's unused modules (Omni's vision tower)
+    never train."""
     family = family_for(spec)
-    getattr(model.model, family.encoder_module).requires_grad_(not spec.freeze_encoder)
-    getattr(model.model, family.adapter_module).requires_grad_(not spec.freeze_adapter)
+    model.get_submodule(family.encoder_module).requires_grad_(not spec.freeze_encoder)
+    model.get_submodule(family.adapter_module).requires_grad_(not spec.freeze_adapter)  # after: it may lie inside
+    for path in family.frozen_modules:
+        model.get_submodule(path).requires_grad_(False)
 
 
 def lora_config(spec: ModelSection):
@@ -66,15 +73,11 @@ def lora_config(spec: ModelSection):
 
     lora = spec.lora
     family = family_for(spec)
-    modules_to_save = [
-        name
-        for name, frozen in (
-            (family.adapter_module, spec.freeze_adapter),
-            (family.encoder_module, spec.freeze_encoder),
-        )
-        if not frozen
-    ]
-    pattern = r".*language_model\..*\.(" + "|".join(lora.target_modules) + r")$"
+    # module paths in full: a bare last name ("proj") would also match the backbone's q_proj ...
+    modules_to_save = [family.encoder_module] if not spec.freeze_encoder else []
+    if not spec.freeze_adapter and not family.adapter_module.startswith(family.encoder_module + "."):
+        modules_to_save.append(family.adapter_module)  # (an adapter inside a trained encoder goes with it)
+    pattern = re.escape(family.backbone_module) + r"\..*\.(" + "|".join(lora.target_modules) + r")$"
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

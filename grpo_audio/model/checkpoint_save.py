@@ -275,34 +275,41 @@ def _write_directory(
     return target
 
 
-def save_qwen2_audio_checkpoint(
+# transformers' classes of the families saved in transformers' layout: config.json model_type -> (class, title)
+TRANSFORMERS_CLASSES = {
+    "qwen2_audio": ("Qwen2AudioForConditionalGeneration", "Qwen2-Audio"),
+    "qwen2_5_omni_thinker": ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2.5-Omni thinker"),
+}
+
+
+def save_transformers_checkpoint(
     model: nn.Module,
     tokenizer,
     directory: str | os.PathLike,
     max_shard_size: int | str = "5GB",
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a ``Qwen2AudioPolicy`` (or a PEFT model around one, LoRA merged as above) as a checkpoint directory that
-    transformers' ``Qwen2AudioForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load:
-    the parameter names transformers 5 writes, ``config.json`` with ``architectures:
-    [Qwen2AudioForConditionalGeneration]``, the tokenizer and the Whisper feature extractor's
-    ``preprocessor_config.json`` (128 mel bins, 16 kHz, 30 s). Written and replaced as ``save_covo_checkpoint``
-    does."""
+    """Write a Qwen-family policy (``Qwen2AudioPolicy``, ``OmniThinkerPolicy``; or a PEFT model around one, LoRA
+    merged as above) as a checkpoint directory that transformers' own class (``TRANSFORMERS_CLASSES``) loads with
+    ``from_pretrained``: the parameter names transformers 5 writes, ``config.json`` naming that class in
+    ``architectures``, the tokenizer and the Whisper feature extractor's ``preprocessor_config.json`` (128 mel bins,
+    16 kHz, 30 s). Written and replaced as ``save_covo_checkpoint`` does."""
     from transformers import WhisperFeatureExtractor
     from transformers.utils.hub import convert_file_size_to_int
 
     target = Path(directory)
-    _refuse_foreign(target, "qwen2_audio", "Qwen2-Audio")
-    plan = _export_plan(model, merge_lora=True)
     inner = _unwrap(model)
+    model_type = inner.config.model_type
+    architecture, title = TRANSFORMERS_CLASSES[model_type]
+    _refuse_foreign(target, model_type, title)
+    plan = _export_plan(model, merge_lora=True)
     config_data = inner.config.to_dict()
-    config_data["architectures"] = ["Qwen2AudioForConditionalGeneration"]
+    config_data["architectures"] = [architecture]
     config_data["dtype"] = str(_main_dtype(plan)).removeprefix("torch.")
 
     def save_feature_extractor(where: Path) -> None:
-        WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True).save_pretrained(
-            where
-        )
+        extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True)
+        extractor.save_pretrained(where)
 
     extras = dict(extra_files or {})
     max_bytes = convert_file_size_to_int(max_shard_size)
@@ -311,10 +318,10 @@ def save_qwen2_audio_checkpoint(
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: str | os.PathLike, **options) -> Path:
     """The model family's saver: ``save_covo_checkpoint`` (the released Covo-Audio format) or
-    ``save_qwen2_audio_checkpoint`` (transformers' format)."""
-    if _unwrap(model).config.model_type == "qwen2_audio":
-        return save_qwen2_audio_checkpoint(model, tokenizer, directory, **options)
+    ``save_transformers_checkpoint`` (transformers' format, the Qwen families)."""
+    if _unwrap(model).config.model_type in TRANSFORMERS_CLASSES:
+        return save_transformers_checkpoint(model, tokenizer, directory, **options)
     return save_covo_checkpoint(model, tokenizer, directory, **options)
 
 
-__all__ = ["save_checkpoint", "save_covo_checkpoint", "save_qwen2_audio_checkpoint"]
+__all__ = ["TRANSFORMERS_CLASSES", "save_checkpoint", "save_covo_checkpoint", "save_transformers_checkpoint"]

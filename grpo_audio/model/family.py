@@ -4,10 +4,13 @@
   carries ``<|begofcAUDIO|>`` + n x ``<|cAUDIO|>`` + ``<|endofcAUDIO|>`` before the user text;
 * ``qwen2_audio``: ``Qwen2AudioPolicy`` (transformers' ``Qwen2AudioForConditionalGeneration``); 16 kHz, the first
   30 s; the chat template's audio part renders ``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n`` and
-  ``<|AUDIO|>`` is repeated n times, as its processor does.
+  ``<|AUDIO|>`` is repeated n times, as its processor does;
+* ``qwen2_5_omni_thinker``: ``OmniThinkerPolicy`` (transformers' ``Qwen2_5OmniThinkerForConditionalGeneration``);
+  the same front end; the audio part renders ``<|audio_bos|><|AUDIO|><|audio_eos|>``; its vision tower never trains
+  and its vision tokens are never sampled.
 
 Each policy model has the same contract (forward with ``logprob_labels``/``sampling``/``packed_lengths``,
-``prompt_embeddings``, ``clip_audio_embeds``, ``audio_modules``, ``model.language_model`` and ``lm_head``), so the
+``prompt_embeddings``, ``clip_audio_embeds``, ``audio_modules``, ``backbone`` and ``lm_head``), so the
 trainer and the engines do not ask which family they hold. A family gives what is needed around the model: its audio
 front end (``grpo_audio.audio.front_ends``), its audio tokens and prompt layout, its chat template for the tiny
 tokenizer, the names of its audio modules (``freeze_encoder``, ``freeze_adapter``), the tiny model builder and the
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_audio.audio.front_ends import FRONT_ENDS, AudioFrontEnd
+from grpo_audio.model import qwen2_5_omni as qwen2_5_omni_model
 from grpo_audio.model import qwen2_audio as qwen2_audio_model
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
 
@@ -39,10 +43,18 @@ class ModelFamily:
     audio_tokens: tuple[str, str, str]  # (begin, placeholder, end)
     chat_template: str  # the layout the tiny tokenizer gets (and a checkpoint's tokenizer without one)
     audio_in_content_list: bool  # the chat template renders an audio part (else the audio block is inline text)
-    encoder_module: str  # the policy's audio encoder, under its ``.model`` (model.freeze_encoder)
+    encoder_module: str  # the policy's audio encoder, a module path in it (model.freeze_encoder)
     adapter_module: str  # what maps encoder frames to the backbone's width (model.freeze_adapter)
+    backbone_module: str  # the text model the spliced embeddings go through (LoRA's targets are in it)
     build_tiny: Callable[[Any, Any, int], Any]  # (TinyModelSpec, tokenizer, seed) -> model
     load: Callable[[Path], tuple[Any, Any]]  # directory -> (tokenizer, model)
+    other_tokens: tuple[str, ...] = ()  # other prompt-only special tokens (Omni's vision tokens): never sampled
+    frozen_modules: tuple[str, ...] = ()  # module paths that never train (Omni's vision tower)
+
+    @property
+    def prompt_only_tokens(self) -> tuple[str, ...]:
+        """The special tokens only a prompt carries: the text-only mask bans them."""
+        return (*self.audio_tokens, *self.other_tokens)
 
     @property
     def placeholder(self) -> str:
@@ -50,7 +62,7 @@ class ModelFamily:
 
     @property
     def required_tokens(self) -> tuple[str, ...]:
-        return (ENDOFTEXT, IM_START, IM_END, *self.audio_tokens)
+        return (ENDOFTEXT, IM_START, IM_END, *self.audio_tokens, *self.other_tokens)
 
     def check_tokens(self, tokenizer, source: str) -> dict[str, int]:
         """Ids of the tokens the harness relies on; a tokenizer lacking one is rejected naming ``source``."""
@@ -78,18 +90,36 @@ def _load_covo(directory: Path):
     return tokenizer, model
 
 
-def _load_qwen2_audio(directory: Path):
-    from grpo_audio.model.checkpoint_load import CheckpointError, refuse_pickles
+def _transformers_loader(policy_class: Callable[[], type], title: str) -> Callable[[Path], tuple[Any, Any]]:
+    """A loader of a checkpoint in transformers' layout for ``policy_class()``: pickles refused unopened, the
+    tokenizer and the model read with transformers, any failure one ``CheckpointError`` naming the directory."""
 
-    refuse_pickles(directory)
-    from transformers import AutoTokenizer
+    def load(directory: Path):
+        from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = qwen2_audio_model.Qwen2AudioPolicy.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{directory}: cannot load a Qwen2-Audio checkpoint ({err})") from err
-    return tokenizer, model.eval()
+        from grpo_audio.model.checkpoint_load import CheckpointError, refuse_pickles
+
+        refuse_pickles(directory)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            model = policy_class().from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{directory}: cannot load a {title} checkpoint ({err})") from err
+        return tokenizer, model.eval()
+
+    return load
+
+
+def _omni_policy() -> type:
+    from grpo_audio.model.qwen2_5_omni import OmniThinkerPolicy
+
+    return OmniThinkerPolicy
+
+
+def _build_tiny_omni(spec, tokenizer, seed: int):
+    from grpo_audio.model.qwen2_5_omni import build_tiny_omni_thinker
+
+    return build_tiny_omni_thinker(spec, tokenizer, seed)
 
 
 FAMILIES = {
@@ -100,8 +130,9 @@ FAMILIES = {
         audio_tokens=AUDIO_SPECIAL_TOKENS,
         chat_template=CHATML_TEMPLATE,
         audio_in_content_list=False,
-        encoder_module="encoder",
-        adapter_module="audio_adapter",
+        encoder_module="model.encoder",
+        adapter_module="model.audio_adapter",
+        backbone_module="model.language_model",
         build_tiny=_build_tiny_covo,
         load=_load_covo,
     ),
@@ -112,15 +143,31 @@ FAMILIES = {
         audio_tokens=qwen2_audio_model.AUDIO_SPECIAL_TOKENS,
         chat_template=qwen2_audio_model.CHAT_TEMPLATE,
         audio_in_content_list=True,
-        encoder_module="audio_tower",
-        adapter_module="multi_modal_projector",
+        encoder_module="model.audio_tower",
+        adapter_module="model.multi_modal_projector",
+        backbone_module="model.language_model",
         build_tiny=qwen2_audio_model.build_tiny_qwen2_audio,
-        load=_load_qwen2_audio,
+        load=_transformers_loader(lambda: qwen2_audio_model.Qwen2AudioPolicy, "Qwen2-Audio"),
+    ),
+    "qwen2_5_omni_thinker": ModelFamily(
+        name="qwen2_5_omni_thinker",
+        title="Qwen2.5-Omni thinker",
+        front_end=FRONT_ENDS["qwen2_audio"],  # the same 16 kHz Whisper window and placeholder count
+        audio_tokens=qwen2_5_omni_model.AUDIO_SPECIAL_TOKENS,
+        chat_template=qwen2_5_omni_model.CHAT_TEMPLATE,
+        audio_in_content_list=True,
+        encoder_module="audio_tower",
+        adapter_module="audio_tower.proj",
+        backbone_module="model",
+        build_tiny=_build_tiny_omni,
+        load=_transformers_loader(_omni_policy, "Qwen2.5-Omni thinker"),
+        other_tokens=qwen2_5_omni_model.VISION_TOKENS,
+        frozen_modules=("visual",),
     ),
 }
 COVO_AUDIO = FAMILIES["covo_audio"]
 # config.json model_type -> family
-MODEL_TYPES = {"covo_audio": "covo_audio", "qwen2_audio": "qwen2_audio"}
+MODEL_TYPES = {name: name for name in FAMILIES}  # each family's config.json model_type is its name
 
 
 def checkpoint_family(directory: Path) -> str | None:

@@ -257,6 +257,11 @@ class CovoAudioForConditionalGeneration(CovoAudioPreTrainedModel, GenerationMixi
             logprob_outside_mass,
         )  # fmt: skip
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The Qwen2 text model the spliced embeddings go through."""
+        return self.model.language_model
+
     def audio_modules(self) -> list[nn.Module]:
         """The modules between a clip and its spliced frames: the Whisper encoder and the adapter."""
         return [self.model.encoder, self.model.audio_adapter]

@@ -57,23 +57,33 @@ def tiny_config(spec: TinyModelSpec, tokenizer) -> CovoAudioConfig:
     )
 
 
-def build_tiny_model(spec: TinyModelSpec, tokenizer, seed: int) -> CovoAudioForConditionalGeneration:
-    config = tiny_config(spec, tokenizer)
+def build_seeded(model_class, config, tokenizer, seed: int, audio_path_layers):
+    """``model_class(config)`` initialised from ``seed`` alone (the caller's random state is left as it was), with
+    He init (std sqrt(2 / fan_in), zero bias) instead of N(0, 0.02) for ``audio_path_layers(model)``: at 0.02 the
+    audio encoder's mel convolutions are drowned by its sinusoidal positions (and Covo-Audio's adapter's nine
+    stacked layers shrink what is left by orders of magnitude), so a freshly built model would be deaf (clips would
+    differ by ~1e-5 in the spliced features). The generation config stops at the tokenizer's EOS, pads with its pad."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CovoAudioForConditionalGeneration(config)
-        # The layers on the audio path marked ``_fan_in_init`` get He init (std sqrt(2 / fan_in), zero bias)
-        # instead of N(0, 0.02): with 0.02 the encoder's mel convolutions are drowned by its sinusoidal positions
-        # and the adapter's nine stacked layers shrink what is left by orders of magnitude, so a freshly built
-        # model would be deaf (clips would differ by ~1e-5 in the spliced features).
-        for module in model.modules():
-            if getattr(module, "_fan_in_init", False):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                torch.nn.init.zeros_(module.bias)
+        model = model_class(config)
+        for module in audio_path_layers(model):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
     return model
+
+
+def build_tiny_model(spec: TinyModelSpec, tokenizer, seed: int) -> CovoAudioForConditionalGeneration:
+    """The tiny Covo-Audio; the layers marked ``_fan_in_init`` (the encoder's convolutions, the adapter) get He init
+    (``build_seeded``)."""
+    config = tiny_config(spec, tokenizer)
+
+    def marked(model):
+        return [m for m in model.modules() if getattr(m, "_fan_in_init", False)]
+
+    return build_seeded(CovoAudioForConditionalGeneration, config, tokenizer, seed, marked)
 
 
 def tiny_tokenizer_corpus(texts: list[str]) -> list[str]:
@@ -82,4 +92,11 @@ def tiny_tokenizer_corpus(texts: list[str]) -> list[str]:
     return list(texts) + tags * 8
 
 
-__all__ = ["build_tiny_model", "build_tiny_tokenizer", "tiny_backbone_config", "tiny_config", "tiny_tokenizer_corpus"]
+__all__ = [
+    "build_seeded",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "tiny_backbone_config",
+    "tiny_config",
+    "tiny_tokenizer_corpus",
+]

@@ -37,13 +37,14 @@ def build_tiny_tokenizer(
     vocab_size: int = 512,
     audio_tokens: tuple[str, ...] = AUDIO_SPECIAL_TOKENS,
     chat_template: str = CHATML_TEMPLATE,
+    extra_special_tokens: tuple[str, ...] = (),
 ) -> PreTrainedTokenizerFast:
     """Byte-level BPE with at most ``vocab_size`` text entries (256 bytes + merges) trained on ``corpus``, then
     ``<|endoftext|>`` (EOS and pad), ``<|im_start|>``, ``<|im_end|>`` and a family's ``audio_tokens`` (Covo-Audio's by
-    default), with a family's ``chat_template``.
+    default) and ``extra_special_tokens`` (Qwen2.5-Omni's vision tokens), with a family's ``chat_template``.
 
-    ``len(tokenizer)`` = text entries + 3 + len(audio_tokens); for Covo-Audio, as in the release, that is also the
-    first id that a model may use for discrete speech tokens.
+    ``len(tokenizer)`` = text entries + 3 + len(audio_tokens) + len(extra_special_tokens); for Covo-Audio, as in the
+    release, that is also the first id that a model may use for discrete speech tokens.
     """
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,11 +60,13 @@ def build_tiny_tokenizer(
         tokenizer_object=backend,
         eos_token=ENDOFTEXT,
         pad_token=ENDOFTEXT,
-        additional_special_tokens=[IM_START, IM_END, *audio_tokens],
+        additional_special_tokens=[IM_START, IM_END, *audio_tokens, *extra_special_tokens],
         chat_template=chat_template,
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, *audio_tokens]})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [IM_START, IM_END, *audio_tokens, *extra_special_tokens]}
+    )
     return tokenizer
 
 

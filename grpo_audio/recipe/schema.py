@@ -62,9 +62,10 @@ class ModelSection:
         "tiny",
     )
     path: str | None = _help("Model directory for source 'pretrained'.", None)
-    family: Literal["covo_audio", "qwen2_audio"] | None = _help(
-        "The model family (grpo_audio/model/family.py): 'covo_audio' (Covo-Audio) or 'qwen2_audio' (Qwen2-Audio, "
-        "transformers' Qwen2AudioForConditionalGeneration). null: read from the checkpoint's config.json "
+    family: Literal["covo_audio", "qwen2_audio", "qwen2_5_omni_thinker"] | None = _help(
+        "The model family (grpo_audio/model/family.py): 'covo_audio' (Covo-Audio), 'qwen2_audio' (Qwen2-Audio, "
+        "transformers' Qwen2AudioForConditionalGeneration) or 'qwen2_5_omni_thinker' (Qwen2.5-Omni's thinker, "
+        "transformers' Qwen2_5OmniThinkerForConditionalGeneration). null: read from the checkpoint's config.json "
         "(model_type) for source 'pretrained', Covo-Audio for 'tiny'.",
         None,
     )

@@ -86,7 +86,7 @@ def backbone_weights(model, merge_lora: bool = True) -> Iterator[tuple[str, torc
     copy them (vLLM's loaders do) and must not keep them across an optimizer step.
     """
     base = covo_base(model)
-    language_model = base.model.language_model
+    language_model = base.backbone
     lora = _lora_layers(language_model)
     for name, param in language_model.named_parameters():
         if ".lora_" in name or ".original_module." in name:
@@ -107,8 +107,9 @@ def backbone_weights(model, merge_lora: bool = True) -> Iterator[tuple[str, torc
 
 
 def backbone_config(model, dtype: torch.dtype | None = None) -> dict:
-    """``config.json`` of the plain Qwen2 checkpoint: the model's ``llm_config`` with the CausalLM architecture and
-    ``dtype`` (default: the dtype of the model's LM head)."""
+    """``config.json`` of the plain Qwen2 checkpoint: the model's text config (Covo-Audio's ``llm_config``, the Qwen
+    families' ``text_config``) with the CausalLM architecture and ``dtype`` (default: the dtype of the model's LM
+    head)."""
     base = covo_base(model)
     config = base.config.get_text_config().to_dict()  # Covo-Audio's llm_config, Qwen2-Audio's text_config
     config["dtype"] = str(dtype or base.get_output_embeddings().weight.dtype).removeprefix("torch.")
@@ -116,6 +117,12 @@ def backbone_config(model, dtype: torch.dtype | None = None) -> dict:
     config["model_type"] = "qwen2"
     config["tie_word_embeddings"] = False  # Covo-Audio's LM head is untied; vLLM must load lm_head.weight
     config.pop("_name_or_path", None)
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = config.get(key)
+        if isinstance(rope, dict) and "mrope_section" in rope:
+            # Qwen2.5-Omni's thinker: its multimodal RoPE gives a text-and-audio prompt the same position in all
+            # three components, which is plain RoPE at that position (grpo_audio/model/qwen2_5_omni.py)
+            config[key] = {k: v for k, v in rope.items() if k not in ("mrope_section", "mrope_interleaved")}
     return config
 
 

@@ -53,7 +53,7 @@ def sampling_distribution(recipe: Recipe, model, tokenizer) -> SamplingDistribut
     """The distribution the recipe's rollouts sample from: what the trainer's log-prob passes must score under. The
     text-only mask bans every id from ``len(tokenizer)`` on (Covo-Audio's discrete speech tokens; the unused rows of
     a larger embedding table) and the family's audio markers, which only a prompt carries."""
-    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
+    markers = tokenizer.convert_tokens_to_ids(list(family_of_model(model).prompt_only_tokens))
     return sampling_settings(recipe).distribution(len(tokenizer), markers)
 
 
@@ -61,7 +61,7 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
     spec = recipe.rollout
     sampling = sampling_settings(recipe)
     stop_token_ids = list(model.generation_config.eos_token_id)
-    audio_marker_ids = tokenizer.convert_tokens_to_ids(list(family_of_model(model).audio_tokens))
+    audio_marker_ids = tokenizer.convert_tokens_to_ids(list(family_of_model(model).prompt_only_tokens))
     ignored = ignored_generation_fields(covo_base(model).generation_config)
     if ignored and rank() == 0:
         fields = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))

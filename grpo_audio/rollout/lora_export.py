@@ -33,7 +33,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 def lora_only_possible(model) -> bool:
     """Whether the active LoRA adapter is the only trainable part of the backbone and LM head (module docstring)."""
     base = covo_base(model)
-    language_model = base.model.language_model
+    language_model = base.backbone
     try:
         layers = _lora_layers(language_model)
     except NotImplementedError:  # DoRA
@@ -48,7 +48,7 @@ def lora_only_possible(model) -> bool:
 
 def adapter_rank(model) -> int:
     """The adapter's rank (the largest over its layers)."""
-    layers = _lora_layers(covo_base(model).model.language_model)
+    layers = _lora_layers(covo_base(model).backbone)
     return max(m.r[m.active_adapters[0]] for m in layers.values())
 
 
@@ -62,7 +62,7 @@ def engine_max_rank(rank: int) -> int:
 
 def adapter_files(model, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, config) of the active adapter in PEFT's layout for the plain Qwen2 names, scaling folded into B."""
-    layers = _lora_layers(covo_base(model).model.language_model)
+    layers = _lora_layers(covo_base(model).backbone)
     tensors: dict[str, torch.Tensor] = {}
     targets: set[str] = set()
     rank = 0
