@@ -160,3 +160,73 @@ def test_a_tiny_thinker_run_trains_saves_for_transformers_and_resumes_from_its_s
     assert merged.keys() == theirs.keys()
     changed = [n for n, t in merged.items() if not torch.equal(t, theirs[n])]
     assert changed and all(n.startswith("model.layers.") for n in changed)  # LoRA on the text model's layers only
+
+
+def full_omni_directory(path, tokenizer) -> None:
+    """A released-style Qwen2.5-Omni directory at tiny widths: the thinker under ``thinker.``, a talker tensor in a
+    shard of its own (the talker itself is not built: ``enable_audio_output`` false), the index, the tokenizer and a
+    ``spk_dict.pt`` standing in for the talker's speakers (an empty one: the harness never opens it, transformers'
+    full class reads it back)."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from grpo_audio.model.qwen2_5_omni import tiny_omni_thinker_config
+
+    thinker = tiny_omni_thinker_config(TinyModelSpec(), tokenizer)
+    config = Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        full = Qwen2_5OmniForConditionalGeneration(config)
+    full.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in full.state_dict().items()}
+    (path / "model.safetensors").unlink()
+    save_file(state, str(path / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {"talker.codec_head.weight": torch.arange(12.0).reshape(3, 4)}, str(path / "model-00002-of-00002.safetensors")
+    )
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in state}
+    weight_map["talker.codec_head.weight"] = "model-00002-of-00002.safetensors"
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    torch.save({}, path / "spk_dict.pt")
+
+
+@pytest.mark.slow
+def test_the_thinker_trains_out_of_a_full_omni_directory_and_is_written_back_into_one(tiny, tmp_path, monkeypatch):
+    """model.path at a full Qwen2.5-Omni directory: the thinker family is read from its config.json, the thinker's
+    weights load from under ``thinker.`` (its ``spk_dict.pt`` left unopened), and the final model is the full
+    directory again: config as it was, the trained thinker in place, the talker's tensors and files copied."""
+    from safetensors import safe_open
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    from grpo_audio.cli import main
+
+    tokenizer, _ = tiny
+    source = tmp_path / "omni"
+    full_omni_directory(source, tokenizer)
+    run = tmp_path / "run"
+    overrides = ["model.source=pretrained", f"model.path={source}", "data.synthetic.num_questions=8",
+                 "rollout.max_completion_length=8", "trainer.max_steps=2", "trainer.learning_rate=5e-2",
+                 'rewards.terms=[{name: "helpers.mixed_signal:half_informative"}]']  # fmt: skip
+    real_load = torch.load
+
+    def guarded_load(f, *args, **kwargs):
+        assert "spk_dict" not in str(f), "the harness opened spk_dict.pt"
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", guarded_load)
+    assert main(["train", *[x for o in [f"run.output_dir={run}", *overrides] for x in ("--set", o)]]) == 0
+    monkeypatch.setattr(torch, "load", real_load)
+    final = run / "final_model"
+    assert json.loads((final / "config.json").read_text()) == json.loads((source / "config.json").read_text())
+    assert (final / "spk_dict.pt").read_bytes() == (source / "spk_dict.pt").read_bytes()
+    names = {}
+    for file in final.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as handle:
+            names.update({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+    assert torch.equal(names["talker.codec_head.weight"], torch.arange(12.0).reshape(3, 4))
+    reloaded = Qwen2_5OmniForConditionalGeneration.from_pretrained(final).thinker.state_dict()
+    before = Qwen2_5OmniForConditionalGeneration.from_pretrained(source).thinker.state_dict()
+    assert reloaded.keys() == before.keys()
+    assert all(torch.equal(reloaded[k], names[f"thinker.{k}"]) for k in reloaded)  # transformers reads them back
+    assert any(not torch.equal(reloaded[k], before[k]) for k in reloaded)  # the thinker trained

@@ -59,16 +59,18 @@ def _build_empty(config: CovoAudioConfig) -> CovoAudioForConditionalGeneration:
         return CovoAudioForConditionalGeneration(config)
 
 
-def refuse_pickles(directory: Path) -> None:
+def refuse_pickles(directory: Path, allowed: frozenset[str] = frozenset()) -> None:
     """CheckpointError for a pickle weight file in ``directory``, decided from the file names: nothing is opened.
 
     Unpickling can run code stored in the file, so it is never done; and a pickle beside safetensors would leave open
     which of the two holds the weights meant (transformers silently prefers one), so it is refused there too.
+    ``allowed``: names of pickles a family's checkpoint ships that hold no weights the harness reads (Qwen2.5-Omni's
+    ``spk_dict.pt``, the talker's speakers); they are not opened either.
     """
     found = sorted(
         p.name
         for p in directory.iterdir()
-        if p.suffix.lower() in PICKLE_SUFFIXES and not _TRAINER_STATE.fullmatch(p.name)
+        if p.suffix.lower() in PICKLE_SUFFIXES and not _TRAINER_STATE.fullmatch(p.name) and p.name not in allowed
     )
     if found:
         others = f" (also {_few(found[1:])})" if len(found) > 1 else ""

@@ -299,6 +299,11 @@ def save_transformers_checkpoint(
 
     target = Path(directory)
     inner = _unwrap(model)
+    extras = dict(extra_files or {})
+    max_bytes = convert_file_size_to_int(max_shard_size)
+    source = getattr(inner, "full_omni_source", None)
+    if source is not None:
+        return _write_full_omni(model, tokenizer, target, Path(source), extras, max_bytes)
     model_type = inner.config.model_type
     architecture, title = TRANSFORMERS_CLASSES[model_type]
     _refuse_foreign(target, model_type, title)
@@ -311,9 +316,54 @@ def save_transformers_checkpoint(
         extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True)
         extractor.save_pretrained(where)
 
-    extras = dict(extra_files or {})
-    max_bytes = convert_file_size_to_int(max_shard_size)
     return _write_directory(target, plan, config_data, inner, tokenizer, extras, max_bytes, save_feature_extractor)
+
+
+# safetensors header dtype codes -> torch dtypes, for tensors copied from a source checkpoint unread until written
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _source_exports(source: Path, skip_prefix: str) -> dict[str, _Export]:
+    """Every tensor of ``source``'s safetensors files whose name does not start with ``skip_prefix``, read from its
+    file only when its shard is written."""
+    from safetensors import safe_open
+
+    exports: dict[str, _Export] = {}
+    for file in sorted(source.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
+                if name.startswith(skip_prefix):
+                    continue
+                piece = handle.get_slice(name)
+
+                def read(file=file, name=name) -> torch.Tensor:
+                    with safe_open(str(file), "pt") as reader:
+                        return reader.get_tensor(name)
+
+                exports[name] = _Export(tuple(piece.get_shape()), _SAFETENSORS_DTYPES[piece.get_dtype()], read)
+    return exports
+
+
+def _write_full_omni(model, tokenizer, target: Path, source: Path, extras: dict[str, str], max_bytes: int) -> Path:
+    """The full Qwen2.5-Omni directory ``source`` with the trained thinker in place: the thinker's tensors (LoRA
+    merged) under ``thinker.``, every other tensor (talker, vocoder) and file copied from ``source`` unchanged (its
+    ``spk_dict.pt`` byte for byte, never unpickled), its ``config.json`` as it was."""
+    _refuse_foreign(target, "qwen2_5_omni", "Qwen2.5-Omni")
+    exports = {f"thinker.{name}": entry for name, entry in _export_plan(model, merge_lora=True).items()}
+    exports.update(_source_exports(source, "thinker."))
+    config_data = json.loads((source / CONFIG_NAME).read_text(encoding="utf-8"))
+
+    def copy_other_files(where: Path) -> None:
+        for path in source.iterdir():
+            weights = path.suffix == ".safetensors" or path.name in (INDEX_NAME, CONFIG_NAME)
+            if path.is_file() and not weights:
+                shutil.copyfile(path, where / path.name)  # the source's own tokenizer and generation files win
+
+    inner = _unwrap(model)
+    return _write_directory(target, exports, config_data, inner, tokenizer, extras, max_bytes, copy_other_files)
 
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: str | os.PathLike, **options) -> Path:

@@ -90,21 +90,35 @@ def _load_covo(directory: Path):
     return tokenizer, model
 
 
+# Qwen2.5-Omni's full checkpoint (thinker, talker, vocoder): its config.json model_type, and the pickle it ships that
+# holds no weights the harness reads (the talker's speakers; never opened)
+FULL_OMNI_TYPE = "qwen2_5_omni"
+FULL_OMNI_PICKLES = frozenset({"spk_dict.pt"})
+
+
 def _transformers_loader(policy_class: Callable[[], type], title: str) -> Callable[[Path], tuple[Any, Any]]:
     """A loader of a checkpoint in transformers' layout for ``policy_class()``: pickles refused unopened, the
-    tokenizer and the model read with transformers, any failure one ``CheckpointError`` naming the directory."""
+    tokenizer and the model read with transformers, any failure one ``CheckpointError`` naming the directory.
+
+    The thinker also loads out of a full Qwen2.5-Omni directory (transformers strips the ``thinker.`` prefix of its
+    weights and takes its ``thinker_config``); the model then remembers the directory (``full_omni_source``), and
+    saving writes a full Qwen2.5-Omni directory back with the trained thinker in place
+    (``grpo_audio.model.checkpoint_save.save_transformers_checkpoint``)."""
 
     def load(directory: Path):
         from transformers import AutoTokenizer
 
         from grpo_audio.model.checkpoint_load import CheckpointError, refuse_pickles
 
-        refuse_pickles(directory)
+        full_omni = _model_type(directory) == FULL_OMNI_TYPE
+        refuse_pickles(directory, FULL_OMNI_PICKLES if full_omni else frozenset())
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
             model = policy_class().from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{directory}: cannot load a {title} checkpoint ({err})") from err
+        if full_omni:
+            model.full_omni_source = Path(directory)
         return tokenizer, model.eval()
 
     return load
@@ -167,18 +181,22 @@ FAMILIES = {
 }
 COVO_AUDIO = FAMILIES["covo_audio"]
 # config.json model_type -> family
-MODEL_TYPES = {name: name for name in FAMILIES}  # each family's config.json model_type is its name
+# config.json model_type -> family: each family's own name, and the full Qwen2.5-Omni, whose thinker trains
+MODEL_TYPES = {**{name: name for name in FAMILIES}, FULL_OMNI_TYPE: "qwen2_5_omni_thinker"}
+
+
+def _model_type(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoint_family(directory: Path) -> str | None:
     """The family of a checkpoint directory from its ``config.json`` ``model_type`` (a released Covo-Audio directory
     has one too); None when the file is missing, unreadable or names no family: the loader of the family then
     used (Covo-Audio's by default) says what is wrong, naming the file."""
-    try:
-        model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return MODEL_TYPES.get(model_type)
+    return MODEL_TYPES.get(_model_type(directory))
 
 
 def family_for(spec) -> ModelFamily:
