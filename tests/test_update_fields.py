@@ -7,12 +7,12 @@ sharding, speed, evaluation, TRL machinery the harness replaces). A TRL or trans
 fails ``test_every_grpo_config_field_is_classified`` until someone decides which it is: that is how a new loss knob
 with a default of its own cannot slip in unnoticed.
 
-The recipes that claim a source (``configs/covo_audio_avqa.yaml``, ``configs/r1_aqa_qwen2_audio.yaml``) must pin
-every update field in their own text: the YAML file as written, not the
-resolved recipe (whose unset keys are filled with defaults), and not the harness's ``TRAINER_DEFAULTS`` either. A
-field is pinned when the recipe's ``trainer`` section gives it (``null`` included: an explicit "off"), or, for a field
-another section owns (``TRAINER_KEYS_OWNED_ELSEWHERE``: sampling, G, the seed, reward weights), when that section
-gives it. Two exceptions:
+The recipes that claim a source (``configs/covo_audio_avqa.yaml``, ``configs/r1_aqa_qwen2_audio.yaml``,
+``configs/audio_thinker_qwen2_5_omni.yaml``) must pin every update field in their own text: the YAML file as
+written, not the resolved recipe (whose unset keys are filled with defaults), and not the harness's
+``TRAINER_DEFAULTS`` either. A field is pinned when the recipe's ``trainer`` section gives it (``null`` included: an
+explicit "off"), or, for a field another section owns (``TRAINER_KEYS_OWNED_ELSEWHERE``: sampling, G, the seed,
+reward weights), when that section gives it. Two exceptions:
 
 * a field the loader refuses (``TRAINER_KEYS_REFUSED``): the rollout engines never read TRL's value;
 * a field in ``INERT_WHILE``: it acts only through a feature the recipe keeps off, and the recipe pins that switch
@@ -36,7 +36,12 @@ from grpo_audio.train.build import TRAINER_DEFAULTS
 
 AVQA = shipped_dir("configs") / "covo_audio_avqa.yaml"
 R1_AQA = shipped_dir("configs") / "r1_aqa_qwen2_audio.yaml"
-SOURCED_RECIPES = [AVQA, R1_AQA]  # recipes that claim a source: every update field pinned in their own text
+AUDIO_THINKER = shipped_dir("configs") / "audio_thinker_qwen2_5_omni.yaml"
+SOURCED_RECIPES = [
+    AVQA,
+    R1_AQA,
+    AUDIO_THINKER,
+]  # recipes that claim a source: every update field pinned in their own text
 
 # GRPOConfig fields that change the update: field -> why.
 UPDATE_FIELDS = {
@@ -491,3 +496,29 @@ def test_r1_aqa_prompt_is_r1_aqas_text():
         "Output the final answer in <answer> </answer>."
     )
     assert template.system == ""
+
+
+def test_audio_thinker_recipe_is_audio_thinkers_setting_and_trl_keeps_every_pinned_value(tmp_path, monkeypatch):
+    """Audio-Thinker (arXiv 2508.08039) on Qwen2.5-Omni's thinker: R_a (1 + 0.5 R_c) + 0.5 R_f + R_t with Qwen3-8B-Base
+    judges, LoRA r 8 / alpha 32, lr 1e-6, G 8, beta 0.04, T 1.0, 2 prompts x 8 completions per step, 1000 steps, AVQA;
+    and GRPOConfig keeps every value."""
+    from grpo_audio.train.build import grpo_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recipe = load_recipe(AUDIO_THINKER, _stand_in_paths(tmp_path))
+    model, trainer, rollout, rewards = recipe.model, recipe.trainer, recipe.rollout, recipe.rewards
+    assert model.family == "qwen2_5_omni_thinker" and (model.lora.r, model.lora.alpha) == (8, 32)
+    assert rewards.combiner == "audio_thinker"
+    assert [t.name for t in rewards.terms] == ["accuracy", "format", "consistency", "thinking"]
+    assert {t.options.get("model") for t in rewards.terms[2:]} == {"Qwen/Qwen3-8B-Base"}
+    assert rewards.terms[1].options == {"mode": "adaptive"} and recipe.prompt.template == "audio_thinker_v1"
+    assert (rollout.num_generations, rollout.temperature) == (8, 1.0)
+    assert (trainer["learning_rate"], trainer["beta"], trainer["max_steps"]) == (1e-6, 0.04, 1000)
+    assert trainer["per_device_train_batch_size"] * trainer["gradient_accumulation_steps"] == 16
+    args = grpo_config(recipe, tmp_path / "run")
+    changed = {
+        key: (value, getattr(args, key))
+        for key, value in trainer.items()
+        if key != "generation_batch_size" and getattr(args, key) != value
+    }
+    assert not changed, f"GRPOConfig did not keep the recipe's values (recipe, GRPOConfig): {changed}"
