@@ -66,3 +66,25 @@ def test_a_model_outside_a_run_needs_a_benchmark(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no --benchmark, and ") and err.count("\n") == 1
     assert "the training data is never evaluated by default" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "placeholder"), [("qwen2_audio", "<|AUDIO|>"), ("qwen2_5_omni_thinker", "<|AUDIO|>")]
+)
+def test_eval_scores_a_qwen_familys_model_in_its_own_layout(tmp_path, family, placeholder):
+    """``grpo-audio eval`` on a Qwen family's final model: the family is read from the model's config.json, and the
+    held-out split is scored with the family's prompt layout and front end."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run_dir}", f"model.family={family}", "coldstart.steps=2", "trainer.max_steps=1",
+        "data.synthetic.num_questions=8", "data.synthetic.heldout_questions=6", "eval.every_steps=0",
+    ]  # fmt: skip
+    train(load_recipe(ROOT / "configs" / "learn_pitch.yaml", overrides))
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(run_dir / "final_model"), "--out", str(out)]) == 0
+    assert len(predictions(out)) == 6
+    prompt = (out / "prompt.txt").read_text()
+    assert "<|audio_bos|><|AUDIO|>" in prompt and "<|cAUDIO|>" not in prompt
+    trained = (run_dir / "prompt.txt").read_text()
+    assert prompt.split("<|AUDIO|>")[0] == trained.split("<|AUDIO|>")[0]  # the layout the model trained with
