@@ -151,3 +151,14 @@ def test_a_checkpoint_of_another_family_than_named_is_refused(tmp_path):
     assert family_for(load_recipe(None, ["model.source=pretrained", f"model.path={tmp_path}"]).model).name == (
         "qwen2_audio"
     )
+
+
+def test_a_checkpoint_whose_feature_extractor_differs_from_the_front_end_is_refused(tmp_path):
+    from grpo_audio.model.checkpoint_load import CheckpointError
+    from grpo_audio.model.family import check_feature_extractor
+
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp_path)
+    check_feature_extractor(tmp_path)  # the front end's own: accepted
+    WhisperFeatureExtractor(feature_size=128, chunk_length=300).save_pretrained(tmp_path)  # a 300 s window
+    with pytest.raises(CheckpointError, match=r"preprocessor_config.json: n_samples is 4800000; .* computes 480000"):
+        check_feature_extractor(tmp_path)

@@ -112,6 +112,7 @@ def _transformers_loader(policy_class: Callable[[], type], title: str) -> Callab
 
         full_omni = _model_type(directory) == FULL_OMNI_TYPE
         refuse_pickles(directory, FULL_OMNI_PICKLES if full_omni else frozenset())
+        check_feature_extractor(directory)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
             model = policy_class().from_pretrained(directory, local_files_only=True)
@@ -122,6 +123,32 @@ def _transformers_loader(policy_class: Callable[[], type], title: str) -> Callab
         return tokenizer, model.eval()
 
     return load
+
+
+# The front end the Qwen families share (grpo_audio.audio.qwen2_audio): preprocessor_config.json fields it fixes
+WHISPER_WINDOW = {"feature_size": 128, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400, "n_samples": 480000}
+
+
+def check_feature_extractor(directory: Path) -> None:
+    """A checkpoint whose ``preprocessor_config.json`` asks for another log-mel than the harness's front end computes
+    (128 bins of 16 kHz audio, 10 ms hops, a 30 s window) is refused, naming the field: its processor would feed the
+    model other features than training would. Without the file, the front end's are taken as the model's."""
+    from grpo_audio.model.checkpoint_load import CheckpointError
+
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    for key, expected in WHISPER_WINDOW.items():
+        if key in config and config[key] != expected:
+            raise CheckpointError(
+                f"{path}: {key} is {config[key]!r}; the harness's audio front end computes {expected!r} "
+                "(grpo_audio/audio/qwen2_audio.py), so this model would be trained on other features than its "
+                "processor gives it"
+            )
 
 
 def _omni_policy() -> type:
