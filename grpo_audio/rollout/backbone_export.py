@@ -219,14 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     server is started from (rollout.vllm.mode 'server')."""
     import argparse
 
-    from grpo_audio.model.checkpoint_load import load_covo_checkpoint
+    from grpo_audio.model.build import load_pretrained
 
-    parser = argparse.ArgumentParser(description="Write a Covo-Audio model's Qwen2 backbone as Qwen2ForCausalLM.")
-    parser.add_argument("model_dir", help="Covo-Audio model directory (released format, or save_pretrained of ours)")
+    parser = argparse.ArgumentParser(description="Write an audio model's Qwen2 backbone as Qwen2ForCausalLM.")
+    parser.add_argument(
+        "model_dir",
+        help="model directory of any family (Covo-Audio: released format or ours; the Qwen families: transformers')",
+    )
     parser.add_argument("out_dir", help="where to write the Qwen2ForCausalLM checkpoint")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
     args = parser.parse_args(argv)
-    model, _ = load_covo_checkpoint(args.model_dir)  # either layout, checked
+    _, model = load_pretrained(Path(args.model_dir))  # its family from its config.json, checked as it loads
     out = export_backbone(model, args.out_dir, dtype=getattr(torch, args.dtype))
     print(f"wrote the Qwen2 backbone of {args.model_dir} ({args.dtype}) to {out}")
     return 0
