@@ -217,3 +217,40 @@ def test_capacity_per_topology_shards_what_each_backend_shards():
     assert z3.rollout_peak > 2 * counts.total and z3.rollout_peak > z3.train_peak
     served = estimate_topology(Topology("z3+vllm", 8, "zero3", False, rollout_gpus=2), plan.config, counts, n_lora)
     assert served.rollout_peak == 0 and served.peak == served.train_peak
+
+
+@pytest.mark.parametrize("family_name", ["covo_audio", "qwen2_audio", "qwen2_5_omni_thinker"])
+def test_each_family_is_counted_by_its_own_parts_and_planned(family_name):
+    """The memory plan of any family, from its config on the meta device: every parameter in exactly one part, the
+    LoRA count over its backbone, an estimate per micro-batch; the Qwen families' 30 s prompts are longer."""
+    from grpo_audio.model.build import build_tokenizer_and_model
+    from grpo_audio.model.family import FAMILIES
+    from grpo_audio.recipe import load_recipe
+
+    family = FAMILIES[family_name]
+    recipe = load_recipe(None, [f"model.family={family_name}"])
+    _, model = build_tokenizer_and_model(recipe.model, 0, ["a question"])
+    counts = count_parameters(model, family)
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    assert min(counts.encoder, counts.adapter, counts.backbone, counts.embeddings, counts.lm_head) > 0
+    assert (counts.other > 0) == (family_name == "qwen2_5_omni_thinker")  # the thinker's unused vision tower
+    labels = [label for label, _ in counts.rows(family)]
+    assert labels[-1] == "total" and len(labels) == 6 + (counts.other > 0)
+    plan = memory_plan((1, 2), 8, model.config, family, prompt_tokens=800)
+    assert plan.counts == counts and plan.lora_params == lora_parameter_count(model, 8) > 0
+    assert [e.shape.prompt_tokens for e in plan.estimates] == [800] * 4
+    assert plan.estimates[1].peak > plan.estimates[0].peak  # a larger micro-batch needs more
+
+
+def test_the_bench_plans_a_full_omni_directory_from_its_thinker_config(tmp_path):
+    """bench/memory_plan.py --config: a full Qwen2.5-Omni config.json gives the thinker family and its config."""
+    import json
+
+    from transformers import Qwen2_5OmniConfig
+
+    checkpoint_config = runpy.run_path(str(BENCH), run_name="bench")["checkpoint_config"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(Qwen2_5OmniConfig().to_dict()))
+    config, family = checkpoint_config(str(path))
+    assert family.name == "qwen2_5_omni_thinker" and config.model_type == "qwen2_5_omni_thinker"
+    assert config.get_text_config().hidden_size == Qwen2_5OmniConfig().thinker_config.text_config.hidden_size

@@ -64,7 +64,9 @@ class TopologyEstimate:
         return max(self.train_peak, self.rollout_peak)
 
 
-def estimate_topology(topology: Topology, config, counts, n_lora: int, micro_batch: int = 1) -> TopologyEstimate:
+def estimate_topology(
+    topology: Topology, config, counts, n_lora: int, micro_batch: int = 1, prompt_tokens: int = StepShape.prompt_tokens
+) -> TopologyEstimate:
     n_total = counts.total
     n_train = counts.backbone + counts.embeddings + counts.lm_head
     d = topology.train_gpus
@@ -72,6 +74,7 @@ def estimate_topology(topology: Topology, config, counts, n_lora: int, micro_bat
         micro_batch,
         topology.gradient_checkpointing,
         num_generations=topology.num_generations,
+        prompt_tokens=prompt_tokens,
         completion_tokens=topology.completion_tokens,
     )
     step = estimate_step_memory(config, shape, counts, n_lora)

@@ -48,6 +48,7 @@ class ModelFamily:
     backbone_module: str  # the text model the spliced embeddings go through (LoRA's targets are in it)
     build_tiny: Callable[[Any, Any, int], Any]  # (TinyModelSpec, tokenizer, seed) -> model
     load: Callable[[Path], tuple[Any, Any]]  # directory -> (tokenizer, model)
+    policy_class: Callable[[], type]  # the policy model class (imported when asked for)
     other_tokens: tuple[str, ...] = ()  # other prompt-only special tokens (Omni's vision tokens): never sampled
     frozen_modules: tuple[str, ...] = ()  # module paths that never train (Omni's vision tower)
 
@@ -81,6 +82,12 @@ def _build_tiny_covo(spec, tokenizer, seed: int):
     from grpo_audio.model.tiny import build_tiny_model
 
     return build_tiny_model(spec, tokenizer, seed)
+
+
+def _covo_policy() -> type:
+    from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
+
+    return CovoAudioForConditionalGeneration
 
 
 def _load_covo(directory: Path):
@@ -176,6 +183,7 @@ FAMILIES = {
         backbone_module="model.language_model",
         build_tiny=_build_tiny_covo,
         load=_load_covo,
+        policy_class=_covo_policy,
     ),
     "qwen2_audio": ModelFamily(
         name="qwen2_audio",
@@ -189,6 +197,7 @@ FAMILIES = {
         backbone_module="model.language_model",
         build_tiny=qwen2_audio_model.build_tiny_qwen2_audio,
         load=_transformers_loader(lambda: qwen2_audio_model.Qwen2AudioPolicy, "Qwen2-Audio"),
+        policy_class=lambda: qwen2_audio_model.Qwen2AudioPolicy,
     ),
     "qwen2_5_omni_thinker": ModelFamily(
         name="qwen2_5_omni_thinker",
@@ -202,6 +211,7 @@ FAMILIES = {
         backbone_module="model",
         build_tiny=_build_tiny_omni,
         load=_transformers_loader(_omni_policy, "Qwen2.5-Omni thinker"),
+        policy_class=_omni_policy,
         other_tokens=qwen2_5_omni_model.VISION_TOKENS,
         frozen_modules=("visual",),
     ),

@@ -70,7 +70,6 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from grpo_audio.model.configuration import CovoAudioConfig
 from grpo_audio.model.sampling import CHUNK_WORKING_SET_COPIES, DEFAULT_CHUNK_ROWS
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -87,13 +86,15 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class ParameterCounts:
-    """Parameters per part of the model. ``backbone``: the Qwen2 decoder layers and final norm, without embeddings."""
+    """Parameters per part of the model. ``backbone``: the Qwen2 decoder layers and final norm, without embeddings;
+    ``other``: modules no audio GRPO step uses (Qwen2.5-Omni's vision tower), in the weights all the same."""
 
     encoder: int
     adapter: int
     backbone: int
     embeddings: int
     lm_head: int
+    other: int = 0
 
     @property
     def llm(self) -> int:
@@ -101,35 +102,55 @@ class ParameterCounts:
 
     @property
     def total(self) -> int:
-        return self.encoder + self.adapter + self.llm
+        return self.encoder + self.adapter + self.llm + self.other
 
-    def rows(self) -> list[tuple[str, int]]:
-        return [
-            ("Whisper encoder (`encoder.*`)", self.encoder),
-            ("audio adapter (`audio_adapter.*`)", self.adapter),
-            ("Qwen2 backbone: decoder layers + final norm (`llm.model.layers.*`, `llm.model.norm`)", self.backbone),
-            ("input embeddings (`llm.model.embed_tokens`)", self.embeddings),
-            ("LM head, untied (`llm.lm_head`)", self.lm_head),
-            ("total", self.total),
-        ]
-
-
-def count_parameters(model: nn.Module) -> ParameterCounts:
-    """Counts per part of a ``CovoAudioForConditionalGeneration`` (works on the meta device)."""
-    parts = dict.fromkeys(("encoder", "adapter", "backbone", "embeddings", "lm_head"), 0)
-    for name, param in model.named_parameters():
-        if name.startswith("model.encoder."):
-            part = "encoder"
-        elif name.startswith("model.audio_adapter."):
-            part = "adapter"
-        elif name.startswith("model.language_model.embed_tokens."):
-            part = "embeddings"
-        elif name.startswith("model.language_model."):
-            part = "backbone"
-        elif name.startswith("lm_head."):
-            part = "lm_head"
+    def rows(self, family=None) -> list[tuple[str, int]]:
+        """(label, count) per part and the total; labels name the parts as ``family`` names them (Covo-Audio: the
+        released checkpoint's names)."""
+        if family is None or family.name == "covo_audio":
+            labels = [
+                "Whisper encoder (`encoder.*`)",
+                "audio adapter (`audio_adapter.*`)",
+                "Qwen2 backbone: decoder layers + final norm (`llm.model.layers.*`, `llm.model.norm`)",
+                "input embeddings (`llm.model.embed_tokens`)",
+                "LM head, untied (`llm.lm_head`)",
+            ]
         else:
-            raise ValueError(f"parameter {name!r} belongs to no known part of Covo-Audio")
+            backbone = family.backbone_module
+            labels = [
+                f"audio encoder (`{family.encoder_module}.*`)",
+                f"audio adapter (`{family.adapter_module}.*`)",
+                f"backbone: decoder layers + final norm (`{backbone}.layers.*`, `{backbone}.norm`)",
+                f"input embeddings (`{backbone}.embed_tokens`)",
+                "LM head (`lm_head`; 0 when tied to the input embeddings)",
+            ]
+        values = [self.encoder, self.adapter, self.backbone, self.embeddings, self.lm_head]
+        rows = list(zip(labels, values, strict=True))
+        if self.other:
+            rows.append(("not used by audio GRPO (`" + "`, `".join(family.frozen_modules) + "`)", self.other))
+        return [*rows, ("total", self.total)]
+
+
+def count_parameters(model: nn.Module, family=None) -> ParameterCounts:
+    """Counts per part of a policy model of ``family`` (``grpo_audio.model.family``; Covo-Audio by default), from
+    the family's module paths; works on the meta device. Tied embeddings count once."""
+    from grpo_audio.model.family import COVO_AUDIO
+
+    family = family or COVO_AUDIO
+    backbone = family.backbone_module + "."
+    prefixes = [
+        ("adapter", family.adapter_module + "."),  # before the encoder: Omni's adapter lies inside its encoder
+        ("encoder", family.encoder_module + "."),
+        ("embeddings", backbone + "embed_tokens."),
+        ("backbone", backbone),
+        ("lm_head", "lm_head."),
+        *[("other", path + ".") for path in family.frozen_modules],
+    ]
+    parts = dict.fromkeys(("encoder", "adapter", "backbone", "embeddings", "lm_head", "other"), 0)
+    for name, param in model.named_parameters():  # shared (tied) parameters are listed once
+        part = next((part for part, prefix in prefixes if name.startswith(prefix)), None)
+        if part is None:
+            raise ValueError(f"parameter {name!r} belongs to no known part of {family.title}")
         parts[part] += param.numel()
     return ParameterCounts(**parts)
 
@@ -137,7 +158,7 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
 def lora_parameter_count(model: nn.Module, rank: int = 8, targets: tuple[str, ...] = LORA_TARGETS) -> int:
     """``rank * (in + out)`` summed over the backbone's linear layers named in ``targets`` (from their shapes)."""
     total = 0
-    for name, module in model.model.language_model.named_modules():
+    for name, module in model.backbone.named_modules():
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
             total += rank * (module.in_features + module.out_features)
     return total
@@ -207,11 +228,10 @@ class MemoryEstimate:
         return max(self.train_peak, self.rollout_peak)
 
 
-def estimate_step_memory(
-    config: CovoAudioConfig, shape: StepShape, counts: ParameterCounts, n_lora: int
-) -> MemoryEstimate:
-    """The GPU memory of one LoRA GRPO step on one device, from the formulas in the module docstring."""
-    llm = config.llm_config
+def estimate_step_memory(config, shape: StepShape, counts: ParameterCounts, n_lora: int) -> MemoryEstimate:
+    """The GPU memory of one LoRA GRPO step on one device, from the formulas in the module docstring; ``config`` is
+    any family's (its text config is the backbone's)."""
+    llm = config.get_text_config()
     h, i, n_layers, vocab = llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers, llm.vocab_size
     b, t, p, c = shape.micro_batch, shape.seq_tokens, shape.prompt_tokens, shape.completion_tokens
     a_layer = activation_bytes_per_token_layer(llm, shape.lora_rank)
@@ -244,24 +264,40 @@ def estimate_step_memory(
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    config: CovoAudioConfig
+    config: object  # the family's config (CovoAudioConfig, Qwen2AudioConfig, Qwen2_5OmniThinkerConfig)
     counts: ParameterCounts
     lora_params: int
     estimates: list[MemoryEstimate]
 
 
 def memory_plan(
-    micro_batches: tuple[int, ...] = (1, 2, 4, 8), lora_rank: int = 8, config: CovoAudioConfig | None = None
+    micro_batches: tuple[int, ...] = (1, 2, 4, 8),
+    lora_rank: int = 8,
+    config=None,
+    family=None,
+    prompt_tokens: int = StepShape.prompt_tokens,
 ) -> MemoryPlan:
-    """Counts of the released config (built on meta) and estimates for each micro-batch, without/with checkpointing."""
-    from grpo_audio.model.checkpoint_format import build_covo_on_meta, released_covo_config
+    """Counts of a config built on meta (default: Covo-Audio's released one) and estimates for each micro-batch,
+    without and with checkpointing. ``family`` (``grpo_audio.model.family``; Covo-Audio by default) names the model
+    class and the parts; ``prompt_tokens``: tokens per prompt (Covo-Audio: 188 placeholders of a 30 s clip + ~12;
+    the Qwen families: 750 + the template)."""
+    import torch
 
-    config = config or released_covo_config()
-    model = build_covo_on_meta(config)
-    counts = count_parameters(model)
+    from grpo_audio.model.family import COVO_AUDIO
+
+    family = family or COVO_AUDIO
+    if config is None:
+        from grpo_audio.model.checkpoint_format import released_covo_config
+
+        config = released_covo_config()
+    with torch.device("meta"):
+        model = family.policy_class()(config)
+    counts = count_parameters(model, family)
     n_lora = lora_parameter_count(model, lora_rank)
     estimates = [
-        estimate_step_memory(config, StepShape(b, ckpt, lora_rank=lora_rank), counts, n_lora)
+        estimate_step_memory(
+            config, StepShape(b, ckpt, prompt_tokens=prompt_tokens, lora_rank=lora_rank), counts, n_lora
+        )
         for ckpt in (False, True)
         for b in micro_batches
     ]
