@@ -184,10 +184,11 @@ def final_weights(run_dir: Path) -> dict:
 @pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni_thinker"])
 def test_a_qwen_family_trains_on_two_processes_as_on_one(tmp_path, family):
     """A Qwen family under accelerate with 2 processes: the cold start handed from process 0, the same completions
-    and rewards as one process, and the same final weights (DDP's mean gradient)."""
+    and rewards as one process, and the same final weights (DDP's mean gradient). Full fine-tuning with a KL term:
+    each process keeps its frozen copy of the starting point as the reference, and the KL is the 1-process run's."""
     two, one = tmp_path / "two", tmp_path / "one"
-    launch(two, 2, tmp_path / "two_probe.jsonl", f"model.family={family}")
-    launch(one, 1, tmp_path / "one_probe.jsonl", f"model.family={family}")
+    launch(two, 2, tmp_path / "two_probe.jsonl", f"model.family={family}", "trainer.beta=0.04")
+    launch(one, 1, tmp_path / "one_probe.jsonl", f"model.family={family}", "trainer.beta=0.04")
     assert json.loads((two / "run.json").read_text())["processes"] == 2
 
     def completions(run):
@@ -199,6 +200,8 @@ def test_a_qwen_family_trains_on_two_processes_as_on_one(tmp_path, family):
     assert "<|AUDIO|>" in (two / "prompt.txt").read_text()
     a, b = final_weights(two), final_weights(one)
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    kls = [[m["kl"] for m in jsonl(run / "metrics.jsonl") if "reward" in m] for run in (two, one)]
+    assert kls[0] == pytest.approx(kls[1], abs=1e-6) and kls[0][-1] > 0  # the reference is in use, alike
 
 
 @pytest.mark.slow

@@ -5,8 +5,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from grpo_audio.model.configuration import CovoAudioConfig
 from grpo_audio.model.modeling import CovoAudioForConditionalGeneration, CovoAudioModel
 
-# Registered so that transformers' Auto classes (and TRL, which rebuilds the reference model from the policy's
-# directory when beta > 0 without LoRA) resolve a local covo_audio directory without remote code.
+# Registered so that transformers' Auto classes resolve a local covo_audio directory without remote code.
 AutoConfig.register("covo_audio", CovoAudioConfig, exist_ok=True)
 AutoModelForCausalLM.register(CovoAudioConfig, CovoAudioForConditionalGeneration, exist_ok=True)
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
+from grpo_audio.model.qwen2_audio import AUDIO_BOS, AUDIO_EOS, AUDIO_SPECIAL_TOKENS, AUDIO_TOKEN  # the same tokens
 from grpo_audio.model.tiny import build_seeded, tiny_backbone_config
 from grpo_audio.model.window_policy import WindowAudioPolicy
 
-AUDIO_TOKEN = "<|AUDIO|>"
-AUDIO_BOS = "<|audio_bos|>"
-AUDIO_EOS = "<|audio_eos|>"
-AUDIO_SPECIAL_TOKENS = (AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS)
 # the thinker's vision tokens: in its vocabulary, never in an audio prompt, never sampled
 VISION_TOKENS = ("<|vision_bos|>", "<|vision_eos|>", "<|IMAGE|>", "<|VIDEO|>")
 

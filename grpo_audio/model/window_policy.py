@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_audio.model.audio_heads import SampledTokenOutput, causal_lm_output, splice_audio_rows
+from grpo_audio.model.audio_heads import causal_lm_output, splice_audio_rows
 from grpo_audio.model.sampling import SamplingDistribution
 
 
@@ -151,4 +151,4 @@ class WindowAudioPolicy:
         return self.splice(input_ids, embeds, input_features, feature_lengths, audio_embeds)
 
 
-__all__ = ["SampledTokenOutput", "WindowAudioPolicy"]
+__all__ = ["WindowAudioPolicy"]

@@ -1,15 +1,16 @@
-"""The Qwen2 backbone of a Covo-Audio model as a plain ``Qwen2ForCausalLM``: names, merged LoRA, checkpoint files.
+"""The Qwen2 backbone of an audio model (any family) as a plain ``Qwen2ForCausalLM``: names, merged LoRA, files.
 
 vLLM serves only the backbone (route A in ``shared/reference/vllm.md``): the trainer keeps the Whisper encoder and
-the adapter and hands vLLM audio-merged prompt embeddings. The backbone's parameters are renamed from our layout to
-the plain Qwen2 one::
+the adapter and hands vLLM audio-merged prompt embeddings. The backbone's parameters (the model's ``backbone``:
+``model.language_model`` for Covo-Audio and Qwen2-Audio, ``model`` for Qwen2.5-Omni's thinker) are renamed to the
+plain Qwen2 layout::
 
-    model.language_model.X   ->  model.X          (embed_tokens, layers.N.*, norm)
-    lm_head.weight           ->  lm_head.weight   (untied, as released)
+    <backbone>.X             ->  model.X          (embed_tokens, layers.N.*, norm)
+    lm_head.weight           ->  lm_head.weight   (untied)
 
 ``backbone_weights`` yields them from a plain or PEFT-wrapped model; LoRA deltas are added on the fly
 (``W + scale * B @ A``), so the trained model itself is never merged and unmerged (no drift from repeated
-merge/unmerge round trips). ``export_backbone`` writes them with ``config.llm_config`` as a checkpoint directory
+merge/unmerge round trips). ``export_backbone`` writes them with the text config as a checkpoint directory
 vLLM loads; ``check_backbone_dir`` validates such a directory against the model before an engine is started on it.
 """
 
@@ -24,7 +25,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 ARCHITECTURE = "Qwen2ForCausalLM"
-LANGUAGE_MODEL_PREFIX = "model.language_model."
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 

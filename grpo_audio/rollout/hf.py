@@ -198,6 +198,9 @@ class HFRolloutEngine:
             seeds = [row_seed(self.seed, self.step, call, self.first_row + i) for i in range(len(prompt_ids))]
         first_banned = self.first_banned_id
         if first_banned is None:
+            if model.config.model_type != "covo_audio":
+                # other families' config.audio_token_index is their <|AUDIO|> id, not the end of the text vocabulary
+                raise ValueError("HFRolloutEngine needs first_banned_id (len(tokenizer)) for this model family")
             first_banned = model.config.audio_token_index
         distribution = self.sampling.distribution(first_banned, self.audio_marker_ids)
         sampler = DistributionSampler(distribution, seeds, device, greedy=not self.sampling.do_sample)

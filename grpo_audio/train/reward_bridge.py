@@ -116,7 +116,7 @@ def reward_context(
     """The ``RewardContext`` of a batch of ``rows`` completions at optimizer step ``step`` (module docstring)."""
     if completion_ids is not None and len(completion_ids) != rows:
         raise ValueError(f"R_total: {len(completion_ids)} completion_ids for {rows} completions")
-    stop_ids, ids = set(stop_token_ids), completion_ids
+    stop_ids, ids = set(stop_token_ids), completion_ids  # ids: the rows' token ids, stop token included
     return RewardContext(
         step=step,
         total_steps=max(1, total_steps),

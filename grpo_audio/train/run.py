@@ -312,9 +312,10 @@ def prepare_starting_point(
     """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights.
 
     The starting point's weights go to ``initial_model/`` (with the training settings, as ``final_model/``): always
-    for a tiny model (TRL rebuilds its KL reference from them), and for a pretrained model after a cold start, whose
-    GRPO starting point exists nowhere else (there, a full copy of the model on disk, in the released layout with
-    any LoRA merged; a pretrained run without a cold start starts from ``model.path`` itself).
+    for a tiny model (a resumed run after a cold start reads its KL reference from them), and for a pretrained model
+    after a cold start, whose GRPO starting point exists nowhere else (there, a full copy of the model on disk, in
+    the family's own layout with any LoRA merged; a pretrained run without a cold start starts from ``model.path``
+    itself).
 
     The cold start and the held-out score run on ``device`` (the trainer's, ``GRPOConfig.device``): the model is
     built or loaded on the host and the Trainer moves it only later, so without this a GPU run would do its cold
