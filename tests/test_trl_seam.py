@@ -17,11 +17,26 @@ hand (a new override without a row in ``SEAMS`` fails):
   overridden methods).
 
 The suite-wide warning filters (pyproject.toml) are checked here too: they name every overridden method, and work.
+
+The class also reads and sets TRL's attributes (``self.args``, ``self._metrics``, ``self._log_metric``,
+``self.use_vllm``, ...). Each has a row in ``BORROWED`` (how our source uses it, and of what kind it must be), and a
+new ``self.<name>`` that our class does not define fails until it has one (the source is parsed). Checked against
+TRL's own ``GRPOTrainer`` built from the same tiny model:
+
+* TRL's __init__ sets each value of the declared kind (a method: TRL's class defines it with the declared
+  parameters, and our calls bind to it); ours holds the same kind;
+* for an attribute we set (``beta``, ``ref_model``, ``use_vllm``), the TRL methods that read it are the reviewed ones;
+  with ``use_vllm`` set, what the reached readers read of TRL's vLLM state is set without vLLM too;
+* no name our class assigns or defines is TRL's, unless declared (a silent shadowing);
+* the fields we read from ``self.args``, ``self.state`` and ``self.accelerator`` exist on TRL's;
+* TRL hands reward functions exactly the control arguments ``R_total`` sets aside (``reward_bridge``), and the
+  tracker writers ``RunRecordToTrackers`` looks for are still set by transformers' callbacks.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import inspect
 import re
@@ -29,21 +44,28 @@ import sys
 import textwrap
 import traceback
 import warnings
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import accelerate
+import datasets
 import peft
 import pytest
+import torch
 import transformers
 import trl
-from transformers import Trainer
-from trl import GRPOTrainer
+from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer, TrainerState
+from transformers.integrations import TensorBoardCallback, WandbCallback
+from transformers.trainer_callback import CallbackHandler
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 import grpo_audio
 import rewards
 from grpo_audio.recipe import load_recipe
+from grpo_audio.train.reward_bridge import TRL_CONTROL_KWARGS
 from grpo_audio.train.run import build_training
 from grpo_audio.train.trainer import AudioGRPOTrainer
 
@@ -147,10 +169,10 @@ class CallSite:
     star_kwargs: bool
 
 
-def call_sites(name: str) -> list[CallSite]:
-    """Calls ``self.<name>(...)`` in the source of CALLER_CLASSES (``super().<name>(...)`` does not reach us)."""
+def call_sites(name: str, classes: tuple[type, ...] = CALLER_CLASSES) -> list[CallSite]:
+    """Calls ``self.<name>(...)`` in the source of ``classes`` (``super().<name>(...)`` does not reach us)."""
     sites = []
-    for cls in CALLER_CLASSES:
+    for cls in classes:
         for method in class_methods(cls):
             for node in ast.walk(method):
                 func = getattr(node, "func", None)
@@ -337,20 +359,26 @@ class StepRecord:
     aborted_by: str | None  # a deprecation attributed to a watched module, raised where it was announced
 
 
-@pytest.fixture(scope="module")
-def one_step(tmp_path_factory) -> StepRecord:
-    recipe = load_recipe(
+def tiny_recipe(root: Path, *overrides: str):
+    """A one-step recipe on the tiny built-in model and synthetic data, writing under ``root``."""
+    return load_recipe(
         None,
         [
-            f"run.output_dir={tmp_path_factory.mktemp('seam') / 'run'}",
+            f"run.output_dir={root / 'run'}",
             "data.synthetic.num_questions=8",
             "rollout.num_generations=4",
             "rollout.max_completion_length=12",
             "trainer.per_device_train_batch_size=8",
             "trainer.max_steps=1",
-            "trainer.save_steps=1",  # one checkpoint: _save_checkpoint and _get_output_dir
+            *overrides,
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def one_step(tmp_path_factory) -> StepRecord:
+    # one checkpoint: _save_checkpoint and _get_output_dir
+    recipe = tiny_recipe(tmp_path_factory.mktemp("seam"), "trainer.save_steps=1")
     calls = {name: [] for name in SEAMS}
     trainer, aborted_by = None, None
     with warnings.catch_warnings(record=True) as caught:
@@ -449,3 +477,300 @@ def test_the_error_filters_are_live(request):
             warnings.warn_explicit("x is deprecated", category, "trainer.py", 1, module="grpo_audio.train.trainer")
         with pytest.warns(category):  # anything else: shown, not an error
             warnings.warn_explicit("x is deprecated", category, "trainer.py", 1, module="transformers.trainer")
+
+
+# ---- the TRL attributes AudioGRPOTrainer reads or sets ----
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a borrowed attribute must be, on TRL's own trainer and on ours."""
+
+    text: str
+    accepts: Callable[[object], bool]
+
+
+def instance(*types: type) -> Kind:
+    return Kind(" | ".join(t.__name__ for t in types), lambda value: isinstance(value, types))
+
+
+def list_of(item: type) -> Kind:
+    return Kind(f"list[{item.__name__}]", lambda v: isinstance(v, list) and all(isinstance(x, item) for x in v))
+
+
+def method(*params: str) -> Kind:
+    """A method whose parameters (self aside) are named ``params``, in order: how our code calls it or hands it on."""
+
+    def accepts(value) -> bool:
+        return inspect.ismethod(value) and list(inspect.signature(value).parameters) == list(params)
+
+    return Kind(f"method({', '.join(params)})", accepts)
+
+
+# TRL's per-mode metric store: _record_metrics, _log_share and the step-time split append to its lists
+METRICS_BY_MODE = Kind(
+    "{'train', 'eval'} -> defaultdict(list)",
+    lambda v: (
+        isinstance(v, dict)
+        and set(v) == {"train", "eval"}
+        and all(isinstance(m, defaultdict) and m.default_factory is list for m in v.values())
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    uses: str  # how AudioGRPOTrainer's source uses self.<name>: "read", "set" or "read, set"
+    kind: Kind
+    # "set" only: every method of CALLER_CLASSES but __init__ (which runs before ours sets it) that reads the
+    # attribute, so our value reaches exactly these
+    readers: frozenset[str] = frozenset()
+
+
+BORROWED = {
+    "_entropy_bonus_enabled": Borrowed("read", instance(bool)),  # refused with a per-sequence loss
+    "_get_num_items_in_batch": Borrowed("read", method("batch_samples", "device")),  # get_batch_samples' count
+    "_log_metric": Borrowed("read", method("name", "value")),  # R_total's log_metric on the multi-process path
+    "_metrics": Borrowed("read", METRICS_BY_MODE),
+    "_tokenize_prompts": Borrowed("read", method("prompts")),  # dynamic sampling's rounds, the prefetch
+    "_tokenizer": Borrowed("read", instance(PreTrainedTokenizerBase)),  # its pad id ends a completion
+    "accelerator": Borrowed("read", instance(accelerate.Accelerator)),
+    "add_callback": Borrowed("read", method("callback")),
+    "args": Borrowed("read", instance(GRPOConfig)),
+    "callback_handler": Borrowed("read", instance(CallbackHandler)),  # RunRecordToTrackers finds the trackers
+    "eos_token_ids": Borrowed("read", list_of(int)),  # R_total's stop ids
+    "is_deepspeed_enabled": Borrowed("read", instance(bool)),  # the frozen KL reference prepared as TRL's
+    "is_fsdp_enabled": Borrowed("read", instance(bool)),
+    "log": Borrowed("read", method("logs", "start_time")),  # PeriodicEvaluation logs a record of its own
+    "loss_type": Borrowed("read", instance(str)),
+    "model": Borrowed("read", instance(torch.nn.Module)),
+    "model_wrapped": Borrowed("read", instance(torch.nn.Module)),
+    "num_generations": Borrowed("read", instance(int)),
+    "processing_class": Borrowed("read", instance(PreTrainedTokenizerBase, ProcessorMixin)),
+    "reward_func_names": Borrowed("read", list_of(str)),
+    "reward_funcs": Borrowed("read", instance(list)),
+    "state": Borrowed("read", instance(TrainerState)),
+    "temperature": Borrowed("read", instance(float)),  # must equal the log-prob passes' sampling temperature
+    "train_dataset": Borrowed("read", instance(datasets.Dataset)),  # dynamic sampling's refill prompts
+    # full fine-tuning with a KL term: the frozen copy made in __init__, and its beta (TRL sees beta 0 while it
+    # is constructed, so that it loads no reference of its own)
+    "beta": Borrowed(
+        "set",
+        instance(float),
+        frozenset({"GRPOTrainer._compute_loss", "GRPOTrainer._generate_and_score_completions"}),
+    ),
+    "ref_model": Borrowed(
+        "read, set", instance(torch.nn.Module, type(None)), frozenset({"GRPOTrainer._generate_and_score_completions"})
+    ),
+    # True for an engine that returns its sampled tokens' log-probs: TRL's importance-sampling correction
+    "use_vllm": Borrowed(
+        "set",
+        instance(bool),
+        frozenset(
+            {
+                "GRPOTrainer._compute_loss",
+                "GRPOTrainer._generate",
+                "GRPOTrainer._generate_and_score_completions",
+                "GRPOTrainer._generate_single_turn",
+                "GRPOTrainer._tool_call_loop",
+            }
+        ),
+    ),
+}
+# With use_vllm set, TRL's importance-sampling correction runs in these readers, which ours reach through super().
+# Its other readers are not reached: _generate reads it only for a rollout_func, _tool_call_loop only with tools, and
+# our _generate_single_turn replaces TRL's. What the reached ones read of TRL's vLLM state must exist without vLLM.
+USE_VLLM_REACHED = frozenset({"GRPOTrainer._compute_loss", "GRPOTrainer._generate_and_score_completions"})
+USE_VLLM_NEEDS = {
+    "vllm_importance_sampling_correction": instance(bool),
+    "vllm_importance_sampling_mode": instance(str),
+    "vllm_importance_sampling_clip_min": instance(float, type(None)),
+    "vllm_importance_sampling_clip_max": instance(float, type(None)),
+}
+# TRL/transformers/accelerate objects whose fields our code reads: each field must exist on TRL's trainer's object
+TRL_OBJECTS = ("args", "state", "accelerator")
+
+
+@functools.cache
+def self_attributes(classes: tuple[type, ...]) -> dict[str, dict[str, frozenset[str]]]:
+    """name -> "Class.method" -> {"read", "set"}: every ``self.<name>`` in the methods of ``classes`` (nested
+    functions included)."""
+    uses: dict[str, dict[str, set[str]]] = {}
+    for cls in classes:
+        for function in class_methods(cls):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+                    how = "read" if isinstance(node.ctx, ast.Load) else "set"
+                    uses.setdefault(node.attr, {}).setdefault(f"{cls.__name__}.{function.name}", set()).add(how)
+    return {name: {m: frozenset(how) for m, how in by.items()} for name, by in uses.items()}
+
+
+def our_uses() -> dict[str, set[str]]:
+    """``self.<name>`` in AudioGRPOTrainer's source -> how it is used ({"read", "set"})."""
+    return {name: set().union(*by.values()) for name, by in self_attributes((AudioGRPOTrainer,)).items()}
+
+
+def our_definitions() -> set[str]:
+    """The names AudioGRPOTrainer itself gives a meaning: its methods and the attributes it assigns."""
+    methods = {function.name for function in class_methods(AudioGRPOTrainer)}
+    return methods | {name for name, how in our_uses().items() if "set" in how}
+
+
+def fields_read_from(obj: str) -> set[str]:
+    """``<field>`` of every ``self.<obj>.<field>`` in AudioGRPOTrainer's source; for ``args``, also through a local
+    name bound to it (``grpo_args = kwargs["args"]``)."""
+
+    def is_obj(node) -> bool:
+        own = isinstance(node, ast.Attribute) and node.attr == obj and getattr(node.value, "id", None) == "self"
+        passed = (
+            isinstance(node, ast.Subscript)
+            and getattr(node.value, "id", None) == "kwargs"
+            and getattr(node.slice, "value", None) == obj
+        )
+        return own or passed
+
+    fields = set()
+    for function in class_methods(AudioGRPOTrainer):
+        aliases = {
+            target.id
+            for node in ast.walk(function)
+            if isinstance(node, ast.Assign) and is_obj(node.value)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(function):
+            if isinstance(node, ast.Attribute) and (is_obj(node.value) or getattr(node.value, "id", None) in aliases):
+                fields.add(node.attr)
+    return fields
+
+
+@dataclass
+class Trainers:
+    plain: GRPOTrainer  # TRL's own, with a placeholder reward
+    ours: AudioGRPOTrainer
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory) -> Trainers:
+    """TRL's GRPOTrainer and ours from the same tiny model (copied), config and data; neither trained."""
+    ours = build_training(tiny_recipe(tmp_path_factory.mktemp("attributes"))).trainer
+
+    def reward(completions, **kwargs):
+        return [0.0] * len(completions)
+
+    plain = GRPOTrainer(
+        model=copy.deepcopy(ours.accelerator.unwrap_model(ours.model)),
+        reward_funcs=[reward],
+        args=ours.args,
+        train_dataset=ours.train_dataset,
+        processing_class=ours.processing_class,
+    )
+    return Trainers(plain, ours)
+
+
+def test_every_trl_attribute_the_subclass_uses_has_a_contract():
+    """A new ``self.<name>`` that our class does not define is TRL's (or transformers'): it needs a row in BORROWED.
+    A row no longer used goes; a row's declared use (read/set) is the one the source shows."""
+    uses = our_uses()
+    ours = our_definitions() - set(BORROWED)
+    assert sorted(set(uses) - ours - set(BORROWED)) == [], "TRL attributes used without a row in BORROWED"
+    assert sorted(set(BORROWED) - set(uses)) == [], "rows of BORROWED the trainer no longer uses"
+    for name, borrowed in BORROWED.items():
+        assert uses[name] == set(borrowed.uses.split(", ")), f"{name}: used as {sorted(uses[name])}"
+
+
+def test_our_own_attributes_do_not_shadow_trl_ones(trainers):
+    """A name our class assigns or defines that TRL's trainer also has would silently replace TRL's: it must be a
+    declared set (BORROWED) or override (SEAMS). TRL's names: its instance's, its class's, and every ``self.<name>``
+    its source assigns (attributes set later than __init__)."""
+    trl_assigned = {
+        name for name, by in self_attributes(CALLER_CLASSES).items() if any("set" in h for h in by.values())
+    }
+    trl_names = set(vars(trainers.plain)) | set(dir(GRPOTrainer)) | trl_assigned
+    mine = our_definitions() - set(BORROWED) - set(SEAMS) - {"__init__"}
+    assert sorted(mine & trl_names) == []
+
+
+@pytest.mark.parametrize("name", sorted(BORROWED))
+def test_trl_provides_each_borrowed_attribute_of_its_kind(trainers, name):
+    """TRL's own trainer has it (a value: set by its __init__; a method: on its class) of the declared kind, and so
+    does ours, whatever it set."""
+    kind = BORROWED[name].kind
+    value = getattr(trainers.plain, name)
+    if inspect.ismethod(value):
+        assert name in dir(GRPOTrainer) and name not in vars(AudioGRPOTrainer), f"{name}: not TRL's method"
+    else:
+        assert name in vars(trainers.plain), f"{name}: TRL's __init__ no longer sets it"
+    assert kind.accepts(value), f"{name}: TRL's is {value!r}, expected {kind.text}"
+    assert kind.accepts(getattr(trainers.ours, name)), f"{name}: ours is {getattr(trainers.ours, name)!r}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, b in BORROWED.items() if "set" in b.uses))
+def test_what_we_set_reaches_the_trl_methods_declared(name):
+    """The TRL methods reading an attribute we set are the ones reviewed: a new reader may misread our value."""
+    readers = {
+        m for m, how in self_attributes(CALLER_CLASSES)[name].items() if "read" in how and not m.endswith(".__init__")
+    }
+    assert readers == BORROWED[name].readers
+
+
+def test_use_vllm_reaches_only_what_trl_sets_without_vllm(trainers):
+    """Ours sets use_vllm after TRL built no vLLM engine: the reached readers must read only the importance-sampling
+    settings, which TRL sets whatever the config's use_vllm."""
+    assert USE_VLLM_REACHED <= BORROWED["use_vllm"].readers
+    read = {
+        name
+        for name, by in self_attributes(CALLER_CLASSES).items()
+        if "vllm" in name and name != "use_vllm" and any("read" in by[m] for m in USE_VLLM_REACHED if m in by)
+    }
+    assert read == set(USE_VLLM_NEEDS)
+    assert trainers.plain.args.use_vllm is False
+    for name, kind in USE_VLLM_NEEDS.items():
+        assert name in vars(trainers.plain) and kind.accepts(getattr(trainers.plain, name)), name
+
+
+@pytest.mark.parametrize("name", sorted(n for n, b in BORROWED.items() if b.kind.text.startswith("method(")))
+def test_our_calls_of_trl_methods_bind(trainers, name):
+    signature = inspect.signature(getattr(trainers.plain, name))
+    for site in call_sites(name, (AudioGRPOTrainer,)):
+        try:
+            signature.bind(*range(site.positional), **dict.fromkeys(site.keywords))
+        except TypeError as error:
+            pytest.fail(f"{site.caller} calls {name}: {error}")
+
+
+@pytest.mark.parametrize("obj", TRL_OBJECTS)
+def test_fields_we_read_from_trl_objects_exist(trainers, obj):
+    fields = fields_read_from(obj)
+    assert fields, f"no field of self.{obj} found: the scan is broken"
+    missing = sorted(f for f in fields if not hasattr(getattr(trainers.plain, obj), f))
+    assert missing == [], f"{obj}: {missing}"
+
+
+def test_trl_hands_reward_functions_the_control_arguments_r_total_sets_aside():
+    """R_total (``reward_bridge``) treats every keyword argument but TRL's control arguments as a row column, and
+    reads the step from ``trainer_state`` and logs through ``log_metric``."""
+    method = next(m for m in class_methods(GRPOTrainer) if m.name == "_calculate_rewards")
+    assigned, passed = {}, set()
+    for node in ast.walk(method):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript) and getattr(target.value, "id", None) == "reward_kwargs":
+                    assigned[target.slice.value] = ast.unparse(node.value)
+        if isinstance(node, ast.Call) and any(
+            k.arg is None and getattr(k.value, "id", None) == "reward_kwargs" for k in node.keywords
+        ):
+            passed |= {k.arg for k in node.keywords if k.arg is not None}
+    assert (set(assigned) | passed) - {"completions"} == set(TRL_CONTROL_KWARGS)
+    assert assigned["trainer_state"] == "self.state" and assigned["log_metric"] == "self._log_metric"
+
+
+def test_the_tracker_writers_the_run_record_reaches_are_still_there(trainers):
+    """RunRecordToTrackers looks through ``callback_handler.callbacks`` for the writers of transformers' TensorBoard
+    and W&B callbacks (``tb_writer``, ``_wandb``), each set by the callback's __init__."""
+    assert isinstance(trainers.plain.callback_handler.callbacks, list)
+    for cls, name in ((TensorBoardCallback, "tb_writer"), (WandbCallback, "_wandb")):
+        init = next(m for m in class_methods(cls) if m.name == "__init__")
+        assert name in {
+            n.attr for n in ast.walk(init) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+        }

@@ -3,7 +3,8 @@
 Stock TRL has no audio path: a model given placeholder tokens but no audio trains without error while never
 hearing anything. This subclass overrides ten methods of TRL 1.16 (pinned exactly) and transformers' Trainer;
 ``tests/test_trl_seam.py`` checks each one's signature against the base method and that the base class still calls
-it. From TRL's ``GRPOTrainer``:
+it, and every TRL attribute the class reads or sets (``use_vllm``, ``beta``, ``ref_model``, ``_metrics``, ...) against
+TRL's own trainer. From TRL's ``GRPOTrainer``:
 
 * ``_generate_and_score_completions``: computes the batch's ``AudioRows`` once (from the rows' ``audio`` paths),
   keeps them for the calls below, and returns them in the output dict so TRL shuffles and splits them with the
@@ -44,6 +45,7 @@ checkpoints, after every process has written its share (its RNG state).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -61,10 +63,11 @@ from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generat
 from trl.trainer.utils import disable_dropout_in_model
 
 from grpo_audio.audio.featurizer import AUDIO_KEYS, AudioFeaturizer, AudioRows
+from grpo_audio.console import say
 from grpo_audio.distributed import fail_together, root_parameters_unsharded, share_from_main
 from grpo_audio.model.sampling import NEG, SamplingDistribution
 from grpo_audio.rollout.base import RolloutEngine, RolloutResult
-from grpo_audio.rollout.dynamic_sampling import SURPLUS, classify_groups, refill_indices, select_groups
+from grpo_audio.rollout.dynamic_sampling import SURPLUS, Selection, classify_groups, refill_indices, select_groups
 from grpo_audio.rollout.overlap import RolloutPrefetcher
 from grpo_audio.train.callbacks import PeriodicEvaluation, RunRecordToTrackers
 from grpo_audio.train.reward_bridge import make_trl_reward
@@ -105,6 +108,48 @@ class Replay:
     rounds: list[int]
 
 
+@dataclasses.dataclass
+class Candidates:
+    """Dynamic sampling's candidate completions, in global row order (round by round), one entry per completion in
+    each list: its dataset row, token ids, sampling log-probs (None where the engine returned none), finish reason and
+    the round it was sampled in; ``rewards``: their (rows, 1) R_total tensor; ``breakdown``: the rubric's scores."""
+
+    rows: list[dict]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float] | None]
+    finish_reasons: list[str]
+    rounds: list[int]
+    rewards: torch.Tensor
+    breakdown: RewardBreakdown
+
+    @staticmethod
+    def concat(parts: list[Candidates]) -> Candidates:
+        """The candidates of several rounds, one after another."""
+        return Candidates(
+            rows=[row for part in parts for row in part.rows],
+            completion_ids=[ids for part in parts for ids in part.completion_ids],
+            logprobs=[lp for part in parts for lp in part.logprobs],
+            finish_reasons=[reason for part in parts for reason in part.finish_reasons],
+            rounds=[r for part in parts for r in part.rounds],
+            rewards=torch.cat([part.rewards for part in parts]),
+            breakdown=RewardBreakdown.concat([part.breakdown for part in parts]),
+        )
+
+    def rollouts(self, rows: list[int]) -> RolloutResult:
+        """The rollouts of ``rows``, in that order; with their sampling log-probs only when every one has them."""
+        logprobs = [self.logprobs[j] for j in rows]
+        return RolloutResult(
+            completion_ids=[self.completion_ids[j] for j in rows],
+            finish_reasons=[self.finish_reasons[j] for j in rows],
+            logprobs=None if any(lp is None for lp in logprobs) else logprobs,
+        )
+
+
+def group_rows(groups: list[int], group_size: int) -> list[int]:
+    """The global rows of ``groups``, in order: group g holds rows g*G to g*G + G - 1 (G = ``group_size``)."""
+    return [g * group_size + k for g in groups for k in range(group_size)]
+
+
 class AudioGRPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` with audio (see the module docstring). Everything it needs comes at construction:
 
@@ -138,12 +183,13 @@ class AudioGRPOTrainer(GRPOTrainer):
     ) -> None:
         if "reward_funcs" in kwargs or len(args) > 1:
             raise TypeError("AudioGRPOTrainer builds its reward function from rubric=; pass no reward_funcs")
+        grpo_args = kwargs["args"]
         kwargs["reward_funcs"] = [
             make_trl_reward(
                 rubric,
-                kwargs["args"].num_generations,
+                grpo_args.num_generations,
                 self._keep_breakdown,
-                max_length=kwargs["args"].max_completion_length,
+                max_length=grpo_args.max_completion_length,
                 # TRL sets eos_token_ids in super().__init__, below: read when rewards are scored
                 stop_token_ids=lambda: [*self.eos_token_ids, self._tokenizer.pad_token_id],
                 check_unscored=False,  # _calculate_rewards checks, on every process (scoring_stop)
@@ -184,7 +230,6 @@ class AudioGRPOTrainer(GRPOTrainer):
         # there, and the KL estimator exp(ref - pol) - (ref - pol) - 1 would be about 1e9 (TRL and verl score the
         # reference on the full distribution too). Without truncation the two distributions are the same.
         self.reference_sampling = dataclasses.replace(sampling, top_k=0, top_p=1.0)
-        grpo_args = kwargs["args"]
         reference = None
         if grpo_args.beta != 0.0 and kwargs.get("peft_config") is None:
             # Full fine-tuning with a KL term: the reference is a frozen copy of the starting point, made here. TRL
@@ -251,16 +296,39 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._timings[name] = self._timings.get(name, 0.0) + seconds
 
     def _generate_and_score_completions(self, inputs):
+        """TRL's generate-and-score step with audio, in named steps:
+
+        1. ``_refuse_rows_without_audio``: every row must name its clip;
+        2. evaluation: ``_score_batch`` on the batch as given;
+        3. training: ``_training_batch`` (dynamic sampling's rounds choose the batch when enabled, then
+           ``_score_batch``), inside ``_checkpoint_if_scoring_stops``: if too many completions are unscored, the
+           run stops after a checkpoint of the last finished step.
+
+        ``_score_batch`` runs TRL's own method with the rows' audio, masks the rows outside the loss, records the
+        step-time split and logs the rollouts.
+        """
+        self._refuse_rows_without_audio(inputs)
+        if not self.model.training:
+            return self._score_batch(inputs)
+        with self._checkpoint_if_scoring_stops():
+            return self._training_batch(inputs)
+
+    @staticmethod
+    def _refuse_rows_without_audio(inputs: list[dict]) -> None:
+        """``ValueError`` naming the batch rows with no ``audio`` path: without one the model would hear nothing."""
         missing = [i for i, row in enumerate(inputs) if not row.get("audio")]
         if missing:
             raise ValueError(f"batch rows {missing} have no 'audio' path; every training row needs a clip")
-        if not self.model.training:
-            return self._score_batch(inputs)
-        # What the last finished step left, for a checkpoint of it if this batch cannot be scored.
+
+    @contextlib.contextmanager
+    def _checkpoint_if_scoring_stops(self):
+        """Turns ``UnscoredRowsError`` (raised alike on every process: ``_calculate_rewards``) into
+        ``ScoringStoppedError``, after a checkpoint of the last finished step (``_checkpoint_before_stopping``). The
+        generators' state and the token count are captured on entry, before the step draws or counts anything."""
         random_state, tokens_seen = RandomState.capture(), self.state.num_input_tokens_seen
         try:
-            return self._training_batch(inputs)
-        except UnscoredRowsError as error:  # raised alike on every process (_calculate_rewards)
+            yield
+        except UnscoredRowsError as error:
             raise self._checkpoint_before_stopping(error, random_state, tokens_seen) from error
 
     def _checkpoint_before_stopping(
@@ -279,7 +347,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         return ScoringStoppedError(error, step, str(Path(self._get_output_dir(None)) / f"checkpoint-{step}"))
 
     def _training_batch(self, inputs):
-        """A training step's batch: TRL's path, after dynamic sampling's rounds when it is on."""
+        """A training step's batch: ``_score_batch``, after dynamic sampling's rounds chose the batch when it is on
+        (their time counts in ``time/`` as generation: ``generate_and_score_s``)."""
         if self.dynamic_sampling is None:
             return self._score_batch(inputs)
         start = time.perf_counter()
@@ -306,28 +375,44 @@ class AudioGRPOTrainer(GRPOTrainer):
         return audio
 
     def _score_batch(self, inputs):
-        """TRL's generate-and-score path with the rows' audio (rollouts replayed when dynamic sampling chose them),
-        then the rows outside the loss masked and the loss-bearing rows counted."""
+        """TRL's generate-and-score path for ``inputs`` (rollouts replayed when dynamic sampling chose them): the
+        batch generated and scored with its audio, the rows outside the loss masked (both timed), the rollouts
+        logged."""
+        with self._timing_generation():
+            output = self._generate_and_score_with_audio(inputs)
+            self._mask_rows_outside_the_loss(output, len(inputs))
+        self._log_rollouts(inputs, output)
+        return output
+
+    @contextlib.contextmanager
+    def _timing_generation(self):
+        """Records the block's wall time as ``generate_and_score_s`` and, as ``logprob_s``, the part of it that the
+        timed parts inside it do not account for: ``logprob_s = elapsed - delta(audio_features_s + rollout_s +
+        scoring_s)``, seconds, the delta taken over the block (dynamic sampling's rounds came before it). That part
+        is TRL's old-policy and reference log-prob passes. Nothing is recorded when the block raises."""
         start = time.perf_counter()
-        parts = ("audio_features_s", "rollout_s", "scoring_s")
-        before = sum(self._timings.get(k, 0.0) for k in parts)  # dynamic sampling's rounds came before
+        before = self._timed_parts_s()
+        yield
+        elapsed = time.perf_counter() - start
+        self.record_time("generate_and_score_s", elapsed)
+        self.record_time("logprob_s", elapsed - (self._timed_parts_s() - before))
+
+    def _timed_parts_s(self) -> float:
+        """The step's seconds so far in audio features, rollouts and scoring."""
+        return sum(self._timings.get(k, 0.0) for k in ("audio_features_s", "rollout_s", "scoring_s"))
+
+    def _generate_and_score_with_audio(self, inputs) -> dict:
+        """TRL's own ``_generate_and_score_completions`` with the rows' audio current (for the rollouts and the
+        log-prob passes), the audio added to its output so that TRL shuffles and splits it with the other per-row
+        tensors. A breakdown scored ahead (``rollout.overlap``) is spent either way: R_total took it, or the rows
+        were scored now."""
         self._current_audio = self._audio_rows(inputs)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             audio, self._current_audio = self._current_audio, None
-            self._scored_ahead = None  # R_total took it, or this step's rows were scored now
+            self._scored_ahead = None
         output.update(audio.as_dict())
-        self._mask_rows_outside_the_loss(output, len(inputs))
-        elapsed = time.perf_counter() - start
-        self.record_time("generate_and_score_s", elapsed)
-        self.record_time("logprob_s", elapsed - (sum(self._timings.get(k, 0.0) for k in parts) - before))
-        if self.rollout_log is not None:
-            records = self._rollout_records(inputs, output)
-            if self.accelerator.num_processes > 1:
-                records = gather_object(records)
-            if self.accelerator.is_main_process:
-                self.rollout_log(records)
         return output
 
     def _mask_rows_outside_the_loss(self, output: dict, rows: int) -> None:
@@ -358,6 +443,17 @@ class AudioGRPOTrainer(GRPOTrainer):
         output["num_loss_rows"] = totals[0].float()
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["advantage/nonzero_frac"].append((totals[1] / totals[0].clamp(min=1)).item())
+
+    def _log_rollouts(self, inputs, output) -> None:
+        """``rollouts.jsonl`` (``rollout_log``): this batch's records, every process's gathered (a collective: every
+        process runs this alike), written by process 0."""
+        if self.rollout_log is None:
+            return
+        records = self._rollout_records(inputs, output)
+        if self.accelerator.num_processes > 1:
+            records = gather_object(records)
+        if self.accelerator.is_main_process:
+            self.rollout_log(records)
 
     def _rollout_records(self, inputs, output) -> list[dict]:
         """One record per completion of this (local) batch, in batch order (before TRL shuffles it)."""
@@ -411,80 +507,77 @@ class AudioGRPOTrainer(GRPOTrainer):
         Every process sees every round's rows, rollouts and rewards (gathered), so all make the same choice, and the
         batch is the one a single process would choose: its global row ``j`` is on process ``j // len(inputs)``.
         """
-        group_size, processes = self.num_generations, self.accelerator.num_processes
-        rank, local = self.accelerator.process_index, len(inputs)
-        target = local * processes // group_size  # groups per generation batch, over all processes
-        step = self.state.global_step
+        group_size, rank, local = self.num_generations, self.accelerator.process_index, len(inputs)
+        target = local * self.accelerator.num_processes // group_size  # groups per generation batch, all processes
+        rounds, reasons = self._sample_rounds(inputs, target)
+        pool = Candidates.concat(rounds)
+        selection = select_groups(reasons, target)
+        chosen = group_rows(selection.batch, group_size)
+        fillers = set(group_rows(selection.fillers, group_size))
+        mine = chosen[rank * local : (rank + 1) * local]
+        self._replay = Replay(
+            result=pool.rollouts(mine),
+            rewards=pool.rewards[chosen],
+            breakdown=pool.breakdown.take(mine),
+            fillers=[j in fillers for j in mine],
+            rounds=[pool.rounds[j] for j in mine],
+        )
+        self._report_dynamic_sampling(selection, reasons, pool, len(rounds), target)
+        return [pool.rows[j] for j in mine]
+
+    def _sample_rounds(self, inputs: list[dict], target: int) -> tuple[list[Candidates], list[str | None]]:
+        """Round 0 on ``inputs``, then refill rounds of fresh prompts (this process's share of each), until the
+        rounds hold ``target`` informative groups or ``max_extra_rounds`` extra rounds have run. Returns each round's
+        candidates and every candidate group's drop reason (None: informative), in sampling order."""
+        rank, local, step = self.accelerator.process_index, len(inputs), self.state.global_step
         rounds, reasons, round_inputs = [], [], inputs
         seen = {row["id"] for row in inputs}
         for round_index in range(1 + self.dynamic_sampling.max_extra_rounds):
             if round_index > 0:
                 round_inputs = self._refill_rows(target, step, round_index, seen)[rank * local : (rank + 1) * local]
-            candidates = self._sample_round(round_inputs)
-            seen.update(row["id"] for row in candidates["rows"])
+            candidates = self._sample_round(round_inputs, round_index)
+            seen.update(row["id"] for row in candidates.rows)
             rounds.append(candidates)
-            reasons += classify_groups(candidates["rewards"][:, 0].tolist(), group_size)
+            reasons += classify_groups(candidates.rewards[:, 0].tolist(), self.num_generations)
             if sum(reason is None for reason in reasons) >= target:
                 break
-        selection = select_groups(reasons, target)
-        pool = {
-            key: [value for candidates in rounds for value in candidates[key]]
-            for key in ("rows", "completion_ids", "logprobs", "finish_reasons")
-        }
-        pool_rewards = torch.cat([candidates["rewards"] for candidates in rounds])
-        pool_breakdown = RewardBreakdown.concat([candidates["breakdown"] for candidates in rounds])
-        pool_round = [r for r, candidates in enumerate(rounds) for _ in candidates["rows"]]
+        return rounds, reasons
 
-        def rows_of(groups):
-            return [g * group_size + k for g in groups for k in range(group_size)]
-
-        chosen = rows_of(selection.batch)
-        fillers = set(rows_of(selection.fillers))
-        mine = chosen[rank * local : (rank + 1) * local]
-        logprobs = None if any(pool["logprobs"][j] is None for j in mine) else [pool["logprobs"][j] for j in mine]
-        self._replay = Replay(
-            result=RolloutResult(
-                completion_ids=[pool["completion_ids"][j] for j in mine],
-                finish_reasons=[pool["finish_reasons"][j] for j in mine],
-                logprobs=logprobs,
-            ),
-            rewards=pool_rewards[chosen],
-            breakdown=pool_breakdown.take(mine),
-            fillers=[j in fillers for j in mine],
-            rounds=[pool_round[j] for j in mine],
-        )
+    def _report_dynamic_sampling(
+        self, selection: Selection, reasons: list[str | None], pool: Candidates, rounds: int, target: int
+    ) -> None:
+        """This step's ``dynamic_sampling/*`` metrics: groups generated and kept, rounds, filler groups, and the share
+        of generated groups dropped for want of signal (surplus groups not counted). On process 0, a notice when
+        fillers complete the step, and the dropped groups' ``rollouts.jsonl`` records."""
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/groups_generated"].append(float(len(reasons)))
         metrics["dynamic_sampling/groups_kept"].append(float(len(selection.kept)))
-        metrics["dynamic_sampling/rounds"].append(float(len(rounds)))
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
         metrics["dynamic_sampling/filler_groups"].append(float(selection.short))
         metrics["dynamic_sampling/zero_std_frac_generated"].append(
             sum(reason is not None and reason != SURPLUS for reason in reasons) / len(reasons)
         )
-        if self.accelerator.is_main_process:
-            if selection.short:
-                print(
-                    f"grpo-audio: step {step + 1}: dynamic sampling found {len(selection.kept)} of {target} "
-                    f"informative groups in {len(rounds)} round(s); {selection.short} group(s) without reward "
-                    "variance fill the step outside the loss",
-                    flush=True,
-                )
-            if self.rollout_log is not None and selection.dropped:
-                self.rollout_log(self._dropped_records(selection, pool, pool_breakdown, pool_round))
-        return [pool["rows"][j] for j in mine]
+        if not self.accelerator.is_main_process:
+            return
+        if selection.short:
+            say(
+                f"step {self.state.global_step + 1}: dynamic sampling found {len(selection.kept)} of {target} "
+                f"informative groups in {rounds} round(s); {selection.short} group(s) without reward variance fill "
+                "the step outside the loss"
+            )
+        if self.rollout_log is not None and selection.dropped:
+            self.rollout_log(self._dropped_records(selection, pool))
 
-    def _dropped_records(self, selection, pool: dict, breakdown, pool_round: list[int]) -> list[dict]:
+    def _dropped_records(self, selection: Selection, pool: Candidates) -> list[dict]:
         """``rollouts.jsonl`` records of the groups dynamic sampling dropped (no advantage: they never trained)."""
-        group_size = self.num_generations
         records = []
         for group, reason in sorted(selection.dropped.items()):
-            rows = list(range(group * group_size, (group + 1) * group_size))
-            result = RolloutResult(
-                [pool["completion_ids"][j] for j in rows], [pool["finish_reasons"][j] for j in rows]
+            rows = group_rows([group], self.num_generations)
+            part = self._records(
+                [pool.rows[j] for j in rows], pool.rollouts(rows), pool.breakdown.take(rows), [None] * len(rows), -1
             )
-            part = self._records([pool["rows"][j] for j in rows], result, breakdown.take(rows), [None] * len(rows), -1)
             for j, record in zip(rows, part, strict=True):
-                record.update(round=pool_round[j], dropped=reason)
+                record.update(round=pool.rounds[j], dropped=reason)
             records += part
         return records
 
@@ -497,7 +590,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         drawn = refill_indices(len(dataset), groups, self.args.seed, step, round_index, exclude)
         return [dataset[i] for i in drawn for _ in range(self.num_generations)]
 
-    def _sample_round(self, inputs: list[dict]) -> dict:
+    def _sample_round(self, inputs: list[dict], round_index: int) -> Candidates:
         """Rollouts and rewards of one round (no log-prob pass), gathered over processes in global row order."""
         self._current_audio = self._audio_rows(inputs)
         try:
@@ -515,14 +608,15 @@ class AudioGRPOTrainer(GRPOTrainer):
             inputs, result.completion_ids, logprobs, result.finish_reasons, strict=True
         )]  # fmt: skip
         rows = gather_object(local) if self.accelerator.num_processes > 1 else local
-        return {
-            "rows": [r[0] for r in rows],
-            "completion_ids": [r[1] for r in rows],
-            "logprobs": [r[2] for r in rows],
-            "finish_reasons": [r[3] for r in rows],
-            "rewards": rewards,
-            "breakdown": breakdown,
-        }
+        return Candidates(
+            rows=[r[0] for r in rows],
+            completion_ids=[r[1] for r in rows],
+            logprobs=[r[2] for r in rows],
+            finish_reasons=[r[3] for r in rows],
+            rounds=[round_index] * len(rows),
+            rewards=rewards,
+            breakdown=breakdown,
+        )
 
     def training_step(self, model, inputs, num_items_in_batch):
         start = time.perf_counter()
