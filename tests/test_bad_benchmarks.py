@@ -24,8 +24,8 @@ from grpo_audio.data.formats import (
     read_rows,
     slice_value,
 )
-from grpo_audio.data.manifest import DataError
 from grpo_audio.data.records import detect_format
+from grpo_audio.data.rows import DataError
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics
 from grpo_audio.evaluation.scoring import score_mmau, score_mmsu
@@ -263,19 +263,15 @@ def test_list_and_string_categories_make_one_slice_in_eval_and_data_check(mixed_
 @pytest.fixture(scope="module")
 def templateless_model(tmp_path_factory):
     """A tiny saved model whose tokenizer carries no chat template (as the released tokenizer may)."""
+    from helpers.tiny_model import harness_tokenizer_and_model
+
     from grpo_audio.data.manifest import load_manifest
-    from grpo_audio.data.prompting import load_template
     from grpo_audio.data.synthetic import write_synthetic_set
-    from grpo_audio.data.vocabulary import vocabulary_texts
-    from grpo_audio.model.build import build_tokenizer_and_model
     from grpo_audio.train.run_dir import save_model_atomic
 
     d = tmp_path_factory.mktemp("templateless")
     rows = load_manifest(write_synthetic_set(d / "audio", 3, ["pitch"], seed=0))
-    recipe = load_recipe(None, [f"run.output_dir={d / 'unused'}"])
-    tokenizer, model = build_tokenizer_and_model(
-        recipe.model, recipe.run.seed, vocabulary_texts(rows, load_template("audio_cot_v1"))
-    )
+    tokenizer, model = harness_tokenizer_and_model(rows)
     tokenizer.chat_template = None
     save_model_atomic(model, tokenizer, d / "model")
     return d / "model"

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from grpo_audio.data.check import main as check_main
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.rows import DataError
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.recipe import load_recipe
 

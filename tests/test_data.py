@@ -5,8 +5,9 @@ import json
 import pytest
 
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import DataError, load_manifest
+from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.prompting import load_template
+from grpo_audio.data.rows import DataError
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.model.tiny import build_tiny_tokenizer, tiny_tokenizer_corpus
 

@@ -20,8 +20,9 @@ from grpo_audio.data.formats import (
     read_rows,
     replace_video_wording,
 )
-from grpo_audio.data.manifest import DataError, load_manifest
+from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.records import detect_format
+from grpo_audio.data.rows import DataError
 from grpo_audio.data.sources import load_rows_for_recipe
 from grpo_audio.recipe import RecipeError, load_recipe
 

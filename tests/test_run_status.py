@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.rows import DataError
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.recipe import load_recipe
 from grpo_audio.train.run import train

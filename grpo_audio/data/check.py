@@ -25,9 +25,9 @@ from pathlib import Path
 
 from grpo_audio.audio.io import AudioLoadError
 from grpo_audio.data.formats import CATEGORY_KEYS, FORMATS
-from grpo_audio.data.manifest import DataError
-from grpo_audio.data.records import RowProblem, detect_format
+from grpo_audio.data.records import detect_format
 from grpo_audio.data.row_rules import apply_row_rules, lookalike_keys
+from grpo_audio.data.rows import DataError, RowProblem
 from grpo_audio.data.sources import AudioPolicy, ClipInfo, bad_audio_reason, probe_all, read_source_rows
 from grpo_audio.paths import tried
 from grpo_audio.recipe import RecipeError, load_recipe

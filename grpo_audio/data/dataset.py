@@ -13,8 +13,8 @@ from datasets import Dataset
 
 from grpo_audio.audio.front_ends import AudioFrontEnd
 from grpo_audio.audio.io import AudioLoadError, load_audio
-from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, render_prompt
+from grpo_audio.data.rows import AudioQuestion, DataError
 from grpo_audio.model.family import COVO_AUDIO, ModelFamily
 
 

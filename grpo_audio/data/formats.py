@@ -71,8 +71,8 @@ from pathlib import Path
 from typing import Any
 
 from grpo_audio.data.hf import HF_SUFFIXES, MMSU_COLUMNS, AudioEntryError, cache_audio_entry, open_audio_dataset
-from grpo_audio.data.manifest import AudioQuestion, DataError
-from grpo_audio.data.records import RejectedRowError, RowProblem, RowReporter, read_records
+from grpo_audio.data.records import read_records
+from grpo_audio.data.rows import AudioQuestion, DataError, RejectedRowError, RowProblem, RowReporter, SourceRow
 from grpo_audio.paths import tried
 
 FORMATS = ("jsonl", "mmau", "mmar", "mmsu", "avqa", "hf")
@@ -82,14 +82,6 @@ _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 CATEGORY_KEYS = ("task", "category", "sub-category", "difficulty", "modality", "task_name", "question_type")
 ANSWER_POLICIES = ("error", "keep")
 OUTSIDE_FLAG = "answer_outside_choices"  # metadata key of a kept row whose answer is not among its choices
-
-
-@dataclass
-class SourceRow:
-    """A parsed row and where it came from (``file:line`` for JSONL, ``file[index]`` for a JSON array)."""
-
-    row: AudioQuestion
-    where: str
 
 
 # --- one row -----------------------------------------------------------------------------------------------------

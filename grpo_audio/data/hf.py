@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.rows import DataError
 from grpo_audio.paths import tried
 
 HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}

@@ -1,5 +1,5 @@
-"""The row every data source becomes (``AudioQuestion``), the error bad data raises (``DataError``), and
-``load_manifest``: a JSONL manifest's rows without decoding their audio.
+"""``load_manifest``: a JSONL manifest's rows (``AudioQuestion`` of ``grpo_audio.data.rows``) without decoding
+their audio.
 
 Manifest row fields (format ``jsonl`` of ``grpo_audio.data.formats``): ``id`` (str or int, unique), ``audio`` (path,
 relative to the manifest's directory unless absolute), ``question`` (str), ``choices`` (list of >= 2 str),
@@ -9,23 +9,11 @@ reward functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-
-class DataError(ValueError):
-    """Bad dataset input; the message names the file, the row and what is wrong."""
-
-
-@dataclass
-class AudioQuestion:
-    id: str
-    audio: str  # absolute path
-    question: str
-    choices: list[str]
-    answer: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
+from grpo_audio.data.formats import read_rows
+from grpo_audio.data.row_rules import bad_rows_message, split_by_rules
+from grpo_audio.data.rows import AudioQuestion, DataError, RowProblem
 
 
 def load_manifest(path: str | Path, allow_unlabeled: bool = False) -> list[AudioQuestion]:
@@ -36,11 +24,6 @@ def load_manifest(path: str | Path, allow_unlabeled: bool = False) -> list[Audio
     (``row_rules``: a gold answer unless ``allow_unlabeled``, no misspelled answer key). Every bad row is collected:
     one ``DataError`` names the first few (manifest, line and what is wrong) and how many there are.
     """
-    # Imported here: these modules import this one for AudioQuestion and DataError
-    from grpo_audio.data.formats import read_rows
-    from grpo_audio.data.records import RowProblem
-    from grpo_audio.data.row_rules import bad_rows_message, split_by_rules
-
     manifest = Path(path)
     problems: list[RowProblem] = []
     with_audio = []

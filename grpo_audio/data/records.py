@@ -2,53 +2,20 @@
 
 A record is one JSON value of a data file, not yet checked, with ``where`` naming it: ``file:line`` (JSONL, 1-based
 line), ``file[index]`` (JSON array, 0-based) or ``file['key']`` (a JSON object mapping ids to objects). Turning a
-record into an ``AudioQuestion`` is ``grpo_audio.data.formats``'s job; both report problems through ``RowReporter``:
-with no problem list the first problem raises ``DataError``, with a list every problem is collected and its row left
-out (``grpo-audio data check``, ``data.on_bad_row``).
+record into an ``AudioQuestion`` is ``grpo_audio.data.formats``'s job; both report problems through the
+``RowReporter`` of ``grpo_audio.data.rows``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grpo_audio.data.hf import HF_SUFFIXES, MMSU_COLUMNS, hf_column_names
-from grpo_audio.data.manifest import DataError
+from grpo_audio.data.rows import DataError, RejectedRowError, RowReporter
 from grpo_audio.files import JsonlError, parse_jsonl
 from grpo_audio.paths import tried
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """A row that cannot be used. ``kind``: bad_json, not_object, missing_field, bad_field, empty_choices,
-    answer_not_in_choices, duplicate_id (and the rule kinds of ``row_rules``). ``message`` is complete (starts with
-    ``where``)."""
-
-    where: str
-    kind: str
-    message: str
-    row_id: str | None = None
-
-
-class RejectedRowError(Exception):
-    """The current row was reported as a problem and is left out (raised by ``RowReporter``, caught per row)."""
-
-
-class RowReporter:
-    """Reports a row problem: raises ``DataError`` when ``problems`` is None, else appends a ``RowProblem`` to it
-    and raises ``RejectedRowError`` so that the caller moves on to the next row."""
-
-    def __init__(self, problems: list[RowProblem] | None) -> None:
-        self.problems = problems
-
-    def __call__(self, where: str, kind: str, detail: str, row_id: str | None = None) -> None:
-        message = f"{where}: {detail}" if row_id is None else f"{where}: row {row_id!r}: {detail}"
-        if self.problems is None:
-            raise DataError(message)
-        self.problems.append(RowProblem(where, kind, message, row_id))
-        raise RejectedRowError
 
 
 def read_records(path: str | Path, report: RowReporter | None = None) -> list[tuple[str, Any]]:

@@ -21,9 +21,8 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from grpo_audio.data.formats import CATEGORY_KEYS, SourceRow
-from grpo_audio.data.manifest import AudioQuestion
-from grpo_audio.data.records import RowProblem
+from grpo_audio.data.formats import CATEGORY_KEYS
+from grpo_audio.data.rows import AudioQuestion, RowProblem, SourceRow
 
 MMSU_CHOICE_KEYS = tuple(f"choice_{c}" for c in "abcd")  # and choice_e.. when a row has more options
 # The keys each format reads (the ``hf`` audio column is data.audio_column, added by ``known_keys``).
@@ -35,8 +34,9 @@ FORMAT_KEYS = {
     "mmsu": ("id", "audio_path", "audio", "audio_id", "question", "choices", *MMSU_CHOICE_KEYS, "answer_gt", "answer"),
     "avqa": ("id", "video_name", "audio", "audio_path", "question_text", "multi_choice", "answer"),
 }
-# Metadata fields the benchmarks document besides their slice fields (reference/benchmarks.md): known, not extra,
-# so that a benchmark file raises no look-alike warning (MMSU's sub-sub-category resembles sub-category).
+# Metadata fields the benchmarks document besides their slice fields (MMAU's test-mini JSON, github.com/Sakshi113/MMAU;
+# MMSU's dataset card, huggingface.co/datasets/ddwang2000/MMSU): known, not extra, so that a benchmark file raises no
+# look-alike warning (MMSU's sub-sub-category resembles sub-category).
 DOCUMENTED_KEYS = {
     "mmau": ("dataset", "split"),
     "mmsu": ("sub-sub-category", "linguistics_sub_discipline"),

@@ -45,9 +45,7 @@ import soundfile as sf
 from grpo_audio.audio.covo import SAMPLE_RATE
 from grpo_audio.audio.io import AudioLoadError, audio_info, load_audio
 from grpo_audio.audio.resample import DEFAULT_RESAMPLER
-from grpo_audio.data.formats import SourceRow, read_rows
-from grpo_audio.data.manifest import AudioQuestion, DataError
-from grpo_audio.data.records import RowProblem
+from grpo_audio.data.formats import read_rows
 from grpo_audio.data.row_rules import (
     ROW_REASONS,
     BadRow,
@@ -56,12 +54,13 @@ from grpo_audio.data.row_rules import (
     lookalike_keys,
     training_hint,
 )
+from grpo_audio.data.rows import AudioQuestion, DataError, RowProblem, SourceRow
 from grpo_audio.data.synthetic import write_synthetic_set
 from grpo_audio.files import write_jsonl
 
 logger = logging.getLogger("grpo_audio.data")
 
-# Reason codes, in the order summaries list them (row problems first: a row kind of formats.RowProblem, or one of
+# Reason codes, in the order summaries list them (row problems first: a row kind of rows.RowProblem, or one of
 # row_rules.ROW_REASONS).
 PARSE_REASONS = ("bad_json", "not_object", "missing_field", "bad_field", "empty_choices", "answer_not_in_choices",
                  "duplicate_id")  # fmt: skip

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from grpo_audio.data.manifest import AudioQuestion
 from grpo_audio.data.prompting import PromptTemplate
+from grpo_audio.data.rows import AudioQuestion
 from grpo_audio.data.synthetic import QUESTIONS
 
 
