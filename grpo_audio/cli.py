@@ -1,7 +1,8 @@
 """The ``grpo-audio`` command line: ``train``, ``config``, ``data check``, ``eval``, ``report``, ``rewards score``.
 
 User errors (a bad recipe, bad data, an unknown reward) print one line, ``error: ...``, and exit with status 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Notices read ``grpo-audio: ...`` (``grpo_audio/console.py``); the
+libraries' own progress bars are hidden unless ``--verbose`` comes before the command.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 import yaml
 
 from grpo_audio import __version__
+from grpo_audio.console import hide_library_progress, notices_through_say, say
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo_audio.audio.io import AudioLoadError
-    from grpo_audio.data.manifest import DataError
+    from grpo_audio.data.rows import DataError
     from grpo_audio.distributed import LaunchError, MainProcessError, PeerProcessError
     from grpo_audio.evaluation.report import ReportError
     from grpo_audio.model.checkpoint_load import CheckpointError
@@ -66,6 +68,12 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpo-audio", description="GRPO training harness for audio language models.")
     parser.add_argument("--version", action="version", version=f"grpo-audio {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="before the command (grpo-audio --verbose train ...): also show the libraries' own progress bars "
+        "(loading and writing weights, downloads, dataset preparation), hidden by default",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_args(sub.add_parser("train", help="train a policy with GRPO from a recipe"))
     _add_recipe_args(sub.add_parser("config", help="print the resolved recipe"))
@@ -121,10 +129,10 @@ def run(argv: list[str] | None = None) -> int:
     try:
         train(recipe)
     except KeyboardInterrupt:
-        print(f"grpo-audio: interrupted. {resume_hint(recipe)}", file=sys.stderr, flush=True)
+        say(f"interrupted. {resume_hint(recipe)}", stream=sys.stderr)
         return 130  # the shell's status for a command ended by SIGINT
     except PreemptedError as stop:
-        print(f"grpo-audio: {stop}. {resume_hint(recipe)}", file=sys.stderr, flush=True)
+        say(f"{stop}. {resume_hint(recipe)}", stream=sys.stderr)
         return stop.exit_status  # 128 + the signal: 143 for SIGTERM, 138 for SIGUSR1
     return 0
 
@@ -158,9 +166,9 @@ def silence_known_harmless() -> None:
     """Silence the third-party messages of a normal run that say nothing a user of this program can act on.
 
     Each is matched by its text, its category (or level) and the module that emits it, so that everything else,
-    the same libraries' other warnings included, still shows. Set before those libraries are imported: both fire on
-    import. In-process only, which covers every path: the vLLM engine runs in this process, and each process of an
-    ``accelerate launch`` runs this command line.
+    the same libraries' other warnings included, still shows. Set before those libraries are imported: the first
+    two fire on import. In-process only, which covers every path: the vLLM engine runs in this process, and each
+    process of an ``accelerate launch`` runs this command line.
     """
     # TRL warns on import, once per calling module (five of them), that it supports vLLM 0.22 to 0.31. The harness
     # pins vLLM 0.32 and runs its own engine, never TRL's vLLM integration, so the warning says nothing about this
@@ -174,13 +182,30 @@ def silence_known_harmless() -> None:
     # use (its kernels are its own C++ ones, and torch's compiler generates C++ on CPU), so nothing is lost and there
     # is nothing to install: Triton's CPU backend is a separate, experimental fork.
     logging.getLogger("vllm.triton_utils.importing").addFilter(_is_triton_cpu_notice)
+    # When an engine starts, vLLM swaps its kernel overrides in by scanning every loaded module's attributes; the
+    # scan touches torch.distributed.reduce_op, whose deprecation warning (twice) points at vLLM's own scanning
+    # code, not at anything this program or its user calls.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.reduce_op` is deprecated",
+        category=FutureWarning,
+        module=r"vllm\.triton_utils\.dispatcher",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # A global option, taken off before the commands that parse their own arguments see them
+    verbose = argv[:1] == ["--verbose"]
+    if verbose:
+        argv = argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     silence_known_harmless()
+    if not verbose:
+        hide_library_progress()
     try:
-        return run(argv)
+        with notices_through_say():
+            return run(argv)
     except Exception as exc:
         # The error types are imported only when there is an error to classify: they pull in torch and the
         # engines, which --help, --version and argument errors (SystemExit, not an Exception) never need

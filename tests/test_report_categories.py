@@ -87,4 +87,4 @@ def test_report_steps_past_the_last_logged_step_are_named(tmp_path, capsys):
     metrics = [{"step": s, "reward": 1.0, "rewards/accuracy/mean": 1.0} for s in (1, 2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     assert report_main([str(run), "--steps", "2,99"]) == 0
-    assert "grpo-audio report: no rollouts at step(s) 99 (the run logged steps 1-2)" in capsys.readouterr().out
+    assert "grpo-audio: no rollouts at step(s) 99 (the run logged steps 1-2)" in capsys.readouterr().out

@@ -50,6 +50,7 @@ import json
 import sys
 from pathlib import Path
 
+from grpo_audio.console import say
 from grpo_audio.data.formats import FORMATS
 
 # The scoring rules --rule accepts (grpo_audio.evaluation.scoring.RULES, checked equal by tests/test_eval.py): named
@@ -84,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args):
-    from grpo_audio.data.manifest import DataError
     from grpo_audio.data.records import detect_format
+    from grpo_audio.data.rows import DataError
     from grpo_audio.evaluation.runner import EvalSettings
     from grpo_audio.evaluation.scoring import FORMAT_RULES
     from grpo_audio.model.training_settings import read_training_settings
@@ -223,7 +224,7 @@ def trained_recipe(model_dir: Path) -> str | None:
     for run in (model_dir.parent, model_dir.parent.parent):
         recipe = run / "recipe.yaml"
         if recipe.is_file() and (run / "run.json").is_file():
-            print(f"grpo-audio eval: using the recipe the model was trained with, {recipe}", flush=True)
+            say(f"using the recipe the model was trained with, {recipe}")
             return str(recipe)
     return None
 
@@ -236,7 +237,7 @@ def heldout_split(model_dir: Path) -> Path:
     for run in (model_dir.parent, model_dir.parent.parent):
         manifest = run / "data" / "heldout" / "manifest.jsonl"
         if manifest.is_file() and (run / "run.json").is_file():
-            print(f"grpo-audio eval: no --benchmark: the run's held-out split, {manifest}", flush=True)
+            say(f"no --benchmark: the run's held-out split, {manifest}")
             return manifest
     raise RecipeError(
         f"no --benchmark, and {model_dir} is not in a run directory with a held-out split (RUN/data/heldout/"
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from grpo_audio.audio.io import AudioLoadError
-    from grpo_audio.data.manifest import DataError
+    from grpo_audio.data.rows import DataError
     from grpo_audio.evaluation.runner import evaluate
     from grpo_audio.model.checkpoint_load import CheckpointError
     from grpo_audio.recipe import RecipeError

@@ -25,6 +25,7 @@ import re
 from functools import partial
 from pathlib import Path
 
+from grpo_audio.console import say
 from grpo_audio.evaluation.browser import write_browser
 from grpo_audio.files import JsonlError, read_jsonl
 
@@ -238,9 +239,9 @@ def main(argv: list[str]) -> int:
         absent = [s for s in steps if s not in logged]
         if absent:
             span = f"steps {min(logged)}-{max(logged)}" if logged else "no rollouts"
-            print(f"grpo-audio report: no rollouts at step(s) {', '.join(map(str, absent))} (the run logged {span})")
+            say(f"no rollouts at step(s) {', '.join(map(str, absent))} (the run logged {span})")
     page = render(args.run_dir, args.out or args.run_dir / "report", args.compare, steps)
-    print(f"report written to {page}")
+    say(f"report written to {page}")
     return 0
 
 

@@ -1,9 +1,9 @@
 """The Qwen2 backbone of an audio model (any family) as a plain ``Qwen2ForCausalLM``: names, merged LoRA, files.
 
-vLLM serves only the backbone (route A in ``shared/reference/vllm.md``): the trainer keeps the Whisper encoder and
-the adapter and hands vLLM audio-merged prompt embeddings. The backbone's parameters (the model's ``backbone``:
-``model.language_model`` for Covo-Audio and Qwen2-Audio, ``model`` for Qwen2.5-Omni's thinker) are renamed to the
-plain Qwen2 layout::
+vLLM serves only the backbone: the trainer keeps the Whisper encoder and the adapter and hands vLLM audio-merged
+prompt embeddings (https://docs.vllm.ai/en/stable/features/prompt_embeds/). The backbone's parameters (the model's
+``backbone``: ``model.language_model`` for Covo-Audio and Qwen2-Audio, ``model`` for Qwen2.5-Omni's thinker) are
+renamed to the plain Qwen2 layout::
 
     <backbone>.X             ->  model.X          (embed_tokens, layers.N.*, norm)
     lm_head.weight           ->  lm_head.weight   (untied)
@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from grpo_audio.console import say
 
 ARCHITECTURE = "Qwen2ForCausalLM"
 INDEX_FILE = "model.safetensors.index.json"
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _, model = load_pretrained(Path(args.model_dir))  # its family from its config.json, checked as it loads
     out = export_backbone(model, args.out_dir, dtype=getattr(torch, args.dtype))
-    print(f"wrote the Qwen2 backbone of {args.model_dir} ({args.dtype}) to {out}")
+    say(f"wrote the Qwen2 backbone of {args.model_dir} ({args.dtype}) to {out}")
     return 0
 
 

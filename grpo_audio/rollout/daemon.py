@@ -15,7 +15,7 @@ def in_daemon_thread(function: Callable, *args) -> Future:
     def run() -> None:
         try:
             future.set_result(function(*args))
-        except BaseException as err:  # noqa: BLE001  (handed to whoever waits on the future)
+        except BaseException as err:  # handed to whoever waits on the future
             future.set_exception(err)
 
     threading.Thread(target=run, daemon=True, name=getattr(function, "__name__", "work")).start()

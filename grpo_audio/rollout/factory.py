@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from grpo_audio.console import say
 from grpo_audio.distributed import rank, share_from_main, world_size
 from grpo_audio.model.family import family_of_model
 from grpo_audio.model.sampling import SamplingDistribution
@@ -65,10 +66,9 @@ def build_rollout_engine(recipe: Recipe, model, tokenizer, run_dir: str | Path) 
     ignored = ignored_generation_fields(covo_base(model).generation_config)
     if ignored and rank() == 0:
         fields = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))
-        print(
-            f"grpo-audio: note: the model's generation config sets {fields}; rollouts do not apply these (the "
-            "log-prob pass could not reproduce them): they sample with rollout.temperature, top_k and top_p only",
-            flush=True,
+        say(
+            f"note: the model's generation config sets {fields}; rollouts do not apply these (the log-prob pass "
+            "could not reproduce them): they sample with rollout.temperature, top_k and top_p only"
         )
     if spec.engine == "hf":
         return HFRolloutEngine(

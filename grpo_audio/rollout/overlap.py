@@ -91,7 +91,7 @@ class RolloutPrefetcher:
                 return result, seconds, None, None
             try:
                 return result, seconds, score(result), None
-            except Exception as error:  # noqa: BLE001  (the step scores the batch itself, and raises it there)
+            except Exception as error:  # the step scores the batch itself, and raises it there
                 return result, seconds, None, f"{type(error).__name__}: {error}"
 
         # a daemon thread: a run that stops on an error does not wait for a sampling request in flight

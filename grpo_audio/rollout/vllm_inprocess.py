@@ -78,6 +78,7 @@ class InProcessVLLM:
                 "rollout.vllm.mode 'colocate' pushes weights into the engine's model runner in this process: unset "
                 "VLLM_ENABLE_V1_MULTIPROCESSING (or set it to 0)"
             )
+        from huggingface_hub.utils import are_progress_bars_disabled
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -95,6 +96,8 @@ class InProcessVLLM:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             enable_sleep_mode=sleep,
+            # vLLM's weight-loading bar follows the switch for the other libraries' bars (grpo_audio/console.py)
+            use_tqdm_on_load=not are_progress_bars_disabled(),
             # vLLM 0.32 on CPU: a seeded request whose prefill is split over scheduler steps crashes the runner
             # ("CPU Generator does not use offset"); whole-prompt prefill avoids the split
             enable_chunked_prefill=not current_platform.is_cpu(),

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from grpo_audio import __version__
+from grpo_audio.console import say
 from grpo_audio.distributed import world_size
 from grpo_audio.files import filter_jsonl, sha256_file
 from grpo_audio.recipe import Recipe, RecipeError, recipe_to_dict
@@ -136,14 +137,14 @@ def open_run_dir(recipe: Recipe) -> RunDir:
             f"run.output_dir {path} exists, is not empty and was not written by grpo-audio; choose another"
         )
     if recipe.run.overwrite:
-        print(f"grpo-audio: run.overwrite=true: removing {what_a_run_holds(path)}", flush=True)
+        say(f"run.overwrite=true: removing {what_a_run_holds(path)}")
         shutil.rmtree(path)
         path.mkdir(parents=True)
         return RunDir(path, None)
     ended = ended_before_a_checkpoint(path)
     if ended is not None and not recipe.run.resume_from:
         # nothing of it can be resumed: the corrected rerun starts in its place instead of being refused
-        print(f"grpo-audio: {path} holds a run that {ended}; starting again in its place", flush=True)
+        say(f"{path} holds a run that {ended}; starting again in its place")
         shutil.rmtree(path)
         path.mkdir(parents=True)
         return RunDir(path, None)
