@@ -6,16 +6,20 @@
 
 Runs ``grpo-audio train`` once per seed (cold start, then GRPO; each run in a subprocess of its own, one after
 the other) and once per ``--silence-seeds`` seed with ``model.audio_ablation=silence`` (every clip replaced by
-silence of the same length: same prompts, no content), then prints one table from the runs' ``run.json``:
+silence of the same length: same prompts, no content), then prints one table from the runs' ``run.json`` ``eval``
+record: the recipe's first eval set, evaluated before the first step and at the end (``eval.before_training`` and
+``eval.at_end``), with sampled answers (``eval.samples`` > 0):
 
 * greedy: held-out accuracy of greedy answers before GRPO (after the cold start) and after it;
-* sampled: the expected held-out accuracy of the policy (k samples per question at temperature 1), the number to
-  compare with chance (a model at chance can score far from chance greedily; see ``grpo_audio.evaluation.heldout``);
-* wall time of the whole run (data, cold start, held-out scoring, GRPO, final save);
-* with an eval set sampled during training (``eval.samples`` > 0, at the rollout temperature): its sampled accuracy
-  before and after, and the optimizer steps and completions generated (dynamic sampling's dropped ones included)
-  until it first reaches ``--threshold`` (``learning_curve``). ``--arm`` runs every seed again with other
-  overrides, and the median ratio of completions to the threshold is printed per arm.
+* sampled at T: the expected held-out accuracy of the policy (``eval.samples`` answers per question at the
+  rollout temperature T, the one it trains at), the number to compare with chance (a model at chance can score
+  far from chance greedily; see ``grpo_audio.evaluation.during_training``);
+* unparsed: the share of greedy answers after GRPO that name no single choice;
+* wall time of the whole run (data, cold start, evaluations, GRPO, final save);
+* from the evaluations during training (``eval.every_steps``): the sampled accuracy's curve, and the optimizer steps
+  and completions generated (dynamic sampling's dropped ones included) until it first reaches ``--threshold``
+  (``learning_curve``). ``--arm`` runs every seed again with other overrides, and the median ratio of completions
+  to the threshold is printed per arm.
 
 It then writes the run report of the first seed with the first silence run overlaid
 (``grpo-audio report <out>/seed<N> --compare <out>/silence-seed<N>``: ``<out>/seed<N>/report/``). ``--set``
@@ -63,31 +67,39 @@ def train(recipe: str, run_dir: Path, overrides: list[str], log: Path) -> float:
     return seconds
 
 
-def heldout(run_dir: Path) -> tuple[dict, dict]:
-    """Held-out scores before and after GRPO: the synthetic split's (``heldout_before``/``heldout_after``), else the
-    recipe's first ``eval`` set's, evaluated before the first step and at the end (greedy accuracy; sampled
-    accuracy with ``eval.samples`` > 0; "format" = the share of answers the rule could parse)."""
+def heldout(run_dir: Path) -> dict:
+    """The held-out scores of a run, from run.json's ``eval``: its first set's name and items, the sampling settings
+    of its sampled accuracy, and ``before``/``after`` (``eval_scores``) at step 0 and at the end."""
     status = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if "heldout_before" in status and "heldout_after" in status:
-        return status["heldout_before"], status["heldout_after"]
     evaluation = status.get("eval") or {}
     first, last = evaluation.get("first"), evaluation.get("last")
-    if first and last and first["step"] == 0 and last["step"] > 0:
-        return _eval_scores(first["metrics"]), _eval_scores(last["metrics"])
-    raise RuntimeError(
-        f"{run_dir / 'run.json'} holds no held-out accuracy before and after training: the proof needs a recipe "
-        "with a synthetic held-out split (data.synthetic.heldout_questions > 0) or an eval set evaluated before "
-        "training and at the end (eval.sets, with eval.before_training and eval.at_end true)"
-    )
+    if not (first and last and first["step"] == 0 and last["step"] > 0):
+        raise RuntimeError(
+            f"{run_dir / 'run.json'} holds no held-out accuracy before and after training: the proof needs an eval "
+            "set evaluated before training and at the end (eval.sets, with eval.before_training and eval.at_end true)"
+        )
+    if evaluation.get("sampling") is None:
+        raise RuntimeError(
+            f"{run_dir / 'run.json'}: the eval sets were scored greedily only; the proof compares sampled accuracy "
+            "with chance: set eval.samples > 0"
+        )
+    name, spec = next(iter(evaluation["sets"].items()))
+    return {
+        "set": name,
+        "items": spec["items"],
+        "sampling": evaluation["sampling"],
+        "before": eval_scores(first["metrics"], name),
+        "after": eval_scores(last["metrics"], name),
+    }
 
 
-def _eval_scores(metrics: dict) -> dict:
-    """The first eval set's numbers in the held-out record's keys (accuracy, sampled_accuracy, format)."""
-    name = next(key.split("/")[1] for key in metrics if key.startswith("eval/") and key.endswith("/accuracy"))
-    scores = {"accuracy": metrics[f"eval/{name}/accuracy"], "format": 1.0 - metrics[f"eval/{name}/unparsed"]}
-    if f"eval/{name}/sampled_accuracy" in metrics:
-        scores["sampled_accuracy"] = metrics[f"eval/{name}/sampled_accuracy"]
-    return scores
+def eval_scores(metrics: dict, name: str) -> dict:
+    """Set ``name``'s greedy accuracy, sampled accuracy and unparsed share in one evaluation's metrics."""
+    return {
+        "accuracy": metrics[f"eval/{name}/accuracy"],
+        "sampled_accuracy": metrics[f"eval/{name}/sampled_accuracy"],
+        "unparsed": metrics[f"eval/{name}/unparsed"],
+    }
 
 
 def learning_curve(run_dir: Path, threshold: float) -> dict:
@@ -145,36 +157,48 @@ def run_all(
             continue
         print(f"{name}: training ({out / name})", flush=True)
         seconds = train(recipe, out / name, overrides + extra, out / f"{name}.log")
-        before, after = heldout(out / name)
+        scores = heldout(out / name)
         results.append(
             {
                 "run": name,
                 "arm": arm,
                 "seed": seed,
                 "audio": audio,
-                "before": before,
-                "after": after,
+                **scores,
                 "seconds": seconds,
                 **learning_curve(out / name, threshold),
             }
         )
         saved.write_text(json.dumps(results[-1], indent=1), encoding="utf-8")
+        before, after = scores["before"], scores["after"]
         print(
-            f"{name}: sampled accuracy {before.get('sampled_accuracy', float('nan')):.3f} -> "
-            f"{after.get('sampled_accuracy', float('nan')):.3f}, greedy {before['accuracy']:.3f} -> "
-            f"{after['accuracy']:.3f}, {seconds:.0f} s",
+            f"{name}: sampled accuracy at T={scores['sampling']['temperature']:g} {before['sampled_accuracy']:.3f} "
+            f"-> {after['sampled_accuracy']:.3f}, greedy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
+            f"{seconds:.0f} s",
             flush=True,
         )
     return results
 
 
+def sampled_header(results: list[dict]) -> str:
+    """``sampled at T=0.7`` when every run sampled at one temperature; ``sampled at T`` (a column says which) else."""
+    temperatures = {r["sampling"]["temperature"] for r in results}
+    return f"sampled at T={temperatures.pop():g}" if len(temperatures) == 1 else "sampled at T"
+
+
+def temperature_column(results: list[dict]) -> bool:
+    """Whether the runs sampled at different temperatures (an ``--arm`` changed it): the tables then show each."""
+    return len({r["sampling"]["temperature"] for r in results}) > 1
+
+
 def curve_table(results: list[dict], threshold: float) -> str:
     """Per run: sampled accuracy at the rollout temperature (the eval section's) at the start and the end, and the
     optimizer steps and completions generated until it first reached ``threshold``."""
+    sampled, per_run = sampled_header(results), temperature_column(results)
     lines = [
-        f"| arm | seed | audio | sampled at T, before | sampled at T, after | steps to {threshold:g} | "
-        f"completions to {threshold:g} |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        f"| arm | seed | audio |{' T |' if per_run else ''} {sampled}, before | {sampled}, after | "
+        f"steps to {threshold:g} | completions to {threshold:g} |",
+        f"| --- | ---: | --- |{' ---: |' if per_run else ''} ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         curve = r.get("curve") or []
@@ -182,24 +206,29 @@ def curve_table(results: list[dict], threshold: float) -> str:
         last = f"{curve[-1][2]:.3f}" if curve else "n/a"
         steps = "never" if r.get("reached_step") is None else str(r["reached_step"])
         completions = "never" if r.get("reached_completions") is None else f"{r['reached_completions']:,}"
+        temperature = f" {r['sampling']['temperature']:g} |" if per_run else ""
         lines.append(
-            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} | {first} | {last} | {steps} | {completions} |"
+            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} |{temperature} {first} | {last} | {steps} | "
+            f"{completions} |"
         )
     return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
+    """Per run: greedy and sampled held-out accuracy before and after GRPO, the unparsed share after, wall time."""
+    sampled, per_run = sampled_header(results), temperature_column(results)
     lines = [
-        "| arm | seed | audio | greedy before | greedy after | sampled before | sampled after | format after "
-        "| wall s |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| arm | seed | audio |{' T |' if per_run else ''} greedy before | greedy after | {sampled}, before | "
+        f"{sampled}, after | unparsed after | wall s |",
+        f"| --- | ---: | --- |{' ---: |' if per_run else ''} ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         b, a = r["before"], r["after"]
+        temperature = f" {r['sampling']['temperature']:g} |" if per_run else ""
         lines.append(
-            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | "
-            f"{b.get('sampled_accuracy', float('nan')):.3f} | {a.get('sampled_accuracy', float('nan')):.3f} | "
-            f"{a.get('sampled_format', a['format']):.3f} | {r['seconds']:.0f} |"
+            f"| {r.get('arm') or 'plain'} | {r['seed']} | {r['audio']} |{temperature} {b['accuracy']:.3f} | "
+            f"{a['accuracy']:.3f} | {b['sampled_accuracy']:.3f} | {a['sampled_accuracy']:.3f} | "
+            f"{a['unparsed']:.3f} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -263,11 +292,11 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    n = results[0]["before"]["n"]
+    first = results[0]
     print()
     print(
-        f"recipe {args.recipe} {' '.join(args.overrides)}; held-out n={n} questions, sampled accuracy over "
-        f"{results[0]['before'].get('samples_per_question', '?')} samples each at temperature 1"
+        f"recipe {' '.join([args.recipe, *args.overrides])}; eval set {first['set']!r}, n={first['items']} questions, "
+        f"sampled accuracy over {first['sampling']['samples']} samples each at the rollout temperature"
     )
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU")
     print()

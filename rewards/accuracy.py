@@ -16,7 +16,7 @@ a(completion), the answer, depends on ``answer_source``:
   "The answer is high." in full, a reward-hacking surface in training;
 * ``tag_or_text``: that span, else the text after the last ``</think>``, else the whole completion
   (``rewards.answer_span.extract_answer``). This is how benchmark scripts score raw model output, and what the
-  evaluation uses (``grpo_audio.evaluation.scoring``, and the held-out accuracy, which sets this option itself).
+  evaluation uses (``grpo_audio.evaluation.scoring``).
   A recipe may name it on the training term too, e.g. for a model that has not yet learnt the tags.
 
 The gold answer is ``sample["answer"]``: normally the text of one choice (MMAU); an ``int`` is an index into

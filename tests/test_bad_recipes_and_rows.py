@@ -20,10 +20,11 @@ import soundfile as sf
 import rewards
 from grpo_audio.cli import main
 from grpo_audio.data.check import main as check_main
-from grpo_audio.data.manifest import DataError, load_manifest
-from grpo_audio.data.sources import load_rows_for_recipe
+from grpo_audio.data.manifest import load_manifest
+from grpo_audio.data.rows import AudioQuestion, DataError
+from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.data.synthetic import write_synthetic_set
-from grpo_audio.evaluation.heldout import heldout_accuracy
+from grpo_audio.evaluation.runner import check_eval_rows
 from grpo_audio.recipe import RecipeError, load_recipe
 from grpo_audio.recipe.loader import grpo_config_fields
 from grpo_audio.recipe.ranges import RANGES, field_values
@@ -218,8 +219,9 @@ def test_load_manifest_and_the_held_out_split_follow_the_same_rules(tmp_path):
     with pytest.raises(DataError, match=r"manifest.jsonl: 3 bad rows: .*manifest.jsonl:2: row 'pitch-0001': unknown "
                                         r"key 'answr' \(did you mean 'answer'\?\)"):  # fmt: skip
         load_manifest(synthetic)
-    with pytest.raises(DataError, match=r"held-out accuracy needs a gold answer on every row; 1 have none"):
-        heldout_accuracy(None, None, [{"id": "q", "answer": None}], None, 8, [])
+    unlabeled = AudioQuestion("q", "q.wav", "Is the tone high or low?", ["high", "low"], None)
+    with pytest.raises(DataError, match=r"evaluation needs a gold answer on every row; 1 have none"):
+        check_eval_rows([unlabeled], SkipReport())  # every eval set, the synthetic split included
 
 
 def test_evaluation_refuses_rows_it_could_not_read_even_with_the_skip_policy(tmp_path):

@@ -11,18 +11,15 @@ import torch
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.synthetic import write_synthetic_set
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
-from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.train.coldstart import coldstart_target, draw_batch
 
 LEARN_PITCH = Path(__file__).resolve().parents[1] / "configs" / "learn_pitch.yaml"
 
 
-def test_silence_control_keeps_the_placeholders_and_removes_the_content(tmp_path):
+def test_silence_control_keeps_the_placeholders_and_removes_the_content(tmp_path, model):
     rows = load_manifest(write_synthetic_set(tmp_path, 4, ["pitch"], seed=0))
     high = next(r.audio for r in rows if r.answer == "high")
     low = next(r.audio for r in rows if r.answer == "low")
-    model = build_tiny_model(TinyModelSpec(), build_tiny_tokenizer(tiny_tokenizer_corpus(["x"]), 300), seed=0)
     heard = AudioFeaturizer(True).clip_embeddings([high, low], model, torch.device("cpu"))
     silent = AudioFeaturizer(True, ablation="silence").clip_embeddings([high, low], model, torch.device("cpu"))
     assert heard[0].shape == silent[0].shape  # same number of frames, so the same prompt
@@ -39,20 +36,25 @@ def test_coldstart_targets_have_the_paper_format():
 @pytest.mark.slow
 def test_coldstart_teaches_the_format_and_heldout_is_measured(tiny_recipe):
     from grpo_audio.train.run import train
+    from rewards.answer_format import score
 
     recipe = tiny_recipe(
         "data.synthetic.tasks=[pitch]",
         "data.synthetic.heldout_questions=8",
+        "eval.sets=[{name: tones, source: synthetic}]",
         "coldstart.steps=40",
         "coldstart.learning_rate=3e-3",
         "trainer.max_steps=1",
         "rollout.max_completion_length=24",
     )
     run_dir = train(recipe)
-    status = json.loads((run_dir / "run.json").read_text())
-    before, after = status["heldout_before"], status["heldout_after"]
-    assert before["n"] == after["n"] == 8
-    assert before["format"] >= 0.75  # the warm-up taught <think>...</think><answer>...</answer>
+    evaluation = json.loads((run_dir / "run.json").read_text())["eval"]
+    assert evaluation["sets"]["tones"]["items"] == 8
+    assert [evaluation[e]["step"] for e in ("first", "last")] == [0, 1]  # after the cold start, after GRPO
+    # the warm-up taught <think>...</think><answer>...</answer>: the step-0 greedy answers have the paper's format
+    step_0 = run_dir / "eval_sets" / "tones" / "step_0.jsonl"
+    answers = [json.loads(line) for line in step_0.read_text().splitlines()]
+    assert len(answers) == 8 and sum(score(a["completion"], {}) for a in answers) >= 6
     losses = [json.loads(line)["loss"] for line in (run_dir / "coldstart.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and losses[-1] < losses[0] / 5
     train_clips = {p.name for p in (run_dir / "data").glob("*.wav")}
@@ -92,23 +94,27 @@ def test_coldstart_random_answers_are_independent_draws():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["covo_audio", "qwen2_audio", "qwen2_5_omni_thinker"])
 def test_grpo_learns_pitch_from_audio_and_not_from_silence(tmp_path, family):
-    """The proof-of-learning recipe, shortened, for each model family's tiny model: held-out accuracy rises well
-    above the cold start's with audio, and stays at chance when every clip is silence (same prompts, no content)."""
+    """The proof-of-learning recipe, shortened, for each model family's tiny model: the held-out eval set's sampled
+    accuracy at the training temperature rises well above the cold start's with audio, and stays at chance when every
+    clip is silence (same prompts, no content)."""
     from grpo_audio.recipe import load_recipe
     from grpo_audio.train.run import train
 
     short = ["trainer.max_steps=50", "trainer.save_steps=1000", "data.synthetic.heldout_questions=16"]
-    short.append(f"model.family={family}")
+    short += ["eval.every_steps=0", f"model.family={family}"]
     results = {}
     for name, extra in (("audio", []), ("silence", ["model.audio_ablation=silence"])):
         recipe = load_recipe(LEARN_PITCH, [f"run.output_dir={tmp_path / name}", *short, *extra])
-        status = json.loads((train(recipe) / "run.json").read_text())
-        results[name] = status["heldout_before"], status["heldout_after"]
+        evaluation = json.loads((train(recipe) / "run.json").read_text())["eval"]
+        assert evaluation["sampling"]["temperature"] == recipe.rollout.temperature == 0.7
+        assert evaluation["first"]["step"] == 0 and evaluation["last"]["step"] == 50
+        results[name] = evaluation["first"]["metrics"], evaluation["last"]["metrics"]
     before, after = results["audio"]
-    assert before["sampled_accuracy"] < 0.6  # the cold start answers at chance ...
-    assert after["sampled_accuracy"] >= before["sampled_accuracy"] + 0.25  # ... GRPO teaches it to listen
-    assert after["accuracy"] >= 0.85 and after["format"] >= 0.9
+    assert before["eval/tones/sampled_accuracy"] < 0.6  # the cold start answers at chance ...
+    # ... GRPO teaches it to listen
+    assert after["eval/tones/sampled_accuracy"] >= before["eval/tones/sampled_accuracy"] + 0.25
+    assert after["eval/tones/accuracy"] >= 0.85 and after["eval/tones/unparsed"] <= 0.1
     # Silence: the prompts differ only in the order of the options, which says nothing about the answer
     _, silent_after = results["silence"]
-    assert silent_after["sampled_accuracy"] < 0.6
-    assert silent_after["accuracy"] < 0.75
+    assert silent_after["eval/tones/sampled_accuracy"] < 0.6
+    assert silent_after["eval/tones/accuracy"] < 0.75

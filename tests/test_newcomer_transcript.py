@@ -35,7 +35,10 @@ def test_a_newcomers_second_day(tmp_path):
     run_dir = tmp_path / "learn_pitch"
     first = grpo_audio(*train_args(run_dir, 2))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "held-out accuracy before GRPO" in first.stdout and "held-out accuracy after GRPO" in first.stdout
+    # the eval set 'tones' before the first step and at the end, sampled at the training temperature
+    for step in (0, 2):
+        assert f"grpo-audio: eval 'tones' at step {step}: accuracy " in first.stdout
+    assert "sampled at T=0.7 (8 per item)" in first.stdout and "n=8" in first.stdout
     assert f"report (curves and rollout browser) in {run_dir / 'report' / 'index.html'}" in first.stdout
 
     evaluated = grpo_audio("eval", "--model", str(run_dir / "final_model"))

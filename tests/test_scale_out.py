@@ -1,6 +1,6 @@
 """Several training processes: ``accelerate launch`` with 2 CPU processes (gloo) against the 1-process run.
 
-The launch is the one the README gives for a GPU node (configs/accelerate/ddp.yaml), with ``--num_processes 2``:
+The launch is the one docs/scale-out.md gives for a GPU node (configs/accelerate/ddp.yaml), with ``--num_processes 2``:
 with no GPU visible every process trains on the CPU over gloo.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.accelerate_launch import accelerate_launch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,7 @@ PROMPTS_PER_STEP = 3  # 12 rows per step: 6 per process, so one prompt's group i
 COMMON = [
     "data.synthetic.num_questions=12",
     "data.synthetic.heldout_questions=4",
+    "eval.sets=[{name: tones, source: synthetic}]",  # scored on process 0 while the other waits
     f"rollout.num_generations={G}",
     "rollout.max_completion_length=10",
     "trainer.max_steps=2",
@@ -58,20 +60,7 @@ def launch(
     if processes == 1:
         command = [sys.executable, *train]
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(REPO / "configs" / "accelerate" / "ddp.yaml"),
-            "--num_processes",
-            str(processes),
-            "--mixed_precision",
-            "no",
-            "--main_process_port",
-            "0",
-            *train,
-        ]
+        command = [*accelerate_launch(processes), *train]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]),
@@ -136,7 +125,8 @@ def test_process_zero_alone_writes_the_run_directory(runs):
     run_dir = root / "two"
     assert len((run_dir / "command.txt").read_text().splitlines()) == 1
     status = json.loads((run_dir / "run.json").read_text())
-    assert status["status"] == "completed" and status["heldout_before"]["n"] == 4
+    assert status["status"] == "completed" and status["eval"]["sets"]["tones"]["items"] == 4
+    assert [status["eval"][e]["step"] for e in ("first", "last")] == [0, 2]
     steps = [m["step"] for m in jsonl(run_dir / "metrics.jsonl") if "reward" in m]
     assert steps == [1, 2]
     assert len(jsonl(run_dir / "coldstart.jsonl")) == 3

@@ -148,7 +148,6 @@ def test_the_starting_point_is_kept_with_its_settings(source, tmp_path, monkeypa
     from grpo_audio.train.run_dir import save_model_atomic
 
     monkeypatch.setattr(training, "run_coldstart", lambda *args, **kwargs: [])  # its training is tested elsewhere
-    monkeypatch.setattr(training, "measure_heldout", lambda *args: None)
     base = load_recipe(None, [f"run.output_dir={tmp_path / 'unused'}"])
     tokenizer, model = tiny_model_and_tokenizer(base)
     save_model_atomic(model, tokenizer, tmp_path / "pretrained")
@@ -157,14 +156,14 @@ def test_the_starting_point_is_kept_with_its_settings(source, tmp_path, monkeypa
     recipe = load_recipe(None, [*common, "coldstart.steps=1", "coldstart.allow_pretrained=true"])
     run = tmp_path / "run"
     run.mkdir()
-    training.prepare_starting_point(recipe, run, model, tokenizer, [], None, [], {})
+    training.make_starting_point(recipe, run, model, tokenizer, [], None)
     initial = run / "initial_model"
     assert read_training_settings(initial).max_completion_length == 9
     assert not list(run.glob("initial_model.tmp*"))
     if source == "pretrained":
         check_covo_checkpoint(initial)  # loadable as a pretrained source: evaluable, or a new run's start
         shutil.rmtree(initial)
-        training.prepare_starting_point(load_recipe(None, common), run, model, tokenizer, [], None, [], {})
+        training.make_starting_point(load_recipe(None, common), run, model, tokenizer, [], None)
         assert not initial.exists()
 
 

@@ -12,7 +12,15 @@ also K sampled answers per row at the rollout's temperature, top-p and top-k. Me
     eval/<name>/unparsed                     greedy answers naming no single choice, as a share of items
 
 and ``time/eval_s``, the wall seconds of the whole evaluation. Each evaluation's greedy predictions are written to
-``RUN/eval_sets/<name>/step_<N>.jsonl`` (one record per item, as ``grpo-audio eval`` writes them).
+``RUN/eval_sets/<name>/step_<N>.jsonl`` (one record per item, as ``grpo-audio eval`` writes them), and each set's
+result is printed as one line ``grpo-audio: <line>`` (``HeldOutEvaluator.describe``), with the sampling settings
+beside the sampled accuracy:
+
+    eval 'tones' at step 0: accuracy 0.625 greedy, 0.480 sampled at T=0.7 (8 per item), unparsed 0.000, n=32
+
+Sampled accuracy is the policy's expected accuracy at the temperature it trains at; greedy accuracy can sit far from
+it (a model at chance whose clips of one class sound alike turns a slight preference into a whole class right or
+wrong), which is why the proof of learning reads the sampled one.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from pathlib import Path
 import torch
 
 from grpo_audio.audio.featurizer import AudioFeaturizer
-from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.console import say
 from grpo_audio.data.prompting import load_template
+from grpo_audio.data.rows import AudioQuestion
 from grpo_audio.data.sources import SkipReport
 from grpo_audio.evaluation.metrics import compute_metrics
 from grpo_audio.evaluation.runner import check_eval_rows, load_eval_rows, predict, prompt_texts, skipped_records
@@ -48,6 +57,11 @@ class EvalSet:
     rule: str
     template: str  # the template's ident, name@vN
     skipped: SkipReport
+
+    @property
+    def items(self) -> int:
+        """Items scored per evaluation: the rows, and the skipped clips (scored as wrong)."""
+        return len(self.rows) + len(self.skipped.skipped)
 
 
 def eval_set_recipe(recipe: Recipe, spec: EvalSetSection) -> Recipe:
@@ -73,7 +87,7 @@ def load_eval_sets(
 ) -> list[EvalSet]:
     """Process 0, before training: every set of ``recipe.eval`` read and its prompts rendered (raises ``DataError``
     for a set that cannot be scored, naming the file). ``heldout_split`` is the synthetic held-out split as
-    ``load_heldout_rows`` gave it (read once per run, for the old held-out score and the 'synthetic' sets alike)."""
+    ``load_heldout_rows`` gave it: the rows of every set with source 'synthetic'."""
     sets = []
     for spec in recipe.eval.sets:
         out = run_dir / "eval_sets" / spec.name
@@ -89,12 +103,13 @@ def load_eval_sets(
         prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         rule = spec.rule or FORMAT_RULES["mmau" if spec.source == "synthetic" else spec.source]
         sets.append(EvalSet(spec.name, rows, prompt_ids, rule, template.ident, report))
-        print(f"grpo-audio: eval set {spec.name!r}: {len(rows)} items, rule {rule}, template {template.ident}")
+        say(f"eval set {spec.name!r}: {len(rows)} items, rule {rule}, template {template.ident}")
     return sets
 
 
 class HeldOutEvaluator:
-    """Scores a model on the prepared sets (``__call__``); run by process 0 (``grpo_audio.train.callbacks``)."""
+    """Scores a model on the prepared sets (``__call__``); run by process 0 (``grpo_audio.train.callbacks``), which
+    prints ``describe``'s lines. ``sampling``: how the sampled answers are drawn (None without ``eval.samples``)."""
 
     def __init__(self, recipe: Recipe, sets: list[EvalSet], tokenizer, featurizer: AudioFeaturizer, run_dir: Path):
         spec, rollout = recipe.eval, recipe.rollout
@@ -106,6 +121,8 @@ class HeldOutEvaluator:
         self.samples = spec.samples
         self.seed = recipe.run.seed
         length = spec.max_new_tokens or rollout.max_completion_length
+        sampling = {"temperature": rollout.temperature, "top_p": rollout.top_p, "top_k": rollout.top_k}
+        self.sampling = {"samples": spec.samples, **sampling} if spec.samples > 0 else None
         self._settings = {
             "greedy": SamplingSettings(max_new_tokens=length, do_sample=False, text_only=rollout.text_only),
             "sampled": SamplingSettings(
@@ -117,6 +134,35 @@ class HeldOutEvaluator:
                 text_only=rollout.text_only,
             ),
         }
+
+    def describe(self, step: int, metrics: dict[str, float]) -> list[str]:
+        """One line per set of an evaluation's ``metrics``: greedy accuracy, sampled accuracy with the settings it was
+        sampled at, the unparsed share of greedy answers, and the items scored."""
+        lines = []
+        for item in self.sets:
+            prefix = f"eval/{item.name}"
+            parts = [f"accuracy {metrics[f'{prefix}/accuracy']:.3f} greedy"]
+            if self.sampling is not None:
+                parts.append(f"{metrics[f'{prefix}/sampled_accuracy']:.3f} sampled at {self.sampling_label()}")
+            parts += [f"unparsed {metrics[f'{prefix}/unparsed']:.3f}", f"n={item.items}"]
+            lines.append(f"eval {item.name!r} at step {step}: " + ", ".join(parts))
+        return lines
+
+    def sampling_label(self) -> str:
+        """``T=0.7 (8 per item)``, with top-p and top-k when they truncate the distribution."""
+        settings = self.sampling
+        label = f"T={settings['temperature']:g}"
+        if settings["top_p"] < 1.0:
+            label += f", top-p {settings['top_p']:g}"
+        if settings["top_k"] > 0:
+            label += f", top-k {settings['top_k']}"
+        return f"{label} ({settings['samples']} per item)"
+
+    def record(self) -> dict:
+        """What run.json's ``eval`` says about the evaluation itself: each set's items, rule and template, and the
+        sampling settings of ``sampled_accuracy`` (None when only greedy answers are scored)."""
+        sets = {s.name: {"items": s.items, "rule": s.rule, "template": s.template} for s in self.sets}
+        return {"sets": sets, "sampling": self.sampling}
 
     def _engine(self, model, kind: str) -> HFRolloutEngine:
         markers = self.tokenizer.convert_tokens_to_ids(list(family_of_model(model).prompt_only_tokens))

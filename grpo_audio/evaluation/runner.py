@@ -27,8 +27,8 @@ import torch
 from grpo_audio import __version__
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.data.formats import OUTSIDE_FLAG
-from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, render_prompt
+from grpo_audio.data.rows import AudioQuestion, DataError
 from grpo_audio.data.sources import SkipReport, load_rows_for_recipe
 from grpo_audio.evaluation.metrics import compute_metrics, markdown_table
 from grpo_audio.evaluation.scoring import MISSING, score

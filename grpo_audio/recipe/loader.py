@@ -104,7 +104,7 @@ def grpo_config_fields() -> dict[str, Any]:
 
     try:
         hints = typing.get_type_hints(GRPOConfig)
-    except Exception:  # noqa: BLE001  unresolvable forward refs in TRL's annotations: check names only
+    except Exception:  # unresolvable forward refs in TRL's annotations: check names only
         hints = {}
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
 

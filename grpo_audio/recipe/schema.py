@@ -97,8 +97,8 @@ class SyntheticDataSpec:
         factory=lambda: ["pitch", "count", "longer"],
     )
     heldout_questions: int = _help(
-        "Extra questions generated as a held-out split (new clips, same tasks), scored greedily before and "
-        "after training; 0 = none.",
+        "Extra questions generated as a held-out split (new clips, same tasks) in RUN/data/heldout/: scored during "
+        "training by an eval set with source 'synthetic', and by grpo-audio eval by default; 0 = none.",
         0,
     )
 

@@ -35,4 +35,4 @@ RecipeLoader.add_implicit_resolver(
 
 
 def load_yaml(text: str):
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass

@@ -73,6 +73,7 @@ class RolloutLogWriter:
 def make_trainer(
     recipe: Recipe,
     args,
+    *,
     model,
     tokenizer,
     dataset,
@@ -84,10 +85,11 @@ def make_trainer(
     run_record: dict | None = None,
     evaluator=None,
 ):
-    """The recipe's ``AudioGRPOTrainer`` for a built model and dataset: rollout engine, rubric, LoRA wrapping,
-    sampling distribution, ``rollouts.jsonl`` and ``metrics.jsonl`` in ``run_dir``, the progress line instead of
-    transformers' printed log dicts, and the held-out ``evaluator`` (``grpo_audio.evaluation.during_training``) run
-    as the recipe's ``eval`` section says."""
+    """The recipe's ``AudioGRPOTrainer`` for a built model and dataset, with ``args`` (``grpo_config``): rollout
+    engine, rubric, LoRA wrapping, sampling distribution, ``rollouts.jsonl`` and ``metrics.jsonl`` in ``run_dir``,
+    the progress line instead of transformers' printed log dicts, the judges' cache files (``judge_caches``, copied
+    into checkpoints), ``run_record`` for the trackers, and the held-out ``evaluator``
+    (``grpo_audio.evaluation.during_training.HeldOutEvaluator``) run as the recipe's ``eval`` section says."""
     from grpo_audio.train.trainer import AudioGRPOTrainer
 
     trainer = AudioGRPOTrainer(

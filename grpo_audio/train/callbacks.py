@@ -1,4 +1,5 @@
-"""Training callbacks: ``metrics.jsonl`` in the run directory and a one-line-per-step progress display."""
+"""Training callbacks: ``metrics.jsonl`` in the run directory, a one-line-per-step progress display, the run record
+sent to the trackers, and the recipe's held-out evaluations."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from grpo_audio.console import say
 from grpo_audio.distributed import share_from_main
 from grpo_audio.files import append_jsonl
 
@@ -112,7 +114,8 @@ class PeriodicEvaluation(TrainerCallback):
     Step 0 (a fresh run, ``before_training``) and the end (``at_end``, unless the last step was just evaluated): the
     metrics are logged as a record of their own (``log``, the trainer's: metrics.jsonl and the trackers). Every
     ``every_steps`` steps: they join that step's metrics (``record``), so they are logged with it. Process 0 evaluates,
-    the others wait for its numbers (``share_from_main``: every process must call the callback alike).
+    the others wait for its numbers (``share_from_main``: every process must call the callback alike). Process 0
+    prints each evaluation as the evaluator describes it (``HeldOutEvaluator.describe``: one line per set).
 
     Best checkpoint (``best_metric``): a better value at an evaluated step makes that step's checkpoint (saved in the
     same step, since every_steps is a multiple of save_steps) the trainer state's ``best_model_checkpoint``, which
@@ -120,7 +123,7 @@ class PeriodicEvaluation(TrainerCallback):
     """
 
     def __init__(self, evaluator, spec, record, log) -> None:
-        self.evaluator = evaluator
+        self.evaluator = evaluator  # a HeldOutEvaluator: called for the metrics, ``describe`` for the lines
         self.spec = spec  # the recipe's EvalSection
         self.record = record
         self.log = log
@@ -128,10 +131,14 @@ class PeriodicEvaluation(TrainerCallback):
         self.final_is_best = False
         self._last_step: int | None = None
 
-    def _evaluate(self, model, step: int) -> dict[str, float]:
+    def _evaluate(self, model, state) -> dict[str, float]:
+        step = state.global_step
         metrics = share_from_main(lambda: self.evaluator(model, step))
         self.history.append({"step": step, "metrics": metrics})
         self._last_step = step
+        if state.is_world_process_zero:
+            for line in self.evaluator.describe(step, metrics):
+                say(line)
         return metrics
 
     def _improves(self, state, metrics: dict[str, float]) -> bool:
@@ -143,12 +150,12 @@ class PeriodicEvaluation(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.spec.before_training and state.global_step == 0:
-            self.log(self._evaluate(model, 0))
+            self.log(self._evaluate(model, state))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.spec.every_steps
         if every > 0 and state.global_step % every == 0:
-            metrics = self._evaluate(model, state.global_step)
+            metrics = self._evaluate(model, state)
             if self._improves(state, metrics):
                 state.best_metric = metrics[self.spec.best_metric]
                 state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -156,7 +163,7 @@ class PeriodicEvaluation(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.spec.at_end and self._last_step != state.global_step:
-            metrics = self._evaluate(model, state.global_step)
+            metrics = self._evaluate(model, state)
             if self._improves(state, metrics):
                 state.best_metric = metrics[self.spec.best_metric]
                 self.final_is_best = True

@@ -1,19 +1,35 @@
-"""``grpo-audio train``: one run, as the phases ``train`` calls in order.
+"""``grpo-audio train``: one run, as the phases ``build_training`` and then ``train`` call them, in this order.
 
     recipe.yaml -> typed Recipe
-      -> run directory (record, provenance; resume point)            open_run
-      -> dataset rows (audio path, question, choices, answer)        load_training_rows
-      -> rewards (registry) -> R_total = combine(w_i, r_i)           build_rewards
-      -> model (tiny in process, or a Covo-Audio checkpoint)        build_model
-      -> prompts (prompts/) + audio features (encoder + adapter)     build_prompts
-      -> cold start, held-out score and weights of the start         prepare_starting_point
-      -> rollout engine + TRL GRPO trainer                           grpo_audio.train.build.make_trainer
-      -> train (rollouts, rewards, group advantages, update)         AudioGRPOTrainer.train
-      -> final model, held-out score, run record                     save_final_model, finish_run
+      -> GRPOConfig (starts the process group under accelerate launch)            training_arguments
+      -> a pretrained checkpoint's files and shapes, before anything is written   check_model_source    (0)
+      -> run directory (record, provenance; resume point)                         open_run              (0)
+      -> dataset rows (audio path, question, choices, answer)                     load_training_rows    (0)
+      -> rewards (registry) -> R_total = combine(w_i, r_i), judges asked once     build_rewards
+      -> model (tiny in process, or a pretrained checkpoint), freezing            build_model
+      -> prompts in the family's layout (the training dataset)                    build_dataset
+      -> prompt.txt: the first prompt, exactly as the model sees it               write_prompt_record   (0)
+      -> synthetic held-out split (RUN/data/heldout/)                             prepare_heldout_split (0)
+      -> starting point: cold start, initial_model/; resumed: the KL reference    prepare_starting_point
+      -> eval sets read and rendered, as the held-out evaluator                   build_evaluator
+      -> rollout engine + TRL GRPO trainer                                        make_trainer
+      -> eval sets refused when the weights are sharded                           refuse_sharded_evaluation
+      -> what is about to train, printed                                          announce
+      -> train (rollouts, rewards, group advantages, update; evaluations)         AudioGRPOTrainer.train
+      -> stop here when a signal asked for it (checkpoint written)                stop_if_preempted
+      -> the trained model, whole (gathered when sharded, LoRA merged)            trained_model
+      -> final_model/                                                             save_final_model      (0)
+      -> run record closed (data counts, eval summary), report/                   finish_run            (0)
 
-Under ``accelerate launch`` every process runs every phase. The phases that write to the run directory or ask an
-outside service run on process 0 alone, inside ``share_from_main``: the other processes receive process 0's
-result (or its error), so they build the same model and dataset from the rows it loaded.
+Under ``accelerate launch`` every process runs every phase. The phases marked (0) write to the run directory or
+ask an outside service: they run on process 0 alone (inside ``share_from_main``, or for the last two behind
+``is_main_process``); the other processes receive process 0's result (or its error), so they build the same model
+and dataset from the rows it loaded. Within the other phases, the same holds for what they write: the judges'
+probe, the cold start and the starting point's weights (sent to the others by ``broadcast_parameters``), and the
+eval sets' files.
+
+Held-out numbers come from the ``eval`` section alone (``grpo_audio.evaluation.during_training``): evaluated before
+the first step and at the end, they are printed and kept in run.json's ``eval`` (first, last, best).
 """
 
 from __future__ import annotations
@@ -28,14 +44,14 @@ import torch
 import rewards
 from grpo_audio.audio.featurizer import AudioFeaturizer
 from grpo_audio.audio.io import AudioLoadError
+from grpo_audio.console import say
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import AudioQuestion, DataError
 from grpo_audio.data.prompting import PromptTemplate, load_template
+from grpo_audio.data.rows import AudioQuestion, DataError
 from grpo_audio.data.sources import SkipReport, load_heldout_rows, load_rows_for_recipe
 from grpo_audio.data.vocabulary import vocabulary_texts
 from grpo_audio.distributed import broadcast_parameters, check_sharding_backend, rank, share_from_main
 from grpo_audio.evaluation.during_training import HeldOutEvaluator, load_eval_sets
-from grpo_audio.evaluation.heldout import heldout_rows, heldout_summary, measure_heldout
 from grpo_audio.evaluation.report import ReportError, render
 from grpo_audio.files import write_jsonl
 from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model, load_pretrained, model_holding
@@ -49,7 +65,6 @@ from grpo_audio.train.build import TRAINER_DEFAULTS, grpo_config, make_trainer
 from grpo_audio.train.coldstart import run_coldstart
 from grpo_audio.train.preemption import PreemptedError
 from grpo_audio.train.run_dir import (
-    MARKER,
     CheckpointWriteError,
     RunDir,
     checkpoints,
@@ -59,7 +74,6 @@ from grpo_audio.train.run_dir import (
     save_model_atomic,
     start_run_record,
     truncate_logs_after,
-    write_json_atomic,
     write_provenance,
 )
 from rewards.judge.cache import restore_judge_caches
@@ -96,7 +110,6 @@ class TrainingSetup:
     status: dict
     data: TrainingRows
     resume_checkpoint: Path | None = None
-    heldout: list[dict] | None = None
 
     @property
     def rows(self) -> list[AudioQuestion]:
@@ -114,17 +127,19 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     try:
         setup = build_training(recipe, extra_callbacks, opened)
         announce(recipe, setup)
-        trainer = setup.trainer
-        trainer.train(resume_from_checkpoint=str(setup.resume_checkpoint) if setup.resume_checkpoint else None)
-        preemption = getattr(trainer, "preemption", None)
-        if preemption is not None and preemption.signum is not None:  # checkpointed and stopped: no final model
-            found = checkpoints(setup.run_dir / "trainer")
-            raise PreemptedError(preemption.signum, preemption.step, str(found[-1]) if found else None)
+        resume = str(setup.resume_checkpoint) if setup.resume_checkpoint else None
+        setup.trainer.train(resume_from_checkpoint=resume)
+        stop_if_preempted(setup)
         model = trained_model(recipe, setup)  # a collective when the weights are sharded: every process calls it
-        if trainer.accelerator.is_main_process:
-            target = setup.run_dir / "final_model"
-            save_final_model(model, setup.tokenizer, target, recipe.run.final_model_format, settings_files(recipe))
-            finish_run(recipe, setup, model)
+        if setup.trainer.accelerator.is_main_process:
+            save_final_model(
+                model,
+                setup.tokenizer,
+                setup.run_dir / "final_model",
+                fmt=recipe.run.final_model_format,
+                extra_files=settings_files(recipe),
+            )
+            finish_run(recipe, setup)
     except BaseException as error:
         if opened and rank() == 0:
             record_early_end(opened[0], error)
@@ -143,22 +158,16 @@ def record_early_end(opened: OpenedRun, error: BaseException) -> None:
         and not checkpoints(run.path / "trainer")
     ):
         shutil.rmtree(run.path, ignore_errors=True)
-        print(f"grpo-audio: removed {run.path}: the run stopped on its input before training", flush=True)
+        say(f"removed {run.path}: the run stopped on its input before training")
         return
     end_run_record(run.path, opened.status, error)
 
 
 def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None = None) -> TrainingSetup:
-    """The phases up to a ready trainer (see the module docstring). ``opened_runs``, when given, receives the
+    """The phases up to a ready trainer, in the module docstring's order. ``opened_runs``, when given, receives the
     ``OpenedRun`` as soon as the run directory is open (``train`` records an early end in it)."""
-    check_sharding_backend(torch.cuda.is_available())
-    args = grpo_config(recipe, Path(recipe.run.output_dir))
-    args.device  # noqa: B018  (starts the process group under accelerate launch, before any file is written)
-    if recipe.model.source == "pretrained":
-        # files, config, safetensors headers, names and shapes (no tensor data): a bad checkpoint is refused before
-        # the run directory is written, so a corrected rerun needs no run.overwrite
-        if family_for(recipe.model).name == "covo_audio":  # the other families' loaders check as they load
-            share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
+    args = training_arguments(recipe)
+    check_model_source(recipe)
     judge_caches = judge_cache_files(recipe)
     opened = share_from_main(lambda: open_run(recipe, judge_caches))
     if opened_runs is not None:
@@ -168,61 +177,67 @@ def build_training(recipe: Recipe, extra_callbacks=(), opened_runs: list | None 
     data = share_from_main(lambda: load_training_rows(recipe, opened.run, template))
     rubric = build_rewards(recipe)
     tokenizer, model = build_model(recipe, data.rows, template)
-    family = family_for(recipe.model)
-    dataset = build_dataset(data.rows, tokenizer, template, data.report.clip_lengths, family)
+    dataset = build_dataset(data.rows, tokenizer, template, data.report.clip_lengths, family_for(recipe.model))
     featurizer = audio_featurizer(recipe)
-    fresh = opened.run.resume_checkpoint is None
-
-    def starting_point():
-        (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
-        split = load_heldout_rows(recipe, run_dir)
-        heldout = heldout_rows(split, tokenizer, template, family)
-        if fresh:
-            prepare_starting_point(
-                recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, opened.status, args.device
-            )
-        return split, heldout
-
-    heldout_split, heldout = share_from_main(starting_point)
-    evaluator = build_evaluator(recipe, run_dir, tokenizer, featurizer, heldout_split)
-    if fresh and recipe.coldstart.steps > 0:
-        broadcast_parameters(model)  # the cold start ran on process 0 only
-    if not fresh and recipe.coldstart.steps > 0 and needs_frozen_reference(recipe):
-        # The trainer copies the model it is given as the KL reference; a resumed run did not redo the cold start,
-        # so its starting point is the one initial_model/ holds (the policy's weights come from the checkpoint).
-        load_starting_point(model, run_dir / "initial_model")
+    share_from_main(lambda: write_prompt_record(run_dir, template, dataset))
+    heldout_split = share_from_main(lambda: prepare_heldout_split(recipe, run_dir))
+    prepare_starting_point(
+        recipe,
+        run_dir,
+        model,
+        tokenizer=tokenizer,
+        dataset=dataset,
+        featurizer=featurizer,
+        fresh=opened.run.resume_checkpoint is None,
+        device=args.device,
+    )
+    evaluator = build_evaluator(
+        recipe, run_dir, tokenizer=tokenizer, featurizer=featurizer, heldout_split=heldout_split
+    )
     trainer = make_trainer(
         recipe,
         args,
-        model,
-        tokenizer,
-        dataset,
-        featurizer,
-        rubric,
-        run_dir,
-        judge_caches,
-        extra_callbacks,
+        model=model,
+        tokenizer=tokenizer,
+        dataset=dataset,
+        featurizer=featurizer,
+        rubric=rubric,
+        run_dir=run_dir,
+        judge_caches=judge_caches,
+        extra_callbacks=extra_callbacks,
         run_record={"provenance": data.provenance, "recipe": recipe_to_dict(recipe)},
         evaluator=evaluator,
     )
-    if evaluator is not None and weights_are_sharded(trainer):
-        raise RecipeError(
-            "eval.sets: evaluation during training decodes on process 0 with the whole model, which sharded weights "
-            "(FSDP, ZeRO-3) do not give it; drop eval.sets and evaluate the checkpoints with grpo-audio eval"
-        )
+    refuse_sharded_evaluation(trainer, evaluator)
     return TrainingSetup(
-        run_dir,
-        trainer,
-        tokenizer,
-        model,
-        dataset,
-        template,
-        featurizer,
-        opened.status,
-        data,
-        opened.run.resume_checkpoint,
-        heldout,
+        run_dir=run_dir,
+        trainer=trainer,
+        tokenizer=tokenizer,
+        model=model,
+        dataset=dataset,
+        template=template,
+        featurizer=featurizer,
+        status=opened.status,
+        data=data,
+        resume_checkpoint=opened.run.resume_checkpoint,
     )
+
+
+def training_arguments(recipe: Recipe):
+    """The run's ``GRPOConfig`` (``grpo_config``), after checking that sharded weights have their backend. Reading
+    ``args.device`` starts the process group under ``accelerate launch``, before any file is written."""
+    check_sharding_backend(torch.cuda.is_available())
+    args = grpo_config(recipe, Path(recipe.run.output_dir))
+    args.device  # noqa: B018
+    return args
+
+
+def check_model_source(recipe: Recipe) -> None:
+    """A pretrained Covo-Audio checkpoint's files, config, safetensors headers, names and shapes (no tensor data),
+    on process 0: a bad checkpoint is refused before the run directory is written, so a corrected rerun needs no
+    run.overwrite. The other families' loaders check as they load."""
+    if recipe.model.source == "pretrained" and family_for(recipe.model).name == "covo_audio":
+        share_from_main(lambda: check_covo_checkpoint(recipe.model.path))
 
 
 def judge_cache_files(recipe: Recipe) -> list[Path]:
@@ -243,11 +258,17 @@ def open_run(recipe: Recipe, judge_caches: list[Path]) -> OpenedRun:
     return OpenedRun(run, status)
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a trainer checkpoint was written at (its ``trainer_state.json``)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
 def load_training_rows(recipe: Recipe, run: RunDir, template: PromptTemplate) -> TrainingRows:
     """Process 0: the recipe's rows through the row rules and the audio policy (writing synthetic clips and
     ``skipped.jsonl``), and the provenance record of data, clips and template."""
     rows, report = load_rows_for_recipe(recipe, run.path)
-    print(f"grpo-audio: {report.summary()}", flush=True)
+    say(report.summary())
     provenance = write_provenance(run, recipe, report.data_file, [r.audio for r in rows], template)
     return TrainingRows(rows, report, provenance)
 
@@ -264,7 +285,7 @@ def build_rewards(recipe: Recipe) -> rewards.Rubric:
 def probe_rewards(rubric: rewards.Rubric) -> None:
     """One made-up request to each LLM judge before training (``Rubric.probe``); raises ``RewardProbeError``."""
     for key, outcome in rubric.probe().items():
-        print(f"grpo-audio: reward {key!r}: {outcome}", flush=True)
+        say(f"reward {key!r}: {outcome}")
 
 
 def build_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTemplate):
@@ -274,15 +295,24 @@ def build_model(recipe: Recipe, rows: list[AudioQuestion], template: PromptTempl
     return tokenizer, model
 
 
-def build_evaluator(
-    recipe: Recipe, run_dir: Path, tokenizer, featurizer: AudioFeaturizer, heldout_split
-) -> HeldOutEvaluator | None:
-    """The recipe's eval sets read and rendered (process 0, files under ``RUN/eval_sets/``; every process gets them),
-    as the evaluator the trainer runs during training; None without eval sets."""
-    if not recipe.eval.sets:
-        return None
-    sets = share_from_main(lambda: load_eval_sets(recipe, run_dir, tokenizer, featurizer, heldout_split))
-    return HeldOutEvaluator(recipe, sets, tokenizer, featurizer, run_dir)
+def write_prompt_record(run_dir: Path, template: PromptTemplate, dataset) -> None:
+    """Process 0: ``prompt.txt``, the template's ident and the first training prompt as the model sees it."""
+    (run_dir / "prompt.txt").write_text(f"# template {template.ident}\n{dataset[0]['prompt']}\n", "utf-8")
+
+
+def prepare_heldout_split(recipe: Recipe, run_dir: Path) -> tuple[list[AudioQuestion], SkipReport]:
+    """Process 0: the synthetic held-out split, ``data.synthetic.heldout_questions`` new clips of the training tasks
+    in ``RUN/data/heldout/`` (``load_heldout_rows``; no rows without one). It is the rows of every eval set with
+    source 'synthetic', and the benchmark ``grpo-audio eval`` scores by default; a split no eval set scores is
+    said to be unscored during training, with the recipe line that would score it."""
+    split = load_heldout_rows(recipe, run_dir)
+    count = recipe.data.synthetic.heldout_questions
+    if count > 0 and not any(s.source == "synthetic" for s in recipe.eval.sets):
+        say(
+            f"held-out split: {count} questions in {run_dir / 'data' / 'heldout'}, not scored during training (add "
+            "eval.sets: [{name: heldout, source: synthetic}] to score it); grpo-audio eval scores it by default"
+        )
+    return split
 
 
 def audio_featurizer(recipe: Recipe) -> AudioFeaturizer:
@@ -293,6 +323,59 @@ def audio_featurizer(recipe: Recipe) -> AudioFeaturizer:
         resampler=recipe.data.resampler,
         front_end=family_for(recipe.model).front_end,
     )
+
+
+def prepare_starting_point(
+    recipe: Recipe,
+    run_dir: Path,
+    model,
+    *,
+    tokenizer,
+    dataset,
+    featurizer: AudioFeaturizer,
+    fresh: bool,
+    device: torch.device | None = None,
+) -> None:
+    """The model GRPO starts from, on every process.
+
+    A fresh run: process 0 runs the cold start (if any) and keeps the starting point's weights
+    (``make_starting_point``); the other processes then receive its weights (``broadcast_parameters``). A resumed
+    run after a cold start, whose trainer keeps a frozen KL reference: the trainer copies the model it is given as
+    the reference, and the resume did not redo the cold start, so the model gets the weights ``initial_model/``
+    holds (the policy's own weights come from the checkpoint).
+    """
+    cold_start = recipe.coldstart.steps > 0
+    if fresh:
+        share_from_main(lambda: make_starting_point(recipe, run_dir, model, tokenizer, dataset, featurizer, device))
+        if cold_start:
+            broadcast_parameters(model)  # the cold start ran on process 0 only
+    elif cold_start and needs_frozen_reference(recipe):
+        load_starting_point(model, run_dir / "initial_model")
+
+
+def make_starting_point(
+    recipe: Recipe, run_dir: Path, model, tokenizer, dataset, featurizer, device: torch.device | None = None
+) -> None:
+    """Process 0 of a fresh run: the cold start (if any; its losses in ``coldstart.jsonl``), then the starting
+    point's weights in ``initial_model/`` (with the training settings, as ``final_model/``): always for a tiny model
+    (a resumed run after a cold start reads its KL reference from them), and for a pretrained model after a cold
+    start, whose GRPO starting point exists nowhere else (there, a full copy of the model on disk, in the family's
+    own layout with any LoRA merged; a pretrained run without a cold start starts from ``model.path`` itself).
+
+    The cold start runs on ``device`` (the trainer's, ``GRPOConfig.device``): the model is built or loaded on the
+    host and the Trainer moves it only later, so without this a GPU run would do its cold start on the CPU.
+    """
+    if recipe.coldstart.steps > 0:
+        if device is not None:
+            model.to(device)
+        history = run_coldstart(model, tokenizer, list(dataset), featurizer, recipe.coldstart, recipe.run.seed)
+        write_jsonl(run_dir / "coldstart.jsonl", history)
+    if recipe.model.source == "tiny":
+        # The initial weights (after the cold start): the run can be reproduced from them
+        save_model_atomic(model, tokenizer, run_dir / "initial_model", settings_files(recipe))
+    elif recipe.coldstart.steps > 0:
+        # merges LoRA on copies of each layer: the model about to train keeps its adapters
+        save_checkpoint(model, tokenizer, run_dir / "initial_model", extra_files=settings_files(recipe))
 
 
 def needs_frozen_reference(recipe: Recipe) -> bool:
@@ -306,50 +389,28 @@ def load_starting_point(model, directory: Path) -> None:
     model.load_state_dict(saved.state_dict(), strict=True)
 
 
-def prepare_starting_point(
-    recipe, run_dir, model, tokenizer, dataset, featurizer, heldout, status, device: torch.device | None = None
-) -> None:
-    """Fresh runs only: the cold start (if any), the held-out score of the GRPO starting point, and its weights.
-
-    The starting point's weights go to ``initial_model/`` (with the training settings, as ``final_model/``): always
-    for a tiny model (a resumed run after a cold start reads its KL reference from them), and for a pretrained model
-    after a cold start, whose GRPO starting point exists nowhere else (there, a full copy of the model on disk, in
-    the family's own layout with any LoRA merged; a pretrained run without a cold start starts from ``model.path``
-    itself).
-
-    The cold start and the held-out score run on ``device`` (the trainer's, ``GRPOConfig.device``): the model is
-    built or loaded on the host and the Trainer moves it only later, so without this a GPU run would do its cold
-    start and held-out scoring on the CPU.
-    """
-    if device is not None and (recipe.coldstart.steps > 0 or heldout):
-        model.to(device)
-    if recipe.coldstart.steps > 0:
-        history = run_coldstart(model, tokenizer, list(dataset), featurizer, recipe.coldstart, recipe.run.seed)
-        write_jsonl(run_dir / "coldstart.jsonl", history)
-    before = measure_heldout(recipe, model, tokenizer, heldout, featurizer)
-    if before is not None:
-        status["heldout_before"] = before
-        write_json_atomic(run_dir / MARKER, status)
-        print(f"grpo-audio: held-out accuracy before GRPO {heldout_summary(before)}", flush=True)
-    if recipe.model.source == "tiny":
-        # The initial weights (after the cold start): the run can be reproduced from them
-        save_model_atomic(model, tokenizer, run_dir / "initial_model", settings_files(recipe))
-    elif recipe.coldstart.steps > 0:
-        # merges LoRA on copies of each layer: the model about to train keeps its adapters
-        save_checkpoint(model, tokenizer, run_dir / "initial_model", extra_files=settings_files(recipe))
+def build_evaluator(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    tokenizer,
+    featurizer: AudioFeaturizer,
+    heldout_split: tuple[list[AudioQuestion], SkipReport],
+) -> HeldOutEvaluator | None:
+    """The recipe's eval sets read and rendered (process 0, files under ``RUN/eval_sets/``; every process gets them),
+    as the evaluator the trainer runs during training; None without eval sets."""
+    if not recipe.eval.sets:
+        return None
+    sets = share_from_main(lambda: load_eval_sets(recipe, run_dir, tokenizer, featurizer, heldout_split))
+    return HeldOutEvaluator(recipe, sets, tokenizer, featurizer, run_dir)
 
 
-def announce(recipe: Recipe, setup: TrainingSetup) -> None:
-    """Process 0 prints what is about to train: questions, G, engine, run directory, fresh or resumed."""
-    accelerator = setup.trainer.accelerator
-    start = "a fresh run" if setup.resume_checkpoint is None else f"resuming from {setup.resume_checkpoint}"
-    if accelerator.num_processes > 1:
-        start += f", {accelerator.num_processes} processes"
-    if accelerator.is_main_process:
-        print(
-            f"grpo-audio: {len(setup.dataset)} questions, G={recipe.rollout.num_generations}, "
-            f"engine={recipe.rollout.engine}, run directory {setup.run_dir} ({start})",
-            flush=True,
+def refuse_sharded_evaluation(trainer, evaluator: HeldOutEvaluator | None) -> None:
+    """Evaluation during training decodes on process 0 with the whole model: refused when the weights are sharded."""
+    if evaluator is not None and weights_are_sharded(trainer):
+        raise RecipeError(
+            "eval.sets: evaluation during training decodes on process 0 with the whole model, which sharded weights "
+            "(FSDP, ZeRO-3) do not give it; drop eval.sets and evaluate the checkpoints with grpo-audio eval"
         )
 
 
@@ -359,6 +420,28 @@ def weights_are_sharded(trainer) -> bool:
         return True
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.zero_stage == 3
+
+
+def announce(recipe: Recipe, setup: TrainingSetup) -> None:
+    """Process 0 prints what is about to train: questions, G, engine, run directory, fresh or resumed."""
+    accelerator = setup.trainer.accelerator
+    start = "a fresh run" if setup.resume_checkpoint is None else f"resuming from {setup.resume_checkpoint}"
+    if accelerator.num_processes > 1:
+        start += f", {accelerator.num_processes} processes"
+    if accelerator.is_main_process:
+        say(
+            f"{len(setup.dataset)} questions, G={recipe.rollout.num_generations}, engine={recipe.rollout.engine}, "
+            f"run directory {setup.run_dir} ({start})"
+        )
+
+
+def stop_if_preempted(setup: TrainingSetup) -> None:
+    """A run that a signal stopped after checkpointing (``PreemptionCallback``) ends here, with no final model:
+    raises ``PreemptedError`` naming the last checkpoint."""
+    preemption = getattr(setup.trainer, "preemption", None)
+    if preemption is not None and preemption.signum is not None:
+        found = checkpoints(setup.run_dir / "trainer")
+        raise PreemptedError(preemption.signum, preemption.step, str(found[-1]) if found else None)
 
 
 def trained_model(recipe: Recipe, setup: TrainingSetup):
@@ -395,13 +478,9 @@ def save_final_model(model, tokenizer, target: Path, fmt: str, extra_files: dict
         raise CheckpointWriteError("final model", target, exc) from exc
 
 
-def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
-    """Process 0: the held-out score of the trained model, the run record closed with the data counts, and the run's
-    report (``grpo-audio report``: curves, sample rollouts, the rollout browser) written to ``report/``."""
-    after = measure_heldout(recipe, model, setup.tokenizer, setup.heldout, setup.featurizer)
-    if after is not None:
-        setup.status["heldout_after"] = after
-        print(f"grpo-audio: held-out accuracy after GRPO {heldout_summary(after)}", flush=True)
+def finish_run(recipe: Recipe, setup: TrainingSetup) -> None:
+    """Process 0: the run record closed with the evaluation summary and the data counts, and the run's report
+    (``grpo-audio report``: curves, sample rollouts, the rollout browser) written to ``report/``."""
     evaluation = setup.trainer.periodic_eval
     if evaluation is not None:
         setup.status["eval"] = evaluation_summary(recipe, setup.trainer, evaluation)
@@ -412,30 +491,30 @@ def finish_run(recipe: Recipe, setup: TrainingSetup, model) -> None:
         global_step=setup.trainer.state.global_step,
         data={"rows": report.kept, "examined": report.examined, "skipped": report.counts},
     )
-    print(f"grpo-audio: {report.summary()}", flush=True)
-    print(f"grpo-audio: done; final model in {setup.run_dir / 'final_model'}", flush=True)
+    say(report.summary())
+    say(f"done; final model in {setup.run_dir / 'final_model'}")
     try:
         page = render(setup.run_dir, setup.run_dir / "report")
     except ReportError as exc:  # the model and record are written: a report that cannot be drawn is only reported
-        print(f"grpo-audio: no report written: {exc}", flush=True)
+        say(f"no report written: {exc}")
     else:
-        print(f"grpo-audio: report (curves and rollout browser) in {page}", flush=True)
+        say(f"report (curves and rollout browser) in {page}")
 
 
 def evaluation_summary(recipe: Recipe, trainer, evaluation) -> dict:
-    """run.json's ``eval``: the first and last evaluation of this process's lifetime and, with ``best_metric``, the
-    best value and where its weights are (a trainer checkpoint, or ``final_model``)."""
+    """run.json's ``eval``: the sets (items, rule, template) and the sampling settings of ``sampled_accuracy``
+    (``HeldOutEvaluator.record``; None when greedy only), the first and last evaluation of this process's lifetime
+    (``{"step", "metrics"}``) and, with ``best_metric``, the best value and where its weights are (a trainer
+    checkpoint, or ``final_model``)."""
     history = evaluation.history
-    summary = {"first": history[0] if history else None, "last": history[-1] if history else None}
+    summary = {
+        **evaluation.evaluator.record(),
+        "first": history[0] if history else None,
+        "last": history[-1] if history else None,
+    }
     metric = recipe.eval.best_metric
     if metric is not None and trainer.state.best_metric is not None:
         where = "final_model" if evaluation.final_is_best else trainer.state.best_model_checkpoint
         summary["best"] = {"metric": metric, "value": trainer.state.best_metric, "weights": where}
-        print(f"grpo-audio: best {metric} {trainer.state.best_metric:.3f}: {where}", flush=True)
+        say(f"best {metric} {trainer.state.best_metric:.3f}: {where}")
     return summary
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The global step a trainer checkpoint was written at (its ``trainer_state.json``)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return int(state["global_step"])
