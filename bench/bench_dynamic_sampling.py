@@ -1,6 +1,7 @@
 """Dynamic sampling on a run where most groups saturate: what each step teaches, and what the refill rounds cost.
 
     python bench/bench_dynamic_sampling.py [--out runs/bench_ds] [--steps 12] [--rounds 3] [--reuse-model DIR]
+                                           [--set KEY=VALUE ...]
 
 First it trains ``configs/learn_pitch.yaml`` (seed 0) to the end, where the model answers almost every held-out
 question right, so most groups of G completions are all right: zero reward variance, advantage 0, no gradient.
@@ -42,17 +43,19 @@ RECIPE = ROOT / "configs" / "learn_pitch.yaml"
 SPLIT = ("time/rollout_s", "time/scoring_s", "time/logprob_s", "time/update_s")
 
 
-def saturated_model(out: Path) -> Path:
+def saturated_model(out: Path, settings: list[str]) -> Path:
     """learn_pitch trained to the end (seed 0): the starting point where most groups are all right."""
     run_dir = out / "learned"
     if not (run_dir / "final_model").is_dir():
-        train(load_recipe(str(RECIPE), [f"run.output_dir={run_dir}", "run.overwrite=true", "eval.sets=[]"]))
+        overrides = [*settings, f"run.output_dir={run_dir}", "run.overwrite=true", "eval.sets=[]"]
+        train(load_recipe(str(RECIPE), overrides))
     return run_dir / "final_model"
 
 
-def arm(out: Path, model_dir: Path, name: str, steps: int, extra: list[str]) -> list[dict]:
+def arm(out: Path, model_dir: Path, name: str, steps: int, settings: list[str], extra: list[str]) -> list[dict]:
     run_dir = out / name
     overrides = [
+        *settings,
         f"run.output_dir={run_dir}",
         "run.overwrite=true",
         "model.source=pretrained",
@@ -95,19 +98,27 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3, help="rollout.dynamic_sampling.max_extra_rounds")
     parser.add_argument("--reuse-model", default=None, help="a trained final_model/ instead of training learn_pitch")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every run, before the bench's own (e.g. trainer.per_device_train_batch_size=8)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(args.reuse_model).resolve() if args.reuse_model else saturated_model(out)
-    recipe = load_recipe(str(RECIPE), [])
+    model_dir = Path(args.reuse_model).resolve() if args.reuse_model else saturated_model(out, args.settings)
+    recipe = load_recipe(str(RECIPE), args.settings)
     group_size = recipe.rollout.num_generations
     batch = int(recipe.trainer["per_device_train_batch_size"])
-    plain = summary(arm(out, model_dir, "plain", args.steps, []), group_size, batch)
+    plain = summary(arm(out, model_dir, "plain", args.steps, args.settings, []), group_size, batch)
     dynamic_extra = [
         "rollout.dynamic_sampling.enabled=true",
         f"rollout.dynamic_sampling.max_extra_rounds={args.rounds}",
     ]
-    dynamic = summary(arm(out, model_dir, "dynamic", args.steps, dynamic_extra), group_size, batch)
+    dynamic = summary(arm(out, model_dir, "dynamic", args.steps, args.settings, dynamic_extra), group_size, batch)
     results = {"plain": plain, "dynamic sampling": dynamic}
     for r in results.values():
         # completions in the loss (the batch less dynamic sampling's fillers) with a non-zero advantage

@@ -1,6 +1,6 @@
 """What a held-out evaluation during training costs next to a training step (the recipe's ``eval`` section).
 
-    python bench/bench_eval_during_training.py [--questions 100] [--batch-size 32] [--steps 4]
+    python bench/bench_eval_during_training.py [--questions 100] [--batch-size 32] [--steps 4] [--set KEY=VALUE ...]
 
 Trains the tiny model of ``configs/learn_pitch.yaml`` (cold start off, so it starts at once) for ``--steps`` steps
 with a synthetic held-out set of ``--questions`` clips evaluated every 2 steps, greedy, and prints, from the run's
@@ -28,6 +28,14 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override, before the bench's own (e.g. trainer.per_device_train_batch_size=8)",
+    )
     args = parser.parse_args()
 
     from grpo_audio.recipe import load_recipe
@@ -37,6 +45,7 @@ def main() -> None:
     recipe = load_recipe(
         str(ROOT / "configs" / "learn_pitch.yaml"),
         [
+            *args.settings,
             f"run.output_dir={out / 'run'}",
             "coldstart.steps=0",
             f"data.synthetic.heldout_questions={args.questions}",
@@ -44,6 +53,7 @@ def main() -> None:
             "eval.sets=[{name: heldout, source: synthetic}]",
             "eval.every_steps=2",
             "eval.before_training=false",
+            "eval.samples=0",  # greedy only: learn_pitch also samples each question
             f"eval.batch_size={args.batch_size}",
         ],
     )

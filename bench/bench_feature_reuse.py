@@ -14,8 +14,9 @@ config otherwise:
   forward and the encoder and adapter run inside it: in the rollout's prompt embedding and in each log-prob pass.
 
 Encoder calls and segments are counted by a forward hook on the encoder, so every call is seen whichever path
-made it. The trainer runs ``--steps`` optimizer steps per mode on ``--clips`` synthetic clips (pitch, count,
-longer); with ``--prompts`` clips per step the cache is warm after ``clips / prompts`` steps. Reported per mode:
+made it. The trainer is the one ``grpo-audio train`` builds (``grpo_audio.train.build.make_trainer``, the recipe's
+defaults at the sizes given); it runs ``--steps`` optimizer steps per mode on ``--clips`` synthetic clips (pitch,
+count, longer); with ``--prompts`` clips per step the cache is warm after ``clips / prompts`` steps. Reported per mode:
 encoder calls and 30 s segments encoded per step (mean over all steps), the median step time (wall, and CPU time
 of this process: less disturbed by other jobs on a shared machine) and the median
 ``time/audio_features_s`` (the feature step the harness times on its own), the first ``--warmup`` steps (one-off
@@ -37,19 +38,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from common import StepTimer, harness_model  # noqa: E402  (bench/ is the script's directory)
-from trl import GRPOConfig  # noqa: E402
+import torch
+from common import StepTimer  # bench/ is the script's directory
 
-import rewards  # noqa: E402
-from grpo_audio.audio.featurizer import AudioFeaturizer, covo_core  # noqa: E402
-from grpo_audio.data.dataset import build_dataset  # noqa: E402
-from grpo_audio.data.manifest import load_manifest  # noqa: E402
-from grpo_audio.data.prompting import load_template  # noqa: E402
-from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
+from grpo_audio.audio.featurizer import AudioFeaturizer, covo_core
+from grpo_audio.data.dataset import build_dataset
+from grpo_audio.data.manifest import load_manifest
+from grpo_audio.data.prompting import load_template
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.recipe import load_recipe
+from grpo_audio.recipe.rubric import recipe_rubric
+from grpo_audio.train.build import grpo_config, make_trainer
+from grpo_audio.train.run import build_model
 
 MODES = {
     "reuse + cache (default)": dict(reuse_embeddings=True),
@@ -69,57 +69,47 @@ class EncoderCounter:
         self.segments += int(inputs[0].size(0))
 
 
-def build(args, workdir: Path):
-    manifest = write_synthetic_set(workdir / "data", args.clips, list(QUESTIONS), seed=0)
-    rows = load_manifest(manifest)
-    template = load_template("audio_cot_v1")
-    tokenizer, model = harness_model(
-        rows,
-        template,
-        f"model.tiny.encoder_layers={args.encoder_layers}",
-        f"model.tiny.encoder_d_model={args.encoder_d_model}",
+def bench_recipe(args):
+    """The recipe defaults (tiny model, accuracy + format rubric, HF engine) at the bench's sizes."""
+    return load_recipe(
+        None,
+        [
+            f"model.tiny.encoder_layers={args.encoder_layers}",
+            f"model.tiny.encoder_d_model={args.encoder_d_model}",
+            f"rollout.num_generations={args.G}",
+            f"rollout.max_completion_length={args.max_new_tokens}",
+            "rollout.temperature=1.0",
+            f"trainer.max_steps={args.steps}",
+            f"trainer.per_device_train_batch_size={args.prompts * args.G}",
+            "trainer.learning_rate=1e-4",
+            f"trainer.beta={args.beta}",
+            "trainer.save_strategy=no",
+        ],
     )
+
+
+def build(recipe, clips: int, workdir: Path):
+    manifest = write_synthetic_set(workdir / "data", clips, list(QUESTIONS), seed=0)
+    rows = load_manifest(manifest)
+    template = load_template(recipe.prompt.template)
+    tokenizer, model = build_model(recipe, rows, template)
     return tokenizer, model, build_dataset(rows, tokenizer, template)
 
 
-def run_mode(args, featurizer_options: dict, model, tokenizer, dataset, out: Path) -> dict:
+def run_mode(args, recipe, featurizer_options: dict, model, tokenizer, dataset, out: Path) -> dict:
+    """``--steps`` steps of the trainer ``grpo-audio train`` builds (``make_trainer``), with this featurizer."""
     counter = EncoderCounter(covo_core(model).encoder)
     timer = StepTimer()
-    rubric = rewards.Rubric([rewards.TermSpec("accuracy", 1.0), rewards.TermSpec("format", 1.0)], "sum")
-    config = GRPOConfig(
-        output_dir=str(out),
-        use_cpu=True,
-        max_steps=args.steps,
-        per_device_train_batch_size=args.prompts * args.G,
-        num_generations=args.G,
-        max_completion_length=args.max_new_tokens,
-        temperature=1.0,
-        learning_rate=1e-4,
-        beta=args.beta,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        seed=0,
-    )
-    engine = HFRolloutEngine(
-        SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=1.0),
-        list(model.generation_config.eos_token_id),
-        tokenizer.pad_token_id,
-        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
-    )
-    trainer = AudioGRPOTrainer(
+    trainer = make_trainer(
+        recipe,
+        grpo_config(recipe, out),
         model=model,
-        rubric=rubric,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        rollout_engine=engine,
+        tokenizer=tokenizer,
+        dataset=dataset,
         featurizer=AudioFeaturizer(**featurizer_options),
-        sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
-        callbacks=[timer],
+        rubric=recipe_rubric(recipe),
+        run_dir=out,
+        extra_callbacks=[timer],
     )
     trainer.train()
     features = [e["time/audio_features_s"] for e in trainer.state.log_history if "time/audio_features_s" in e]
@@ -144,11 +134,13 @@ def main(argv=None) -> None:
     parser.add_argument("--encoder-layers", type=int, default=1, help="tiny Whisper encoder layers")
     parser.add_argument("--encoder-d-model", type=int, default=32, help="tiny Whisper encoder width")
     args = parser.parse_args(argv)
+    recipe = bench_recipe(args)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, model, dataset = build(args, Path(tmp))
+        tokenizer, model, dataset = build(recipe, args.clips, Path(tmp))
         for index, (name, options) in enumerate(MODES.items()):
-            results[name] = run_mode(args, options, copy.deepcopy(model), tokenizer, dataset, Path(tmp) / str(index))
+            out = Path(tmp) / str(index)
+            results[name] = run_mode(args, recipe, options, copy.deepcopy(model), tokenizer, dataset, out)
             print(f"{name}: {results[name]}", flush=True)
     print()
     print(

@@ -2,14 +2,16 @@
 
     python bench/bench_overhead.py [--prompts 8] [--G 4] [--max-new-tokens 32] [--steps 8] [--rounds 3]
 
-Both trainers get a copy of the same tiny Covo-Audio model (built in process, seed 0), the same ``GRPOConfig``
-(CPU, fp32, beta 0, no gradient checkpointing, one generation per optimizer step), the same prompts, the same
-reward function (the harness's rubric, accuracy + format, through the TRL reward bridge) and the same sampling
-vocabulary (plain TRL gets the speech tokens and audio markers as ``suppress_tokens``; the harness engine masks
-them itself). The prompts carry no audio placeholders, so the model computes the same thing under both trainers;
-what differs is the harness around it: the audio features of each row's clip (computed once, then cached, and
-ignored by a prompt without placeholders), rollouts through the harness's HF engine from prompt embeddings, the
-audio-aware log-prob passes, the step-time split, ``rollouts.jsonl`` and ``metrics.jsonl``.
+The harness's trainer is the one ``grpo-audio train`` builds (``grpo_audio.train.build.make_trainer``, from the
+recipe's defaults at the sizes given). Both trainers get a copy of the same tiny Covo-Audio model (built in process
+as the harness builds it, seed 0), the same ``GRPOConfig`` (CPU, fp32, beta 0, no gradient checkpointing, one
+generation per optimizer step), the same prompts, the same reward function (the recipe's rubric, accuracy + format,
+through the TRL reward bridge for plain TRL) and the same sampling vocabulary (plain TRL gets the speech tokens and
+audio markers as ``suppress_tokens``; the harness engine masks them itself). The prompts carry no audio
+placeholders, so the model computes the same thing under both trainers; what differs is the harness around it: the
+audio features of each row's clip (computed once, then cached, and ignored by a prompt without placeholders),
+rollouts through the harness's HF engine from prompt embeddings, the audio-aware log-prob passes, the step-time
+split, ``rollouts.jsonl`` and ``metrics.jsonl``.
 
 Timing: a callback times each optimizer step (``on_step_begin`` to ``on_step_end``). Each round builds both
 trainers afresh and trains each for ``--steps`` steps, the order alternating between rounds so that background
@@ -35,31 +37,43 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from common import StepTimer, harness_model  # noqa: E402  (bench/ is the script's directory)
-from datasets import Dataset  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+import torch
+from common import StepTimer  # bench/ is the script's directory
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
 
-import rewards  # noqa: E402
-from grpo_audio.audio.featurizer import AudioFeaturizer  # noqa: E402
-from grpo_audio.data.manifest import load_manifest  # noqa: E402
-from grpo_audio.data.prompting import load_template  # noqa: E402
-from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set  # noqa: E402
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS  # noqa: E402
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.train.build import RolloutLogWriter  # noqa: E402
-from grpo_audio.train.callbacks import MetricsFileCallback  # noqa: E402
-from grpo_audio.train.reward_bridge import make_trl_reward  # noqa: E402
-from grpo_audio.train.trainer import AudioGRPOTrainer  # noqa: E402
+from grpo_audio.audio.featurizer import AudioFeaturizer
+from grpo_audio.data.manifest import load_manifest
+from grpo_audio.data.prompting import load_template
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
+from grpo_audio.recipe import load_recipe
+from grpo_audio.recipe.rubric import recipe_rubric
+from grpo_audio.train.build import make_trainer
+from grpo_audio.train.reward_bridge import make_trl_reward
+from grpo_audio.train.run import build_model
 
 
-def build(args, workdir: Path):
-    manifest = write_synthetic_set(workdir / "data", args.prompts, list(QUESTIONS), seed=0)
-    rows = load_manifest(manifest)
-    template = load_template("audio_cot_v1")
-    tokenizer, model = harness_model(
-        rows, template, f"model.tiny.hidden_size={args.hidden_size}", f"model.tiny.num_layers={args.num_layers}"
+def bench_recipe(args):
+    """The recipe defaults (tiny model, accuracy + format rubric, HF engine) at the bench's sizes: what the harness
+    arm's trainer is built from, and the model both arms start from."""
+    return load_recipe(
+        None,
+        [
+            f"model.tiny.hidden_size={args.hidden_size}",
+            f"model.tiny.num_layers={args.num_layers}",
+            f"rollout.num_generations={args.G}",
+            f"rollout.max_completion_length={args.max_new_tokens}",
+            "rollout.temperature=1.0",
+        ],
     )
+
+
+def build(recipe, prompts: int, workdir: Path):
+    manifest = write_synthetic_set(workdir / "data", prompts, list(QUESTIONS), seed=0)
+    rows = load_manifest(manifest)
+    template = load_template(recipe.prompt.template)
+    tokenizer, model = build_model(recipe, rows, template)
     records = []
     for r in rows:  # text only: no audio block in the prompt; the row still names its clip (the harness needs one)
         messages = [
@@ -102,11 +116,7 @@ def config(args, out: Path, **extra) -> GRPOConfig:
     )
 
 
-def rubric() -> rewards.Rubric:
-    return rewards.Rubric([rewards.TermSpec("accuracy", 1.0), rewards.TermSpec("format", 1.0)], "sum")
-
-
-def run_plain(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
+def run_plain(args, recipe, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
     timer = StepTimer()
     # The same text-only vocabulary as the harness engine: no speech tokens, no audio markers (a sampled
     # <|cAUDIO|> would ask the model for audio that does not exist)
@@ -114,7 +124,7 @@ def run_plain(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], 
     banned += tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[make_trl_reward(rubric(), args.G)],
+        reward_funcs=[make_trl_reward(recipe_rubric(recipe), args.G)],
         train_dataset=dataset,
         args=config(args, out, generation_kwargs={"suppress_tokens": banned}),
         processing_class=tokenizer,
@@ -124,26 +134,21 @@ def run_plain(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], 
     return timer, mean_length(trainer)
 
 
-def run_harness(args, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
+def run_harness(args, recipe, model, tokenizer, dataset, out: Path) -> tuple[list[float], float]:
+    """The trainer ``grpo-audio train`` builds (``make_trainer``: the recipe's engine, sampling distribution,
+    ``rollouts.jsonl`` and ``metrics.jsonl``), with the plain arm's ``GRPOConfig``."""
     timer = StepTimer()
-    engine = HFRolloutEngine(
-        SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=1.0),
-        list(model.generation_config.eos_token_id),
-        tokenizer.pad_token_id,
-        tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS)),
-    )
     out.mkdir(parents=True, exist_ok=True)
-    trainer = AudioGRPOTrainer(
+    trainer = make_trainer(
+        recipe,
+        config(args, out),
         model=model,
-        rubric=rubric(),
-        args=config(args, out),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        rollout_engine=engine,
-        sampling=engine.sampling.distribution(model.config.audio_token_index, engine.audio_marker_ids),
+        tokenizer=tokenizer,
+        dataset=dataset,
         featurizer=AudioFeaturizer(reuse_embeddings=True),
-        rollout_log=RolloutLogWriter(out / "rollouts.jsonl"),
-        callbacks=[timer, MetricsFileCallback(out / "metrics.jsonl")],
+        rubric=recipe_rubric(recipe),
+        run_dir=out,
+        extra_callbacks=[timer],
     )
     trainer.train()
     return timer, mean_length(trainer)
@@ -170,13 +175,14 @@ def main(argv=None) -> None:
     wall, cpu, lengths = ({name: [] for name in names} for _ in range(3))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        tokenizer, model, dataset = build(args, workdir)
+        recipe = bench_recipe(args)
+        tokenizer, model, dataset = build(recipe, args.prompts, workdir)
         runners = list(zip(names, (run_plain, run_harness), strict=True))
         for round_index in range(args.rounds):
             order = runners if round_index % 2 == 0 else runners[::-1]
             for name, runner in order:
                 out = workdir / f"{round_index}-{name[:5]}"
-                timer, length = runner(args, copy.deepcopy(model), tokenizer, dataset, out)
+                timer, length = runner(args, recipe, copy.deepcopy(model), tokenizer, dataset, out)
                 wall[name] += timer.seconds[args.warmup :]
                 cpu[name] += timer.cpu_seconds[args.warmup :]
                 lengths[name].append(length)

@@ -32,10 +32,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2Model  # noqa: E402
+import torch
+from transformers import Qwen2Config, Qwen2Model
 
-from grpo_audio.train.token_budget import fixed_chunks, pack_rows, pack_tokens, padding_fraction  # noqa: E402
+from grpo_audio.train.token_budget import fixed_chunks, pack_rows, pack_tokens, padding_fraction
 
 
 def cot_lengths(rows: int, seed: int) -> tuple[list[int], list[int]]:

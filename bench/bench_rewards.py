@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards import RewardContext, Rubric, TermSpec, get_reward  # noqa: E402
+from rewards import RewardContext, Rubric, TermSpec, get_reward
 
 WORDS = (
     "the voice is high and clear so it sounds like a woman speaking while the background has soft music and "

@@ -27,15 +27,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from cpu_rollout_server import free_port, start_server  # noqa: E402  (bench/ is the script's directory)
-from peft import LoraConfig, get_peft_model  # noqa: E402
+import torch
+from cpu_rollout_server import free_port, start_server  # bench/ is the script's directory
+from peft import LoraConfig, get_peft_model
 
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
-from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
-from grpo_audio.rollout.backbone_export import export_backbone  # noqa: E402
-from grpo_audio.rollout.lora_export import engine_max_rank  # noqa: E402
-from grpo_audio.rollout.vllm_server import VLLMServerClient  # noqa: E402
+from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
+from grpo_audio.recipe.schema import TinyModelSpec
+from grpo_audio.rollout.backbone_export import export_backbone
+from grpo_audio.rollout.lora_export import engine_max_rank
+from grpo_audio.rollout.vllm_server import VLLMServerClient
 
 LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 

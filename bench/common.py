@@ -1,23 +1,9 @@
-"""What the training benchmarks share: the tiny model the harness would build, and a per-step timer."""
+"""What the training benchmarks share: a per-step timer (the model and trainer come from the harness's own build
+path, ``grpo_audio.train.run.build_model`` and ``grpo_audio.train.build.make_trainer``)."""
 
 import time
 
 from transformers import TrainerCallback
-
-from grpo_audio.data.manifest import AudioQuestion
-from grpo_audio.data.prompting import PromptTemplate
-from grpo_audio.data.vocabulary import vocabulary_texts
-from grpo_audio.model.build import apply_freezing, build_tokenizer_and_model
-from grpo_audio.recipe import load_recipe
-
-
-def harness_model(rows: list[AudioQuestion], template: PromptTemplate, *overrides: str):
-    """The tokenizer and tiny model ``grpo-audio train`` builds for these rows (recipe defaults plus ``overrides``,
-    e.g. ``model.tiny.hidden_size=128``), frozen as the recipe says."""
-    recipe = load_recipe(None, list(overrides))
-    tokenizer, model = build_tokenizer_and_model(recipe.model, recipe.run.seed, vocabulary_texts(rows, template))
-    apply_freezing(model, recipe.model)
-    return tokenizer, model
 
 
 class StepTimer(TrainerCallback):

@@ -443,7 +443,15 @@ def run_step(check: Check, kind: str, micro_batch: int, checkpointing: bool) -> 
     args = grpo_config(recipe, run_dir)
     rubric = recipe_rubric(recipe)
     trainer = make_trainer(
-        recipe, args, model, check.tokenizer, check.dataset, featurizer, rubric, run_dir, extra_callbacks=[probe]
+        recipe,
+        args,
+        model=model,
+        tokenizer=check.tokenizer,
+        dataset=check.dataset,
+        featurizer=featurizer,
+        rubric=rubric,
+        run_dir=run_dir,
+        extra_callbacks=[probe],
     )
     probe.attach(trainer)
     check.rates["setup_s"] = time.perf_counter() - start

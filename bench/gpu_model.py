@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from grpo_audio.data.manifest import AudioQuestion
+from grpo_audio.data.rows import AudioQuestion
 from grpo_audio.model.configuration import CovoAudioConfig
 from grpo_audio.model.modeling import CovoAudioForConditionalGeneration
 from grpo_audio.model.tokenizer import (

@@ -45,7 +45,7 @@ def share_from_main(compute: Callable[[], T]) -> T:
     if rank() == 0:
         try:
             box[0] = ("ok", compute())
-        except BaseException as err:  # noqa: BLE001  (re-raised below, after the others are told)
+        except BaseException as err:  # re-raised below, after the others are told
             error = err
             box[0] = ("error", f"{type(err).__name__}: {err}")
     dist.broadcast_object_list(box, src=0)  # pickled: meant for small objects (decisions, rows, paths)
@@ -75,7 +75,7 @@ def fail_together(action: Callable[[], None]) -> None:
     error: BaseException | None = None
     try:
         action()
-    except BaseException as err:  # noqa: BLE001  (re-raised below, after the others are told)
+    except BaseException as err:  # re-raised below, after the others are told
         error = err
     outcomes: list[str | None] = [None] * world_size()
     dist.all_gather_object(outcomes, None if error is None else f"{type(error).__name__}: {error}")

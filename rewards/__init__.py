@@ -50,7 +50,7 @@ from rewards.rubric import (
 )
 
 # Importing the built-in modules registers them.
-from rewards import (  # noqa: E402,F401  isort: skip
+from rewards import (  # noqa: F401  isort: skip
     accuracy,
     answer_format,
     consistency_cesar,

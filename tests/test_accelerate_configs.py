@@ -9,7 +9,6 @@ runs through a real 2-process launch.
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+from helpers.accelerate_launch import accelerate_launch
 
 from grpo_audio.distributed import LaunchError, check_sharding_backend
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.recipe.schema import TinyModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def test_every_shipped_config_parses_with_the_intended_backend():
         assert (str(config.distributed_type).rsplit(".", 1)[-1], config.num_processes) == (kind, processes), name
 
 
-def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_the_decoder_layers(monkeypatch):
+def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_the_decoder_layers(monkeypatch, model):
     env = launch_env("fsdp.yaml")
     for key, value in env.items():
         if key.startswith(("FSDP_", "ACCELERATE_USE_")):
@@ -58,7 +57,6 @@ def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_the_decoder_layers(monkey
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     assert str(plugin.state_dict_type).endswith("FULL_STATE_DICT")  # final_model/ needs the full weights
-    model = build_tiny_model(TinyModelSpec(), build_tiny_tokenizer(tiny_tokenizer_corpus(["x"]), 300), seed=0)
     classes = {type(m).__name__ for m in model.modules()}
     assert set(plugin.transformer_cls_names_to_wrap) <= classes  # the wrap policy finds units to shard
     layers = [m for m in model.modules() if type(m).__name__ in plugin.transformer_cls_names_to_wrap]
@@ -94,17 +92,7 @@ def test_sharding_requested_without_a_gpu_is_refused(monkeypatch):
 @pytest.mark.slow
 def test_fsdp_launch_on_cpu_stops_with_a_clear_error(tmp_path):
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(CONFIGS / "fsdp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
+        *accelerate_launch(config="fsdp.yaml"),
         "-m",
         "grpo_audio",
         "train",

@@ -22,10 +22,7 @@ from grpo_audio.cli import main as cli_main
 from grpo_audio.model.build import load_pretrained
 from grpo_audio.model.checkpoint_load import CheckpointError, load_covo_checkpoint
 from grpo_audio.model.checkpoint_save import save_covo_checkpoint
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
-from grpo_audio.recipe.schema import TinyModelSpec
 
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 SHARD = "60KB"  # the tiny model is ~0.4 MB in float32: several shards and an index
 INDEX = "model.safetensors.index.json"
 REAL_PICKLE_LOADS = pickle.loads  # kept before the fixture below replaces it, to show the test pickle is live
@@ -53,11 +50,9 @@ def nothing_unpickles_and_transformers_never_loads(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
+def layouts(tokenizer, model, tmp_path_factory):
     """Good tiny checkpoints: 'released' (sharded, index), 'harness' (save_pretrained, sharded) and 'harness_single'
     (save_pretrained, one model.safetensors). Each test damages a copy."""
-    tokenizer = build_tiny_tokenizer(CORPUS, 300)
-    model = build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
     root = tmp_path_factory.mktemp("good")
     save_covo_checkpoint(model, tokenizer, root / "released", max_shard_size=SHARD)
     for name, shard in (("harness", SHARD), ("harness_single", "1GB")):

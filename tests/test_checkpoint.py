@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from helpers.tiny_model import tiny_model, tiny_tokenizer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -14,22 +15,9 @@ import grpo_audio.model.checkpoint_save as checkpoint_save
 from grpo_audio.model.checkpoint_format import build_covo_on_meta, our_name, released_covo_config, released_name
 from grpo_audio.model.checkpoint_load import CheckpointError, load_covo_checkpoint
 from grpo_audio.model.checkpoint_save import save_covo_checkpoint
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_PLACEHOLDER, AUDIO_SPECIAL_TOKENS
-from grpo_audio.recipe.schema import TinyModelSpec
 
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 SHARD = "60KB"  # the tiny model is ~0.4 MB in float32: several shards
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +134,7 @@ def test_bfloat16_model_round_trips_bit_exact(model, tokenizer, tmp_path):
 
 
 def test_save_refuses_a_tokenizer_that_does_not_match_the_model(model, tmp_path):
-    other = build_tiny_tokenizer(CORPUS, 260)  # fewer text entries: a different audio_token_index
+    other = tiny_tokenizer(260)  # fewer text entries: a different audio_token_index
     with pytest.raises(CheckpointError, match=r"tokenizer \(len \d+, <\|cAUDIO\|> \d+\) does not match the model"):
         save_covo_checkpoint(model, other, tmp_path / "mismatch")
     assert not (tmp_path / "mismatch").exists()
@@ -336,7 +324,7 @@ def test_unexpected_and_missing_names_are_listed(copy_of):
 def test_a_save_pretrained_directory_loads_through_the_same_checked_loader(model, tmp_path):
     hf = copy.deepcopy(model)
     hf.save_pretrained(tmp_path / "hf", max_shard_size=SHARD)  # our module names, sharded with an index
-    build_tiny_tokenizer(CORPUS, 300).save_pretrained(tmp_path / "hf")
+    tiny_tokenizer().save_pretrained(tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     loaded, _ = load_covo_checkpoint(tmp_path / "hf")
     _assert_same_state(loaded, model)
@@ -384,7 +372,7 @@ def test_tokenizer_without_audio_tokens_or_of_the_wrong_length(copy_of, tokenize
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(saved, model, tokenizer, tmp_path, monkeypatch):
     target = shutil.copytree(saved, tmp_path / "covo")
-    other = build_tiny_model(TinyModelSpec(), tokenizer, seed=1)
+    other = tiny_model(tokenizer, seed=1)
     calls = []
 
     def failing_save(tensors, filename, metadata=None):

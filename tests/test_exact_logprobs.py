@@ -8,9 +8,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 
 from grpo_audio.audio.featurizer import AudioRows
 from grpo_audio.model.sampling import NEG, SamplingDistribution, token_logprobs
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
-from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings, ignored_generation_fields
 from grpo_audio.train import run as training
 
@@ -166,12 +164,9 @@ def test_banned_ids_get_no_gradient_and_the_outside_mass_is_logged(tiny_recipe):
     assert trainer._metrics["train"]["sampling/outside_support_frac"] == [0.0]  # every sampled token in support
 
 
-def test_a_checkpoints_generation_config_does_not_reach_the_rollouts():
+def test_a_checkpoints_generation_config_does_not_reach_the_rollouts(tokenizer, model):
     """A repetition penalty (or top-p...) in the model's generation config is not applied by the engine: the tokens
     are those of the blank config, and ignored_generation_fields names what was set aside."""
-    corpus = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
-    tokenizer = build_tiny_tokenizer(corpus, 300)
-    model = build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
     markers = tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
     p = model.config.audio_placeholder_token_id
     prompts = [[1, 2, p, p, 5, 6], [9, p, p, 5]]

@@ -18,18 +18,18 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from helpers.ports import start_on_some_port  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from helpers.ports import start_on_some_port
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from grpo_audio.model.tokenizer import IM_END, build_tiny_tokenizer  # noqa: E402
-from grpo_audio.train import run as training  # noqa: E402
-from rewards import RewardContext, get_reward  # noqa: E402
-from rewards.answer_span import ParsedCompletion  # noqa: E402
-from rewards.judge import JudgeClient, JudgeConfig, MalformedVerdictError, judge_stats, reset_judges  # noqa: E402
-from rewards.judge import scorers as judge_scorers  # noqa: E402
-from rewards.judge.prompts import PROMPTS_DIR  # noqa: E402
+from grpo_audio.model.tokenizer import IM_END, build_tiny_tokenizer
+from grpo_audio.train import run as training
+from rewards import RewardContext, get_reward
+from rewards.answer_span import ParsedCompletion
+from rewards.judge import JudgeClient, JudgeConfig, MalformedVerdictError, judge_stats, reset_judges
+from rewards.judge import scorers as judge_scorers
+from rewards.judge.prompts import PROMPTS_DIR
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 JUDGE_NAME = "tiny-judge"
 # Short replies are enough for a verdict (<score>k</score> is at most 16 byte-level tokens); a small limit keeps an

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_model import tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import Qwen2Config, Qwen2Model
@@ -24,8 +25,6 @@ from grpo_audio.model.memory_plan import (
     memory_plan,
 )
 from grpo_audio.model.sampling import CHUNK_WORKING_SET_COPIES, SamplingDistribution, token_logprobs
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
-from grpo_audio.recipe.schema import TinyModelSpec
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "memory_plan.py"
 
@@ -55,8 +54,7 @@ def test_released_parameter_counts_per_part(full_size):
 def test_lora_count_matches_peft():
     from peft import LoraConfig, get_peft_model
 
-    tokenizer = build_tiny_tokenizer(tiny_tokenizer_corpus(["one two three"]), 300)
-    model = build_tiny_model(TinyModelSpec(), tokenizer, seed=0)
+    model = tiny_model(tiny_tokenizer())  # get_peft_model changes it in place: not the shared fixture
     expected = lora_parameter_count(model, rank=4)
     pattern = r".*language_model\..*\.(" + "|".join(LORA_TARGETS) + r")$"  # as grpo_audio.train.run.lora_config
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=pattern))

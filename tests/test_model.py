@@ -2,24 +2,11 @@
 
 import pytest
 import torch
+from helpers.tiny_model import tiny_model, tiny_tokenizer
 
 from grpo_audio.audio.featurizer import AudioRows
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, check_covo_tokens
-from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
-
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
 
 
 def _ids(model, n_placeholders, text_ids=(5, 6, 7)):
@@ -28,7 +15,7 @@ def _ids(model, n_placeholders, text_ids=(5, 6, 7)):
 
 
 def test_tokenizer_is_deterministic_and_carries_covo_tokens(tokenizer):
-    again = build_tiny_tokenizer(CORPUS, 300)
+    again = tiny_tokenizer()
     assert again.get_vocab() == tokenizer.get_vocab()
     ids = check_covo_tokens(tokenizer, "tiny")
     # the audio markers are single special tokens, never split
@@ -40,8 +27,8 @@ def test_tokenizer_is_deterministic_and_carries_covo_tokens(tokenizer):
 
 
 def test_tiny_model_init_is_deterministic(tokenizer, model):
-    other = build_tiny_model(TinyModelSpec(), tokenizer, seed=0)
-    different = build_tiny_model(TinyModelSpec(), tokenizer, seed=1)
+    other = tiny_model(tokenizer, seed=0)
+    different = tiny_model(tokenizer, seed=1)
     a, b, c = model.state_dict(), other.state_dict(), different.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.accelerate_launch import accelerate_launch
 from helpers.training_process import start_until_step
 from safetensors.torch import load_file
 
@@ -92,11 +93,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
     launch(one, 1, tmp_path / "one_probe.jsonl", "trainer.max_steps=5", "trainer.save_steps=100")
 
     run_dir = tmp_path / "two"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-        "--main_process_port", "0", "-m", "grpo_audio", "train",
-    ]  # fmt: skip
+    command = [*accelerate_launch(), "-m", "grpo_audio", "train"]
     from test_scale_out import COMMON, PROMPTS_PER_STEP, G
 
     settings = [f"run.output_dir={run_dir}", f"trainer.per_device_train_batch_size={PROMPTS_PER_STEP * G // 2}"]

@@ -62,6 +62,7 @@ def kill(mode, step, run_dir, *extra):
     assert proc.returncode == -9, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_a_different_seed_differs(uninterrupted, tmp_path):
     train(load_recipe(None, overrides(tmp_path / "again")))
     assert_same_run(uninterrupted, tmp_path / "again")

@@ -10,11 +10,11 @@ import types
 import pytest
 import torch
 from helpers.ports import refusing_port
+from helpers.tiny_model import tiny_model
 from safetensors import safe_open
 from transformers import Qwen2ForCausalLM
 
 from grpo_audio.audio.featurizer import AudioRows
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END
 from grpo_audio.recipe import load_recipe
 from grpo_audio.recipe.schema import TinyModelSpec
@@ -30,18 +30,12 @@ from grpo_audio.rollout.vllm_backend import SampledCompletion
 from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine, consecutive_groups, sampling_fields, seed_base
 from grpo_audio.rollout.vllm_server import VLLMServerError
 
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
 SPEC = TinyModelSpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=96, num_layers=2)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
 def model(tokenizer):
-    model = build_tiny_model(SPEC, tokenizer, seed=0).eval()
+    model = tiny_model(tokenizer, SPEC)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
     return model
 
@@ -132,7 +126,7 @@ def test_export_command_reads_a_released_checkpoint(model, tokenizer, tmp_path, 
         assert torch.equal(exported[name], tensor), name
 
 
-def test_bad_backbone_directories_are_named(model, tmp_path):
+def test_bad_backbone_directories_are_named(model, tokenizer, tmp_path):
     with pytest.raises(BackboneDirError, match="does not exist"):
         check_backbone_dir(tmp_path / "missing", model)
     empty = tmp_path / "empty"
@@ -147,7 +141,7 @@ def test_bad_backbone_directories_are_named(model, tmp_path):
     with pytest.raises(BackboneDirError, match="do not include Qwen2ForCausalLM"):
         check_backbone_dir(bad, model)
 
-    other = build_tiny_model(TinyModelSpec(), build_tiny_tokenizer(CORPUS, 300), seed=0)
+    other = tiny_model(tokenizer)
     with pytest.raises(BackboneDirError, match=r"does not match the model's backbone: .*heads=4 \(model: 2\)"):
         check_backbone_dir(export_backbone(other, tmp_path / "other"), model)
 

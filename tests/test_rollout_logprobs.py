@@ -7,25 +7,11 @@ import torch
 from helpers.logprobs import teacher_forced_logprobs
 
 from grpo_audio.audio.featurizer import AudioRows
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
-from grpo_audio.recipe.schema import TinyModelSpec
 from grpo_audio.rollout.base import RolloutResult
 from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
 from grpo_audio.train import build as train_build
 from grpo_audio.train import run as training
-
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three"] * 4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(TinyModelSpec(), tokenizer, seed=0).eval()
 
 
 def test_hf_engine_returns_no_logprobs_by_default(tokenizer, model):

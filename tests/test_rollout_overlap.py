@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.accelerate_launch import accelerate_launch
 
 from grpo_audio.recipe import RecipeError, load_recipe
 
@@ -194,11 +195,7 @@ def test_two_processes_overlap_against_one_server(server, tmp_path):
     run = tmp_path / "run"
     overrides = [f"run.output_dir={run}", *COMMON, *server_settings(url, backbone), "trainer.max_steps=3"]
     overrides.append("trainer.per_device_train_batch_size=4")  # 8 completions per step, 4 per process
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-        "--main_process_port", "0", "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)],
-    ]  # fmt: skip
+    command = [*accelerate_launch(), "-m", "grpo_audio", "train", *[x for o in overrides for x in ("--set", o)]]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("tensorboard", reason="the tracking extra (pip install -e '.[tracking]') is not installed")
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from grpo_audio.recipe import load_recipe  # noqa: E402
-from grpo_audio.train.run import train  # noqa: E402
+from grpo_audio.recipe import load_recipe
+from grpo_audio.train.run import train
 
 
 @pytest.mark.slow

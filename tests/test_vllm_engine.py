@@ -20,30 +20,31 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / "grpo-audio-vllm-cache"))
 
-import pytest  # noqa: E402
+import pytest
 
 pytest.importorskip("vllm")
 
-import copy  # noqa: E402
-import json  # noqa: E402
+import copy
+import json
 
-import torch  # noqa: E402
-from helpers.logprobs import teacher_forced_logprobs  # noqa: E402
-from helpers.ports import start_on_some_port  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import torch
+from helpers.accelerate_launch import accelerate_launch
+from helpers.logprobs import teacher_forced_logprobs
+from helpers.ports import start_on_some_port
+from helpers.tiny_model import tiny_model
+from safetensors.torch import load_file
 
-from grpo_audio.audio.featurizer import AudioRows  # noqa: E402
-from grpo_audio.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_tokenizer_corpus  # noqa: E402
-from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END  # noqa: E402
-from grpo_audio.recipe.schema import TinyModelSpec  # noqa: E402
-from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone  # noqa: E402
-from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings  # noqa: E402
-from grpo_audio.rollout.serve import server_command  # noqa: E402
-from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402
-from grpo_audio.rollout.vllm_inprocess import InProcessVLLM  # noqa: E402
-from grpo_audio.rollout.vllm_server import VLLMServerClient, VLLMServerError  # noqa: E402
+from grpo_audio.audio.featurizer import AudioRows
+from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS, IM_END
+from grpo_audio.recipe.schema import TinyModelSpec
+from grpo_audio.rollout.backbone_export import backbone_weights, export_backbone
+from grpo_audio.rollout.hf import HFRolloutEngine, SamplingSettings
+from grpo_audio.rollout.serve import server_command
+from grpo_audio.rollout.vllm_engine import VLLMRolloutEngine
+from grpo_audio.rollout.vllm_inprocess import InProcessVLLM
+from grpo_audio.rollout.vllm_server import VLLMServerClient, VLLMServerError
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 SPEC = TinyModelSpec(hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=256)
 TINY_OVERRIDES = ["model.tiny.hidden_size=128", "model.tiny.num_heads=4", "model.tiny.intermediate_size=256"]
@@ -56,18 +57,12 @@ VLLM_TRAIN = [
     "rollout.vllm.max_model_len=1024",
     "rollout.max_completion_length=12",
 ]
-CORPUS = tiny_tokenizer_corpus(["How many beeps are in this clip?", "high low one two three first second"] * 4)
 ATOL = 2e-4  # float32 on both sides; vLLM's CPU kernels sum in another order than torch's
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
 def model(tokenizer):
-    model = build_tiny_model(SPEC, tokenizer, seed=0).eval()
+    model = tiny_model(tokenizer, SPEC)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
     return model
 
@@ -259,10 +254,10 @@ def test_cpu_attention_head_size_is_checked_before_start(tokenizer):
 
     if not current_platform.is_cpu():
         pytest.skip("the head-size limit is the CPU backend's")
-    default_tiny = build_tiny_model(TinyModelSpec(), tokenizer, seed=0)  # hidden 64 / 4 heads = 16
+    default_tiny = tiny_model(tokenizer)  # hidden 64 / 4 heads = 16
     with pytest.raises(RolloutEngineError, match=r"supports head sizes \[32, 64.*this backbone's is 16"):
         check_head_size(default_tiny)
-    check_head_size(build_tiny_model(SPEC, tokenizer, seed=0))
+    check_head_size(tiny_model(tokenizer, SPEC))
 
 
 @pytest.mark.slow
@@ -366,17 +361,7 @@ def test_two_processes_each_with_a_colocated_engine(tmp_path):
     ]
     repo = Path(__file__).resolve().parents[1]
     argv = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(repo / "configs" / "accelerate" / "ddp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
+        *accelerate_launch(),
         "-m",
         "grpo_audio",
         "train",

@@ -334,7 +334,7 @@ def _source_exports(source: Path, skip_prefix: str) -> dict[str, _Export]:
     exports: dict[str, _Export] = {}
     for file in sorted(source.glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:
-            for name in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
+            for name in handle.keys():  # safe_open handles are not iterable
                 if name.startswith(skip_prefix):
                     continue
                 piece = handle.get_slice(name)

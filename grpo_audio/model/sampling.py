@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
