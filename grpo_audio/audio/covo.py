@@ -1,4 +1,4 @@
-"""Covo-Audio's audio preprocessing, reproduced from the released inference path (reference/covo_audio.md).
+"""Covo-Audio's audio preprocessing, reproduced from the inference code released with tencent/Covo-Audio-Chat.
 
 A clip goes through these steps (sample counts are at 24 kHz unless said otherwise):
 

@@ -1,4 +1,4 @@
-"""Per-GPU memory and rough step time of a training topology for the 7B model (the README's capacity table).
+"""Per-GPU memory and rough step time of a training topology for the 7B model (docs/scale-out.md's capacity table).
 
 Extends the one-GPU LoRA estimate of ``memory_plan`` (activations, log-prob head, rollout KV cache: see that module)
 to several GPUs, full fine-tuning and sharding. Bytes per trainable parameter ``N_t`` (the Qwen2 backbone with its

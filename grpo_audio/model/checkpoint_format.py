@@ -1,7 +1,7 @@
 """The released Covo-Audio checkpoint format, as far as both the loader and the saver need it: file names, the
 parameter-name mapping, the error type, and the full-size shapes.
 
-Released layout (``../shared/reference/covo_audio.md``)::
+Released layout (https://huggingface.co/tencent/Covo-Audio-Chat; Covo-Audio, arXiv 2602.09823)::
 
     config.json                          model_type covo_audio; nested llm_config (Qwen2) and encoder_config (Whisper)
     model.safetensors.index.json         {"metadata": {"total_size": N}, "weight_map": {name: shard file}}
@@ -65,7 +65,7 @@ def our_name(released: str) -> str | None:
 
 
 def released_covo_config() -> CovoAudioConfig:
-    """The full-size Covo-Audio-Chat config (Qwen2.5-7B backbone, whisper-large-v3 encoder), from the reference facts.
+    """The full-size Covo-Audio-Chat config (Qwen2.5-7B backbone, whisper-large-v3 encoder), as released.
 
     Only shapes and the documented ids are set; generation ids (eos/pad) come from a real checkpoint's config.
     """

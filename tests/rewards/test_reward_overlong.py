@@ -111,7 +111,7 @@ def test_context_refuses_bad_values(fields, message):
         RewardContext(**fields)
 
 
-# A user's length-budget reward, as the README shows it (registered by import path).
+# A user's length-budget reward, as docs/rewards.md shows it (registered by import path).
 LENGTH_BUDGET = """
 def length_budget(completions, samples, context, budget=200):
     \"\"\"r = 1 for |y| <= budget tokens, then linear down to 0 at the run's limit; 0 for a completion cut there.\"\"\"
