@@ -39,17 +39,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from common import StepTimer  # bench/ is the script's directory
+from common import StepTimer, synthetic_rows_and_model  # bench/ is the script's directory
 
 from grpo_audio.audio.featurizer import AudioFeaturizer, covo_core
 from grpo_audio.data.dataset import build_dataset
-from grpo_audio.data.manifest import load_manifest
-from grpo_audio.data.prompting import load_template
-from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.recipe import load_recipe
 from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.train.build import grpo_config, make_trainer
-from grpo_audio.train.run import build_model
 
 MODES = {
     "reuse + cache (default)": dict(reuse_embeddings=True),
@@ -89,10 +85,7 @@ def bench_recipe(args):
 
 
 def build(recipe, clips: int, workdir: Path):
-    manifest = write_synthetic_set(workdir / "data", clips, list(QUESTIONS), seed=0)
-    rows = load_manifest(manifest)
-    template = load_template(recipe.prompt.template)
-    tokenizer, model = build_model(recipe, rows, template)
+    rows, template, tokenizer, model = synthetic_rows_and_model(recipe, clips, workdir)
     return tokenizer, model, build_dataset(rows, tokenizer, template)
 
 

@@ -38,20 +38,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from common import StepTimer  # bench/ is the script's directory
+from common import StepTimer, synthetic_rows_and_model  # bench/ is the script's directory
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from grpo_audio.audio.featurizer import AudioFeaturizer
-from grpo_audio.data.manifest import load_manifest
-from grpo_audio.data.prompting import load_template
-from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.model.tokenizer import AUDIO_SPECIAL_TOKENS
 from grpo_audio.recipe import load_recipe
 from grpo_audio.recipe.rubric import recipe_rubric
 from grpo_audio.train.build import make_trainer
 from grpo_audio.train.reward_bridge import make_trl_reward
-from grpo_audio.train.run import build_model
 
 
 def bench_recipe(args):
@@ -70,10 +66,7 @@ def bench_recipe(args):
 
 
 def build(recipe, prompts: int, workdir: Path):
-    manifest = write_synthetic_set(workdir / "data", prompts, list(QUESTIONS), seed=0)
-    rows = load_manifest(manifest)
-    template = load_template(recipe.prompt.template)
-    tokenizer, model = build_model(recipe, rows, template)
+    rows, template, tokenizer, model = synthetic_rows_and_model(recipe, prompts, workdir)
     records = []
     for r in rows:  # text only: no audio block in the prompt; the row still names its clip (the harness needs one)
         messages = [

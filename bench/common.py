@@ -1,9 +1,25 @@
-"""What the training benchmarks share: a per-step timer (the model and trainer come from the harness's own build
-path, ``grpo_audio.train.run.build_model`` and ``grpo_audio.train.build.make_trainer``)."""
+"""What the training benchmarks share: a per-step timer, and synthetic rows with the model ``grpo-audio train``
+builds for them (the model and trainer come from the harness's own build path, ``grpo_audio.train.run.build_model``
+and ``grpo_audio.train.build.make_trainer``)."""
 
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
+
+from grpo_audio.data.manifest import load_manifest
+from grpo_audio.data.prompting import load_template
+from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
+from grpo_audio.train.run import build_model
+
+
+def synthetic_rows_and_model(recipe, questions: int, workdir: Path):
+    """``(rows, template, tokenizer, model)``: ``questions`` synthetic clips of every task, written under
+    ``workdir/data`` (seed 0), and the recipe's model built for their vocabulary."""
+    rows = load_manifest(write_synthetic_set(workdir / "data", questions, list(QUESTIONS), seed=0))
+    template = load_template(recipe.prompt.template)
+    tokenizer, model = build_model(recipe, rows, template)
+    return rows, template, tokenizer, model
 
 
 class StepTimer(TrainerCallback):
