@@ -22,7 +22,7 @@ import torch
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from grpo_audio.model.qwen2_audio import AUDIO_BOS, AUDIO_EOS, AUDIO_SPECIAL_TOKENS, AUDIO_TOKEN  # the same tokens
-from grpo_audio.model.tiny import build_seeded, tiny_backbone_config
+from grpo_audio.model.tiny import build_seeded, tiny_backbone_config, tiny_whisper_encoder_config
 from grpo_audio.model.window_policy import WindowAudioPolicy
 
 # the thinker's vision tokens: in its vocabulary, never in an audio prompt, never sampled
@@ -107,12 +107,7 @@ def tiny_omni_thinker_config(spec, tokenizer) -> Qwen2_5OmniThinkerConfig:
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": rope_sections(head_dim)}
     return Qwen2_5OmniThinkerConfig(
         audio_config=dict(
-            d_model=spec.encoder_d_model,
-            encoder_layers=spec.encoder_layers,
-            encoder_attention_heads=spec.encoder_heads,
-            encoder_ffn_dim=spec.encoder_ffn_dim,
-            num_mel_bins=128,
-            max_source_positions=1500,
+            **tiny_whisper_encoder_config(spec),
             n_window=100,
             output_dim=spec.hidden_size,
         ),

@@ -16,7 +16,7 @@ import torch
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 from transformers.masking_utils import create_bidirectional_mask
 
-from grpo_audio.model.tiny import build_seeded, tiny_backbone_config
+from grpo_audio.model.tiny import build_seeded, tiny_backbone_config, tiny_whisper_encoder_config
 from grpo_audio.model.window_policy import WindowAudioPolicy
 
 AUDIO_TOKEN = "<|AUDIO|>"
@@ -83,12 +83,7 @@ def tiny_qwen2_audio_config(spec, tokenizer) -> Qwen2AudioConfig:
     return Qwen2AudioConfig(
         audio_config=dict(
             model_type="qwen2_audio_encoder",
-            d_model=spec.encoder_d_model,
-            encoder_layers=spec.encoder_layers,
-            encoder_attention_heads=spec.encoder_heads,
-            encoder_ffn_dim=spec.encoder_ffn_dim,
-            num_mel_bins=128,
-            max_source_positions=1500,
+            **tiny_whisper_encoder_config(spec),
         ),
         text_config=dict(model_type="qwen2", **tiny_backbone_config(spec, tokenizer, len(tokenizer))),
         audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),

@@ -34,17 +34,25 @@ def tiny_backbone_config(spec: TinyModelSpec, tokenizer, vocab_size: int) -> dic
     )
 
 
+def tiny_whisper_encoder_config(spec: TinyModelSpec) -> dict:
+    """The Whisper-style audio encoder's config fields at the encoder widths of ``spec`` (every family's tiny model
+    uses them): 128 mel bins and 1500 positions (30 s at 50 frames per second) as Whisper-large-v3 has them."""
+    return dict(
+        d_model=spec.encoder_d_model,
+        encoder_layers=spec.encoder_layers,
+        encoder_attention_heads=spec.encoder_heads,
+        encoder_ffn_dim=spec.encoder_ffn_dim,
+        num_mel_bins=128,
+        max_source_positions=1500,
+    )
+
+
 def tiny_config(spec: TinyModelSpec, tokenizer) -> CovoAudioConfig:
     text_vocab = len(tokenizer)
     return CovoAudioConfig(
         llm_config=tiny_backbone_config(spec, tokenizer, text_vocab + spec.speech_vocab_size),
         encoder_config=dict(
-            d_model=spec.encoder_d_model,
-            encoder_layers=spec.encoder_layers,
-            encoder_attention_heads=spec.encoder_heads,
-            encoder_ffn_dim=spec.encoder_ffn_dim,
-            num_mel_bins=128,
-            max_source_positions=1500,
+            **tiny_whisper_encoder_config(spec),
             decoder_layers=1,
             decoder_attention_heads=spec.encoder_heads,
             decoder_ffn_dim=spec.encoder_ffn_dim,
