@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,10 +30,10 @@ def train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni_thinker"])
 def test_a_qwen_family_trains_against_a_vllm_server_with_weights_sent_over_the_process_group(tmp_path, family):
     pytest.importorskip("vllm")
-    from helpers.ports import candidate_port, start_on_some_port
+    from helpers.ports import candidate_port
+    from helpers.vllm_server import start_backbone_server
 
     from grpo_audio.rollout.backbone_export import main as export_main
-    from grpo_audio.rollout.serve import server_command
 
     first = tmp_path / "first"
     done = train(first, f"model.family={family}", "trainer.max_steps=1")
@@ -42,17 +41,7 @@ def test_a_qwen_family_trains_against_a_vllm_server_with_weights_sent_over_the_p
     backbone = tmp_path / "backbone"
     assert export_main([str(first / "final_model"), str(backbone), "--dtype", "float32"]) == 0  # the family's own
 
-    def command(port: int) -> list[str]:
-        options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
-        return server_command(str(backbone), [*options, "--max-model-len", "1024"])
-
-    env = {
-        **os.environ,
-        "VLLM_SERVER_DEV_MODE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CACHE_ROOT": str(Path(tempfile.gettempdir()) / "grpo-audio-vllm-cache"),
-    }
-    process, url = start_on_some_port(command, env, tmp_path / "server.log", "/v1/models", timeout_s=600)
+    process, url = start_backbone_server(backbone, tmp_path / "server.log")
     try:
         run = tmp_path / "run"
         server = ["rollout.engine=vllm", "rollout.vllm.mode=server", f"rollout.vllm.server_url={url}"]

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,10 +73,9 @@ def metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("vllm")
-    from helpers.ports import start_on_some_port
+    from helpers.vllm_server import start_backbone_server
 
     from grpo_audio.rollout.backbone_export import main as export_main
-    from grpo_audio.rollout.serve import server_command
 
     work = tmp_path_factory.mktemp("overlap_server")
     first = work / "first"
@@ -86,17 +84,7 @@ def server(tmp_path_factory):
     backbone = work / "backbone"
     assert export_main([str(first / "final_model"), str(backbone)]) == 0
 
-    def command(port: int) -> list[str]:
-        options = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
-        return server_command(str(backbone), [*options, "--max-model-len", "1024"])
-
-    env = {
-        **os.environ,
-        "VLLM_SERVER_DEV_MODE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CACHE_ROOT": str(Path(tempfile.gettempdir()) / "grpo-audio-vllm-cache"),
-    }
-    process, url = start_on_some_port(command, env, work / "server.log", "/v1/models", timeout_s=600)
+    process, url = start_backbone_server(backbone, work / "server.log")
     try:
         yield url, backbone
     finally:
