@@ -18,10 +18,10 @@ hand (a new override without a row in ``SEAMS`` fails):
 
 The suite-wide warning filters (pyproject.toml) are checked here too: they name every overridden method, and work.
 
-The class also reads and sets TRL's attributes (``self.args``, ``self._metrics``, ``self._log_metric``,
-``self.use_vllm``, ...). Each has a row in ``BORROWED`` (how our source uses it, and of what kind it must be), and a
-new ``self.<name>`` that our class does not define fails until it has one (the source is parsed). Checked against
-TRL's own ``GRPOTrainer`` built from the same tiny model:
+The class, and the mixins it is built from (``OURS``: ``DynamicRounds``), also read and set TRL's attributes
+(``self.args``, ``self._metrics``, ``self._log_metric``, ``self.use_vllm``, ...). Each has a row in ``BORROWED`` (how
+our source uses it, and of what kind it must be), and a new ``self.<name>`` that our classes do not define fails
+until it has one (their source is parsed). Checked against TRL's own ``GRPOTrainer`` built from the same tiny model:
 
 * TRL's __init__ sets each value of the declared kind (a method: TRL's class defines it with the declared
   parameters, and our calls bind to it); ours holds the same kind;
@@ -68,6 +68,11 @@ from grpo_audio.recipe import load_recipe
 from grpo_audio.train.reward_bridge import TRL_CONTROL_KWARGS
 from grpo_audio.train.run import build_training
 from grpo_audio.train.trainer import AudioGRPOTrainer
+
+# Our classes in AudioGRPOTrainer's MRO: the trainer and the mixins it is built from (grpo_audio.train.dynamic_rounds).
+# Every check below reads all of their source, so a TRL attribute a mixin uses is held to the same contract.
+OURS = tuple(cls for cls in AudioGRPOTrainer.__mro__ if cls.__module__.startswith("grpo_audio."))
+THEIRS = tuple(cls for cls in AudioGRPOTrainer.__mro__[1:-1] if cls not in OURS)
 
 # The classes whose own source may call an override; GRPOTrainer's MRO without our class and ``object``.
 CALLER_CLASSES = (GRPOTrainer, _BaseTrainer, Trainer)
@@ -141,13 +146,17 @@ VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
 def overridden_methods() -> set[str]:
-    """Every attribute AudioGRPOTrainer defines that a base class (other than ``object``) also defines.
+    """Every attribute our classes (``OURS``) define that a TRL/transformers base class also defines.
 
     ``__init__`` is left out: it is not a hook TRL calls back, and every test that builds a trainer exercises it."""
-    bases = AudioGRPOTrainer.__mro__[1:-1]
-    # methods and plain class attributes; not the class's own bookkeeping (__module__, __doc__, __dict__, ...)
-    own = {name for name, value in vars(AudioGRPOTrainer).items() if callable(value) or not name.startswith("__")}
-    return {name for name in own - {"__init__"} if any(name in vars(base) for base in bases)}
+    # methods and plain class attributes; not the classes' own bookkeeping (__module__, __doc__, __dict__, ...)
+    own = {name for cls in OURS for name, value in vars(cls).items() if callable(value) or not name.startswith("__")}
+    return {name for name in own - {"__init__"} if any(name in vars(base) for base in THEIRS)}
+
+
+def our_method(name: str):
+    """Our definition of ``name``: the first of our classes in the MRO that defines it."""
+    return next(vars(cls)[name] for cls in OURS if name in vars(cls))
 
 
 def base_method(name: str):
@@ -286,7 +295,7 @@ def test_every_overridden_method_has_a_contract():
     """Adding (or losing, e.g. after a TRL rename) an override without updating SEAMS fails here."""
     assert overridden_methods() == set(SEAMS)
     for name, seam in SEAMS.items():
-        defining = next(base for base in AudioGRPOTrainer.__mro__[1:] if name in vars(base))
+        defining = next(base for base in THEIRS if name in vars(base))
         assert defining is seam.defined_on, f"{name}: defined on {defining.__name__}, not {seam.defined_on.__name__}"
 
 
@@ -294,7 +303,7 @@ def test_every_overridden_method_has_a_contract():
 def test_override_signature_takes_what_the_base_takes(name):
     sites = call_sites(name)
     max_positional = max((1 + s.positional if not s.star_args else sys.maxsize for s in sites), default=sys.maxsize)
-    base, ours = inspect.signature(base_method(name)), inspect.signature(vars(AudioGRPOTrainer)[name])
+    base, ours = inspect.signature(base_method(name)), inspect.signature(our_method(name))
     if not SEAMS[name].absorbed:  # no catch-all: the parameter lists must be the same, name, kind and default
         assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
             (p.name, p.kind, p.default) for p in base.parameters.values()
@@ -306,7 +315,7 @@ def test_override_signature_takes_what_the_base_takes(name):
 def test_base_classes_still_call_the_override_with_arguments_it_takes(name):
     sites = call_sites(name)
     assert {s.caller for s in sites} == SEAMS[name].callers, f"{name} is called from elsewhere now: review"
-    ours = inspect.signature(vars(AudioGRPOTrainer)[name])
+    ours = inspect.signature(our_method(name))
     takes_args = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in ours.parameters.values())
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ours.parameters.values())
     base_keywords = [
@@ -412,7 +421,7 @@ def qualified_name(code) -> str:
 
 def spy(name, method, record):
     """``method`` (bound), recording who calls it and whether our signature binds the arguments."""
-    signature = inspect.signature(vars(AudioGRPOTrainer)[name])
+    signature = inspect.signature(our_method(name))
 
     def call(*args, **kwargs):
         frame = sys._getframe(1)
@@ -520,7 +529,7 @@ METRICS_BY_MODE = Kind(
 
 @dataclass(frozen=True)
 class Borrowed:
-    uses: str  # how AudioGRPOTrainer's source uses self.<name>: "read", "set" or "read, set"
+    uses: str  # how our classes' source uses self.<name>: "read", "set" or "read, set"
     kind: Kind
     # "set" only: every method of CALLER_CLASSES but __init__ (which runs before ours sets it) that reads the
     # attribute, so our value reaches exactly these
@@ -606,18 +615,18 @@ def self_attributes(classes: tuple[type, ...]) -> dict[str, dict[str, frozenset[
 
 
 def our_uses() -> dict[str, set[str]]:
-    """``self.<name>`` in AudioGRPOTrainer's source -> how it is used ({"read", "set"})."""
-    return {name: set().union(*by.values()) for name, by in self_attributes((AudioGRPOTrainer,)).items()}
+    """``self.<name>`` in our classes' source (``OURS``) -> how it is used ({"read", "set"})."""
+    return {name: set().union(*by.values()) for name, by in self_attributes(OURS).items()}
 
 
 def our_definitions() -> set[str]:
-    """The names AudioGRPOTrainer itself gives a meaning: its methods and the attributes it assigns."""
-    methods = {function.name for function in class_methods(AudioGRPOTrainer)}
+    """The names our classes themselves give a meaning: their methods and the attributes they assign."""
+    methods = {function.name for cls in OURS for function in class_methods(cls)}
     return methods | {name for name, how in our_uses().items() if "set" in how}
 
 
 def fields_read_from(obj: str) -> set[str]:
-    """``<field>`` of every ``self.<obj>.<field>`` in AudioGRPOTrainer's source; for ``args``, also through a local
+    """``<field>`` of every ``self.<obj>.<field>`` in our classes' source; for ``args``, also through a local
     name bound to it (``grpo_args = kwargs["args"]``)."""
 
     def is_obj(node) -> bool:
@@ -630,7 +639,7 @@ def fields_read_from(obj: str) -> set[str]:
         return own or passed
 
     fields = set()
-    for function in class_methods(AudioGRPOTrainer):
+    for function in (function for cls in OURS for function in class_methods(cls)):
         aliases = {
             target.id
             for node in ast.walk(function)
@@ -672,6 +681,8 @@ def test_every_trl_attribute_the_subclass_uses_has_a_contract():
     """A new ``self.<name>`` that our class does not define is TRL's (or transformers'): it needs a row in BORROWED.
     A row no longer used goes; a row's declared use (read/set) is the one the source shows."""
     uses = our_uses()
+    read = {method.split(".")[0] for by in self_attributes(OURS).values() for method in by}
+    assert read == {cls.__name__ for cls in OURS} and len(OURS) > 1, "the trainer's mixins are parsed too"
     ours = our_definitions() - set(BORROWED)
     assert sorted(set(uses) - ours - set(BORROWED)) == [], "TRL attributes used without a row in BORROWED"
     assert sorted(set(BORROWED) - set(uses)) == [], "rows of BORROWED the trainer no longer uses"
@@ -698,7 +709,7 @@ def test_trl_provides_each_borrowed_attribute_of_its_kind(trainers, name):
     kind = BORROWED[name].kind
     value = getattr(trainers.plain, name)
     if inspect.ismethod(value):
-        assert name in dir(GRPOTrainer) and name not in vars(AudioGRPOTrainer), f"{name}: not TRL's method"
+        assert name in dir(GRPOTrainer) and not any(name in vars(cls) for cls in OURS), f"{name}: not TRL's method"
     else:
         assert name in vars(trainers.plain), f"{name}: TRL's __init__ no longer sets it"
     assert kind.accepts(value), f"{name}: TRL's is {value!r}, expected {kind.text}"
@@ -732,7 +743,7 @@ def test_use_vllm_reaches_only_what_trl_sets_without_vllm(trainers):
 @pytest.mark.parametrize("name", sorted(n for n, b in BORROWED.items() if b.kind.text.startswith("method(")))
 def test_our_calls_of_trl_methods_bind(trainers, name):
     signature = inspect.signature(getattr(trainers.plain, name))
-    for site in call_sites(name, (AudioGRPOTrainer,)):
+    for site in call_sites(name, OURS):
         try:
             signature.bind(*range(site.positional), **dict.fromkeys(site.keywords))
         except TypeError as error:
