@@ -123,6 +123,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
+    from grpo_audio.distributed import leave_process_group
     from grpo_audio.train.preemption import PreemptedError
     from grpo_audio.train.run import train
 
@@ -134,6 +135,7 @@ def run(argv: list[str] | None = None) -> int:
     except PreemptedError as stop:
         say(f"{stop}. {resume_hint(recipe)}", stream=sys.stderr)
         return stop.exit_status  # 128 + the signal: 143 for SIGTERM, 138 for SIGUSR1
+    leave_process_group()  # every process finished the run (its last phases are collective)
     return 0
 
 

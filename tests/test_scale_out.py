@@ -137,6 +137,16 @@ def test_process_zero_alone_writes_the_run_directory(runs):
 
 
 @pytest.mark.slow
+def test_every_process_leaves_its_process_group_before_it_exits(runs):
+    """A finished multi-process run destroys its process group on every process (``leave_process_group``): left to
+    interpreter exit, NCCL warns from every rank and gloo can abort in finalization. Recorded by each process's
+    atexit hook (tests/helpers/group_probe.py), which runs after the command returned."""
+    root, _, _ = runs
+    exits = jsonl(root / "two_probe.jsonl.exit")
+    assert sorted((e["rank"], e["group_alive"]) for e in exits) == [(0, False), (1, False)]
+
+
+@pytest.mark.slow
 def test_two_processes_see_the_same_data_as_one(runs):
     root, _, _ = runs
     two, one = root / "two", root / "one"
