@@ -156,5 +156,7 @@ def leave_process_group() -> None:
     at the same point, and a barrier could wait forever. A no-op in a single process.
     """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        # NCCL's barrier guesses the device, with a warning, unless told; accelerate has set this process's device
+        nccl = dist.get_backend() == "nccl"
+        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
         dist.destroy_process_group()
