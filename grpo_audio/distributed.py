@@ -146,17 +146,20 @@ def root_parameters_unsharded(model: torch.nn.Module):
 
 
 def leave_process_group() -> None:
-    """End a multi-process command that finished on every process: a barrier, then ``destroy_process_group``.
+    """End a multi-process command that finished on every process: accelerate's barrier, then its
+    ``destroy_process_group``.
 
     PyTorch asks every process to destroy its process group before it exits (``torch.distributed`` docs,
     "Shutdown"). Left to interpreter exit, NCCL's group warns from every rank ("process group has NOT been destroyed
     before we destruct ProcessGroupNCCL", PyTorch >= 2.4) and gloo's worker threads are torn down during
-    finalization, where a thread still joinable aborts the process. The barrier keeps one process from tearing its
-    group down while another still talks to it. Called only after success: after an error the processes need not be
-    at the same point, and a barrier could wait forever. A no-op in a single process.
+    finalization, where a thread still joinable aborts the process. The barrier (``wait_for_everyone``, which names
+    the device on GPUs) keeps one process from tearing its group down while another still talks to it. Called only
+    after success: after an error the processes need not be at the same point, and a barrier could wait forever. A
+    no-op in a single process.
     """
     if dist.is_available() and dist.is_initialized():
-        # NCCL's barrier guesses the device, with a warning, unless told; accelerate has set this process's device
-        nccl = dist.get_backend() == "nccl"
-        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
-        dist.destroy_process_group()
+        from accelerate import PartialState
+
+        state = PartialState()  # the launch's state, made when the run built its trainer
+        state.wait_for_everyone()
+        state.destroy_process_group()
