@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import add_recipe_overrides  # noqa: E402  (bench/ is the script's directory)
+
 from grpo_audio.recipe import load_recipe  # noqa: E402
 from grpo_audio.train.run import train  # noqa: E402
 
@@ -98,14 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3, help="rollout.dynamic_sampling.max_extra_rounds")
     parser.add_argument("--reuse-model", default=None, help="a trained final_model/ instead of training learn_pitch")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a recipe override for every run, before the bench's own (e.g. trainer.per_device_train_batch_size=8)",
-    )
+    add_recipe_overrides(parser, " for every run")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import add_recipe_overrides  # bench/ is the script's directory
+
 ROOT = Path(__file__).resolve().parents[1]
 STEP_PARTS = ("time/audio_features_s", "time/rollout_s", "time/scoring_s", "time/logprob_s", "time/update_s")
 
@@ -28,14 +30,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a recipe override, before the bench's own (e.g. trainer.per_device_train_batch_size=8)",
-    )
+    add_recipe_overrides(parser)
     args = parser.parse_args()
 
     from grpo_audio.recipe import load_recipe

@@ -2,6 +2,7 @@
 builds for them (the model and trainer come from the harness's own build path, ``grpo_audio.train.run.build_model``
 and ``grpo_audio.train.build.make_trainer``)."""
 
+import argparse
 import time
 from pathlib import Path
 
@@ -11,6 +12,19 @@ from grpo_audio.data.manifest import load_manifest
 from grpo_audio.data.prompting import load_template
 from grpo_audio.data.synthetic import QUESTIONS, write_synthetic_set
 from grpo_audio.train.run import build_model
+
+
+def add_recipe_overrides(parser: argparse.ArgumentParser, scope: str = "") -> None:
+    """``--set KEY=VALUE``, repeatable, into ``args.settings``: recipe overrides applied before the bench's own
+    (``scope`` says which runs they reach, e.g. " for every run")."""
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a recipe override{scope}, before the bench's own (e.g. trainer.per_device_train_batch_size=8)",
+    )
 
 
 def synthetic_rows_and_model(recipe, questions: int, workdir: Path):
